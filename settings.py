@@ -1,0 +1,54 @@
+"""One typed settings object for the whole service.
+
+Every module reads configuration from here and nowhere else, so a key is named, typed and
+documented once (`.env.example` mirrors this file). Values come from the environment, then
+from a `.env` file in the working directory.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+class Settings(BaseSettings):
+    """Configuration for the database, the model and the durable layer."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Database. Unset means: start the embedded PostgreSQL under `embedded_pg_dir`.
+    database_url: str | None = None
+    embedded_pg_dir: Path = PROJECT_ROOT / ".pgdata"
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: int = Field(default=10, ge=1)
+    seed_sample_data: bool = True
+
+    # Model. No key and no base URL means the deterministic offline model.
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4.1-mini"
+    # Tracing uploads prompts (customer emails) to OpenAI; it is opt-in.
+    openai_agents_tracing: bool = False
+
+    # Durable layer (inngest_app.py).
+    inngest_dev: str | None = None
+    inngest_signing_key: str | None = None
+    inngest_event_key: str | None = None
+    refund_approval_timeout_hours: float = Field(default=4.0, gt=0)
+    max_email_body_chars: int = Field(default=20_000, ge=1)
+
+    @property
+    def uses_offline_model(self) -> bool:
+        """True when neither OpenAI nor an OpenAI-compatible server is configured."""
+        return not (self.openai_api_key or self.openai_base_url)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the settings once per process; tests call `get_settings.cache_clear()`."""
+    return Settings()
