@@ -635,7 +635,11 @@ async def decide_refund_request(
             return DecisionOutcome(applied=False, reason="unknown_request", request=None)
         current = _request(row)
         if current.status != "pending":
-            reason = "same_decision" if current.decision_id == decision_id else "already_decided"
+            reason: Literal["same_decision", "already_decided", "expired"]
+            if current.decision_id == decision_id:
+                reason = "same_decision"
+            else:
+                reason = "expired" if current.status == "expired" else "already_decided"
             return DecisionOutcome(applied=False, reason=reason, request=current)
         if await conn.fetchval("SELECT expires_at <= now() FROM refund_requests WHERE id = $1", request_id):
             return DecisionOutcome(applied=False, reason="expired", request=current)

@@ -33,8 +33,8 @@ _DUPLICATE = re.compile(
 )
 _OVERCHARGE = re.compile(r"over-?charged|charged (me )?too much|wrong amount|instead of \$", re.I)
 _FAILED = re.compile(
-    r"order( #?\d+)? (has )?failed|failed order|(payment|order) (didn't|did not) go through|never (arrived|received|came)"
-    r"|was cancelled but|marked as failed",
+    r"order( #?\d+)? (has )?failed|failed order|(payment|order) (didn't|did not) go through"
+    r"|never (arrived|received|came)|was cancelled but|marked as failed",
     re.I,
 )
 _ORDER_ID = re.compile(r"(?:order|#)\s*(?:#|no\.?|number)?\s*(\d{3,})", re.I)

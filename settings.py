@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from dotenv import load_dotenv
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -43,6 +44,12 @@ class Settings(BaseSettings):
     max_email_body_chars: int = Field(default=20_000, ge=1)
 
     @property
+    def inngest_dev_mode(self) -> bool:
+        """Dev mode (unsigned calls accepted) when INNGEST_DEV is truthy or a dev server URL."""
+        value = (self.inngest_dev or "").strip().lower()
+        return value not in ("", "0", "false", "no")
+
+    @property
     def uses_offline_model(self) -> bool:
         """True when neither OpenAI nor an OpenAI-compatible server is configured."""
         return not (self.openai_api_key or self.openai_base_url)
@@ -50,5 +57,10 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Read the settings once per process; tests call `get_settings.cache_clear()`."""
+    """Read the settings once per process; tests call `get_settings.cache_clear()`.
+
+    `.env` is also loaded into the process environment (without overriding it) because the
+    Inngest SDK reads INNGEST_DEV and its keys from the environment itself.
+    """
+    load_dotenv(override=False)
     return Settings()

@@ -1,0 +1,516 @@
+"""A small, faithful stand-in for the Inngest executor, for tests only.
+
+There is no Inngest dev server on these machines, so tests drive the served app
+over HTTP the way the executor does (see /work/shared/INNGEST_WIRE.md; the SDK in
+``inngest/_internal`` is the final word). This module is a test tool: it holds no
+product logic and must stay small enough to audit against the SDK.
+
+* ``StubInngestServer`` is a real loopback HTTP server, because the SDK makes real
+  outbound calls for sync (``POST /fn/register``) and ``send`` (``POST /e/<key>``).
+* ``InngestDriver`` syncs the app and runs functions call by call: memo, stack,
+  per-call attempt counters, step retries, parallel groups, sleeps, waits.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import http.server
+import inspect
+import json
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import httpx
+from inngest._internal import net
+
+JSONDict = dict[str, Any]
+_MISSING = object()
+
+
+class DriverError(AssertionError):
+    """The app answered something a real executor would not accept (or the run looped)."""
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclasses.dataclass
+class CapturedEvent:
+    """An event the app sent to the stub. ``duplicate`` mirrors Inngest dropping a reused ``id``."""
+
+    name: str
+    data: JSONDict
+    id: str
+    ts: int
+    idempotency_id: str | None
+    duplicate: bool
+
+    def as_event(self) -> JSONDict:
+        """The shape the executor hands to functions (``ts``/``id`` must be int/str: the SDK is strict)."""
+        return {"id": self.id, "name": self.name, "data": self.data, "ts": self.ts}
+
+
+class StubInngestServer:
+    """Loopback stand-in for the Inngest API and Event API, capturing what the app sends."""
+
+    def __init__(self) -> None:
+        self.registrations: list[JSONDict] = []
+        self.events: list[CapturedEvent] = []
+        self._lock = threading.Lock()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def env(self, *, dev: bool = True) -> dict[str, str]:
+        """Env vars that point a client built afterwards at the stub (origins are read at client init)."""
+        env = {k: self.url for k in ("INNGEST_BASE_URL", "INNGEST_API_BASE_URL", "INNGEST_EVENT_API_BASE_URL")}
+        if dev:
+            env["INNGEST_DEV"] = self.url
+        return env
+
+    def start(self) -> StubInngestServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> StubInngestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _capture_events(self, body: Any) -> list[str]:
+        ids: list[str] = []
+        with self._lock:
+            seen = {e.idempotency_id for e in self.events if e.idempotency_id}
+            for raw in body if isinstance(body, list) else [body]:
+                idem = raw.get("id") or None
+                ev = CapturedEvent(
+                    name=raw["name"],
+                    data=raw.get("data") or {},
+                    id=_new_id(),
+                    ts=int(raw.get("ts") or time.time() * 1000),
+                    idempotency_id=idem,
+                    duplicate=idem in seen,
+                )
+                if idem:
+                    seen.add(idem)
+                self.events.append(ev)
+                ids.append(ev.id)
+        return ids
+
+    def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # http.server's naming
+                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                body = json.loads(raw or b"null")
+                path = self.path.split("?")[0]
+                if path == "/fn/register":
+                    with stub._lock:
+                        stub.registrations.append(body)
+                    self._reply(200, {"ok": True})
+                elif path.startswith("/e/"):
+                    self._reply(200, {"ids": stub._capture_events(body), "status": 200})
+                else:
+                    self._reply(404, {"error": f"stub has no route {path}"})
+
+            def _reply(self, status: int, payload: object) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def normalize_event(event: Mapping[str, Any] | CapturedEvent) -> JSONDict:
+    """Fill ``id``/``ts`` like the Event API does; the SDK validates events strictly."""
+    if isinstance(event, CapturedEvent):
+        return event.as_event()
+    out = dict(event)
+    out.setdefault("data", {})
+    out["id"] = out.get("id") or _new_id()
+    out["ts"] = int(out.get("ts") or time.time() * 1000)
+    return out
+
+
+def signed_headers(body: bytes, signing_key: str) -> dict[str, str]:
+    """``X-Inngest-Signature`` as the executor sends it. The SDK verifies HMAC over the
+    JCS-canonical body (plus timestamp), so any JSON byte layout of ``body`` verifies."""
+    sig = net.sign_request(body, signing_key)
+    if isinstance(sig, Exception):
+        raise sig
+    return {"x-inngest-signature": sig}
+
+
+# --- wait_for_event matching: a tiny CEL subset, loud on anything else -------------------
+
+
+def _split_and(expr: str) -> list[str]:
+    parts, buf, quote = [], "", ""
+    i = 0
+    while i < len(expr):
+        ch = expr[i]
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif expr.startswith("&&", i):
+            parts.append(buf)
+            buf, i = "", i + 2
+            continue
+        buf += ch
+        i += 1
+    return [*parts, buf]
+
+
+def _operand(tok: str, candidate: Mapping[str, Any], trigger: Mapping[str, Any]) -> Any:
+    tok = tok.strip()
+    if not tok:
+        raise ValueError("empty CEL operand")
+    if len(tok) >= 2 and tok[0] in "'\"" and tok[-1] == tok[0]:
+        return tok[1:-1]
+    literals = {"true": True, "false": False, "null": None}
+    if tok in literals:
+        return literals[tok]
+    try:
+        return json.loads(tok) if tok[0].isdigit() or tok[0] == "-" else _path(tok, candidate, trigger)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"unsupported CEL operand {tok!r}") from err
+
+
+def _path(tok: str, candidate: Mapping[str, Any], trigger: Mapping[str, Any]) -> Any:
+    root, *keys = tok.split(".")
+    if root not in ("async", "event"):
+        raise ValueError(f"unsupported CEL operand {tok!r}")
+    obj: Any = candidate if root == "async" else trigger
+    for key in keys:
+        obj = obj.get(key, _MISSING) if isinstance(obj, Mapping) else _MISSING
+    return obj
+
+
+def cel_match(expr: str | None, *, candidate: Mapping[str, Any], trigger: Mapping[str, Any]) -> bool:
+    """Evaluate ``a == b`` / ``a != b`` clauses joined by ``&&``; operands are quoted strings,
+    numbers, true/false/null, ``async.<path>`` (candidate) or ``event.<path>`` (trigger).
+    A missing field makes its clause false, as a CEL evaluation error does in Inngest."""
+    if not expr or not expr.strip():
+        return True
+    for clause in _split_and(expr):
+        clause = clause.strip()
+        while clause.startswith("(") and clause.endswith(")"):
+            clause = clause[1:-1].strip()
+        op = "==" if "==" in clause else "!=" if "!=" in clause else None
+        if op is None:
+            raise ValueError(f"unsupported CEL clause {clause!r}")
+        left, right = (_operand(s, candidate, trigger) for s in clause.split(op, 1))
+        if left is _MISSING or right is _MISSING or (left == right) != (op == "=="):
+            return False
+    return True
+
+
+@dataclasses.dataclass
+class WaitOp:
+    """A ``WaitForEvent`` op as reported by the SDK, plus the run's trigger (for ``event.`` refs)."""
+
+    id: str
+    display_name: str
+    event: str
+    if_exp: str | None
+    timeout: str | None
+    trigger: JSONDict
+
+
+Resolver = Callable[[WaitOp], Awaitable[JSONDict | None]]
+
+
+def pool_resolver(
+    pool: Iterable[Mapping[str, Any] | CapturedEvent] | Callable[[], Iterable[Mapping[str, Any] | CapturedEvent]],
+) -> Resolver:
+    """Resolve a wait with the first pool event of the right name whose data matches ``if``;
+    None (timeout) if none does. A callable pool is read at wait time (e.g. ``lambda: stub.events``).
+    Inngest only matches events that arrive after the wait starts, so give it only those.
+    Events Inngest would drop as duplicates never match."""
+
+    async def resolve(op: WaitOp) -> JSONDict | None:
+        for item in pool() if callable(pool) else pool:
+            if isinstance(item, CapturedEvent) and item.duplicate:
+                continue
+            ev = normalize_event(item)
+            if ev["name"] == op.event and cel_match(op.if_exp, candidate=ev, trigger=op.trigger):
+                return ev
+        return None
+
+    return resolve
+
+
+async def timeout_resolver(op: WaitOp) -> None:
+    """Force every wait to time out (memo ``null``)."""
+    return None
+
+
+# --- runs ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CallRecord:
+    """One HTTP call to the app. ``request`` may be mutated by a ``before_call`` hook."""
+
+    fn_id: str
+    step_id: str
+    attempt: int
+    request: JSONDict
+    duplicate: bool = False
+    status_code: int = 0
+    body: Any = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ops(self) -> list[JSONDict]:
+        return self.body if self.status_code == 206 and isinstance(self.body, list) else []
+
+    @property
+    def no_retry(self) -> bool:
+        return self.headers.get("x-inngest-no-retry") == "true"
+
+
+@dataclasses.dataclass
+class Run:
+    fn_id: str
+    run_id: str
+    event: JSONDict
+    status: Literal["running", "completed", "failed"] = "running"
+    output: Any = None
+    error: Any = None
+    calls: list[CallRecord] = dataclasses.field(default_factory=list)
+    memo: JSONDict = dataclasses.field(default_factory=dict)
+    stack: list[str] = dataclasses.field(default_factory=list)
+    ops: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (display name, opcode)
+    waits: list[tuple[WaitOp, JSONDict | None]] = dataclasses.field(default_factory=list)
+    sleeps: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (display name, wake ISO)
+    on_failure: Run | None = None
+
+    @property
+    def trail(self) -> list[str]:
+        """Display names of every reported op except StepPlanned, in order (retries repeat)."""
+        return [name for name, op in self.ops if op != "StepPlanned"]
+
+    def runs_of(self, name: str) -> int:
+        """How many times the body of step ``name`` executed (StepRun/StepError/StepFailed)."""
+        return sum(1 for n, op in self.ops if n == name and op in ("StepRun", "StepError", "StepFailed"))
+
+
+BeforeCall = Callable[[CallRecord], Awaitable[None] | None]
+
+
+class InngestDriver:
+    """Drives a served app the way the executor does. Pass the ``httpx.AsyncClient`` that
+    reaches the app (uvicorn base_url or ``httpx.ASGITransport``)."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        stub: StubInngestServer | None = None,
+        path: str = "/api/inngest",
+        signing_key: str | None = None,
+        server_kind: str | None = None,
+        default_retries: int = 4,
+    ) -> None:
+        self.http, self.stub, self.path, self.signing_key = http, stub, path, signing_key
+        self.server_kind = server_kind or ("cloud" if signing_key else "dev")
+        self.default_retries = default_retries
+        self.app_id: str | None = None
+        self.functions: dict[str, JSONDict] = {}
+
+    def _headers(self, body: bytes) -> dict[str, str]:
+        headers = {"content-type": "application/json", "x-inngest-server-kind": self.server_kind}
+        if self.signing_key:
+            headers.update(signed_headers(body, self.signing_key))
+        return headers
+
+    async def sync(self) -> JSONDict:
+        """``PUT`` the serve path; the SDK then registers with the stub. Returns that payload."""
+        if self.stub is None:
+            raise DriverError("sync needs the stub server to capture registration")
+        before = len(self.stub.registrations)
+        res = await self.http.put(self.path, headers=self._headers(b""))
+        if res.status_code != 200 or len(self.stub.registrations) == before:
+            raise DriverError(f"sync failed: {res.status_code} {res.text}")
+        payload = self.stub.registrations[-1]
+        self.app_id = payload["appname"]
+        self.functions = {fn["id"]: fn for fn in payload["functions"]}
+        return payload
+
+    def fn_id(self, fn_id: str) -> str:
+        """Accept a local id ("my-fn") or the wire id ("app-my-fn")."""
+        if fn_id not in self.functions and f"{self.app_id}-{fn_id}" in self.functions:
+            return f"{self.app_id}-{fn_id}"
+        return fn_id
+
+    def max_attempts(self, fn_id: str) -> int:
+        """``retries`` in the registration counts retries, so attempts = retries + 1."""
+        retries = self.functions.get(fn_id, {}).get("steps", {}).get("step", {}).get("retries", {})
+        return int(retries.get("attempts", self.default_retries)) + 1
+
+    async def _call(
+        self,
+        run: Run,
+        step_id: str,
+        attempt: int,
+        disable: bool,
+        max_attempts: int,
+        before_call: BeforeCall | None,
+        duplicate: bool = False,
+    ) -> CallRecord:
+        ctx = {
+            "run_id": run.run_id,
+            "attempt": attempt,
+            "max_attempts": max_attempts,
+            "disable_immediate_execution": disable,
+            "stack": {"stack": list(run.stack)},
+        }
+        request = {"event": run.event, "events": [run.event], "steps": dict(run.memo), "use_api": False, "ctx": ctx}
+        rec = CallRecord(run.fn_id, step_id, attempt, request, duplicate)
+        if before_call is not None:
+            maybe = before_call(rec)
+            if inspect.isawaitable(maybe):
+                await maybe
+        raw = json.dumps(rec.request).encode()
+        res = await self.http.post(
+            self.path, params={"fnId": run.fn_id, "stepId": step_id}, content=raw, headers=self._headers(raw)
+        )
+        rec.status_code, text = res.status_code, res.text
+        rec.headers = {k.lower(): v for k, v in res.headers.items()}
+        if res.status_code == 201:  # INNGEST_STREAMING=force: keepalive spaces, then the real answer
+            inner = json.loads(text)
+            rec.status_code, text = inner["status"], inner["body"]
+            rec.headers.update({k.lower(): v for k, v in inner["headers"].items()})
+        try:
+            rec.body = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            rec.body = text
+        run.calls.append(rec)
+        return rec
+
+    async def run(
+        self,
+        fn_id: str,
+        event: Mapping[str, Any] | CapturedEvent,
+        *,
+        run_id: str | None = None,
+        resolver: Resolver | None = None,
+        deliver_twice: bool = False,
+        before_call: BeforeCall | None = None,
+        max_calls: int = 200,
+        run_on_failure: bool = True,
+    ) -> Run:
+        """Run one function to completion or failure. Each queued call has its own attempt
+        counter, as each queue item does in the engine: a step's retries, a discovery call's
+        retries and the next step all count separately. ``deliver_twice`` re-sends every call
+        and keeps the first answer (at-least-once delivery). A fresh ``run()`` is a replay."""
+        fid = self.fn_id(fn_id)
+        run = Run(fid, run_id or _new_id(), normalize_event(event))
+        max_attempts = self.max_attempts(fid)
+        if resolver is None:
+            stub = self.stub
+            resolver = pool_resolver(lambda: stub.events if stub else [])
+        disable = False
+        queue: collections.deque[tuple[str, int]] = collections.deque([("step", 0)])
+        while queue:
+            if len(run.calls) >= max_calls:
+                raise DriverError(f"{fid}: more than {max_calls} calls; looping?")
+            step_id, attempt = queue.popleft()
+            rec = await self._call(run, step_id, attempt, disable, max_attempts, before_call)
+            if deliver_twice:
+                await self._call(run, step_id, attempt, disable, max_attempts, before_call, duplicate=True)
+            if rec.status_code == 200:
+                run.status, run.output = "completed", rec.body
+                break
+            if rec.status_code == 206:
+                if not isinstance(rec.body, list) or not rec.body:
+                    raise DriverError(f"206 without ops: {rec.body!r}")
+                disable = disable or len(rec.body) > 1  # a parallel group: plan, don't run, from now on
+                retry = False
+                for op in rec.body:
+                    retry = await self._apply(run, rec, op, max_attempts, resolver, queue) or retry
+                if retry:
+                    queue.appendleft((step_id, attempt + 1))
+                elif not queue:
+                    queue.append(("step", 0))
+                continue
+            if rec.status_code >= 500 and not rec.no_retry and attempt + 1 < max_attempts:
+                queue.appendleft((step_id, attempt + 1))  # function-level error: same call again
+                continue
+            # 4xx fails fast (the engine would retry) so misconfiguration stays loud in tests.
+            run.status, run.error = "failed", rec.body
+            break
+        if run.status == "failed" and run_on_failure and f"{fid}-failure" in self.functions:
+            failed = {
+                "name": "inngest/function.failed",
+                "data": {"error": run.error, "event": run.event, "function_id": fid, "run_id": run.run_id},
+            }
+            run.on_failure = await self.run(f"{fid}-failure", failed, resolver=resolver, run_on_failure=False)
+        return run
+
+    async def _apply(
+        self,
+        run: Run,
+        rec: CallRecord,
+        op: JSONDict,
+        max_attempts: int,
+        resolver: Resolver,
+        queue: collections.deque[tuple[str, int]],
+    ) -> bool:
+        """Apply one op to the run state; True means "retry this same call"."""
+        code, hid = op["op"], op["id"]
+        name = op.get("displayName") or op.get("name") or hid
+        run.ops.append((name, code))
+        memo: Any
+        if code == "StepPlanned":
+            queue.append((hid, 0))
+            return False
+        if code == "StepRun":
+            memo = {"data": op.get("data")}
+        elif code == "StepError":
+            if not rec.no_retry and rec.attempt + 1 < max_attempts:
+                return True
+            memo = {"error": op["error"]}
+        elif code == "StepFailed":
+            memo = {"error": op["error"]}
+        elif code == "Sleep":
+            run.sleeps.append((name, op["name"]))
+            memo = None
+        elif code == "WaitForEvent":
+            opts = op.get("opts") or {}
+            wait = WaitOp(hid, name, op["name"], opts.get("if"), opts.get("timeout"), run.event)
+            memo = await resolver(wait)
+            run.waits.append((wait, memo))
+        elif code == "InvokeFunction":
+            opts = op["opts"]
+            payload = opts.get("payload") or {}
+            child = await self.run(
+                opts["function_id"],
+                {"name": "inngest/function.invoked", "data": payload.get("data") or {}},
+                resolver=resolver,
+            )
+            memo = {"data": child.output} if child.status == "completed" else {"error": child.error}
+        else:
+            raise DriverError(f"driver does not support op {code}")
+        run.memo[hid] = memo
+        run.stack.append(hid)
+        return False
