@@ -24,6 +24,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel
 
 from settings import Settings
@@ -52,6 +53,8 @@ class AuditAction(StrEnum):
 
 
 Tier = Literal["free", "pro", "enterprise"]
+# Anything that can run a query: the pool, or a connection acquired from it (for transactions).
+Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 RequestStatus = Literal["pending", "approved", "rejected", "expired"]
 
 # Each migration runs once, in order, inside a transaction; `schema_migrations` remembers it.
@@ -423,7 +426,7 @@ async def list_orders(pool: asyncpg.Pool, *, customer_id: int) -> list[Order]:
     return [_order(r) for r in rows]
 
 
-async def get_order(pool: asyncpg.Pool | asyncpg.Connection, *, order_id: int) -> Order | None:
+async def get_order(pool: Executor, *, order_id: int) -> Order | None:
     row = await pool.fetchrow(_ORDER_SELECT + " WHERE o.id = $1", order_id)
     return _order(row) if row else None
 
@@ -437,7 +440,7 @@ def _request(row: asyncpg.Record) -> RefundRequest:
     return RefundRequest(**data)
 
 
-async def get_refund_request(pool: asyncpg.Pool | asyncpg.Connection, *, request_id: str) -> RefundRequest | None:
+async def get_refund_request(pool: Executor, *, request_id: str) -> RefundRequest | None:
     row = await pool.fetchrow("SELECT * FROM refund_requests WHERE id = $1", request_id)
     return _request(row) if row else None
 
@@ -485,7 +488,7 @@ async def list_audit(
 
 
 async def record_audit(
-    conn: asyncpg.Pool | asyncpg.Connection,
+    conn: Executor,
     *,
     action: AuditAction,
     run_id: str | None,
@@ -510,9 +513,7 @@ async def record_audit(
     return inserted is not None
 
 
-async def check_refund_policy(
-    conn: asyncpg.Pool | asyncpg.Connection, *, customer_id: int, order_id: int, amount_cents: Any
-) -> PolicyVerdict:
+async def check_refund_policy(conn: Executor, *, customer_id: int, order_id: int, amount_cents: Any) -> PolicyVerdict:
     """The refund policy, in code: right owner, a positive whole number of cents, no more than
     what was paid minus what was already refunded. The explanation is written for the model."""
     if isinstance(amount_cents, bool) or not isinstance(amount_cents, int) or amount_cents <= 0:
@@ -652,6 +653,8 @@ async def decide_refund_request(
             note,
             decision_id,
         )
+        if updated is None:
+            raise RuntimeError(f"refund request {request_id} disappeared while locked")
         request = _request(updated)
         await record_audit(
             conn,
@@ -745,6 +748,8 @@ async def issue_refund_for_request(pool: asyncpg.Pool, *, request_id: str) -> Is
             request.amount_cents,
             request.reason,
         )
+        if row is None:
+            raise RuntimeError(f"inserting the refund for {request_id} returned nothing")
         refund = Refund(**dict(row))
         await record_audit(
             conn,

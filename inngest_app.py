@@ -193,12 +193,14 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
 
     async def audit_run_failure(ctx: inngest.Context) -> None:
         """Every function's on_failure: a run that exhausted its retries shows in Postgres."""
-        data = ctx.event.data
-        original = data.get("event") if isinstance(data.get("event"), dict) else {}
-        original_data = original.get("data") if isinstance(original, dict) else {}
-        customer_id = original_data.get("customer_id") if isinstance(original_data, dict) else None
+        data: dict[str, Any] = dict(ctx.event.data)
+        original: dict[str, Any] = data["event"] if isinstance(data.get("event"), dict) else {}
+        original_data: dict[str, Any] = original["data"] if isinstance(original.get("data"), dict) else {}
+        customer_id = original_data.get("customer_id")
         failed_run = str(data.get("run_id") or ctx.run_id)
-        error = data.get("error") if isinstance(data.get("error"), dict) else {"message": str(data.get("error"))}
+        error: dict[str, Any] = (
+            data["error"] if isinstance(data.get("error"), dict) else {"message": str(data.get("error"))}
+        )
         if str(error.get("message", "")).startswith(REJECTION_PREFIX):
             return  # a refused event is already audited as event_rejected; nothing failed
         await db.record_audit(
@@ -209,7 +211,7 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
             detail={
                 "function_id": data.get("function_id"),
                 "error": error,
-                "event_name": original.get("name") if isinstance(original, dict) else None,
+                "event_name": original.get("name"),
             },
             idempotency_key=f"run_failed:{failed_run}",
         )
@@ -406,8 +408,10 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
 
 async def _reject(pool: asyncpg.Pool, ctx: inngest.Context, why: str) -> NoReturn:
     """Audit why an event was refused, then end the run without burning retries."""
-    data = ctx.event.data
-    customer_id = data.get("customer_id") if isinstance(data.get("customer_id"), int) else None
+    raw_customer_id = ctx.event.data.get("customer_id")
+    customer_id = (
+        raw_customer_id if isinstance(raw_customer_id, int) and not isinstance(raw_customer_id, bool) else None
+    )
     await db.record_audit(
         pool,
         action=db.AuditAction.EVENT_REJECTED,

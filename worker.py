@@ -15,7 +15,7 @@ import json
 import re
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -70,7 +70,7 @@ class SupportContext:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], *, pool: asyncpg.Pool) -> SupportContext:
+    def from_json(cls, data: Mapping[str, Any], *, pool: asyncpg.Pool) -> SupportContext:
         return cls(
             pool=pool,
             customer_id=int(data["customer_id"]),
@@ -440,8 +440,9 @@ async def restore_paused_run(
     agent: Agent[SupportContext], snapshot: dict[str, Any], *, pool: asyncpg.Pool
 ) -> RunState[Any, Any]:
     """Rebuild a paused run from its snapshot, re-supplying the live context (the pool)."""
-    context = SupportContext.from_json(snapshot["context"]["context"], pool=pool)
-    return await RunState.from_json(agent, snapshot, context_override=context)
+    return await RunState.from_json(
+        agent, snapshot, context_deserializer=lambda data: SupportContext.from_json(data, pool=pool)
+    )
 
 
 async def handle_email(
