@@ -544,12 +544,19 @@ async def _main(argv: list[str]) -> int:
     parser.add_argument("--list", action="store_true", help="list customers and their orders")
     parser.add_argument("--approve", action="store_true", help="approve any refund without asking")
     parser.add_argument("--reject", action="store_true", help="reject any refund without asking")
+    parser.add_argument("--audit", action="store_true", help="print the audit trail (filter with --customer)")
     args = parser.parse_args(argv)
     settings = get_settings()
     model_note = (
         "offline rule-based model (no OPENAI_API_KEY set)" if settings.uses_offline_model else settings.openai_model
     )
     async with db.open_pool(settings) as pool:
+        if args.audit:
+            for entry in await db.list_audit(pool, customer_id=args.customer):
+                detail = json.dumps(entry.detail, ensure_ascii=False)
+                who = f"{entry.run_id or '-':<24} {entry.customer_id or '-':>3}"
+                print(f"{entry.at[:19]}  {who}  {entry.action.value:<22} {detail[:110]}")
+            return 0
         if args.list or args.email is None or args.customer is None:
             for customer in await db.list_customers(pool):
                 orders = await db.list_orders(pool, customer_id=customer.id)
