@@ -768,6 +768,68 @@ async def issue_refund_for_request(pool: asyncpg.Pool, *, request_id: str) -> Is
         return IssueOutcome(issued=True, refund=refund, explanation="Refund issued.")
 
 
+class Activity(BaseModel):
+    """A customer's recent history, as the health check reads it."""
+
+    customer_id: int
+    since: str
+    emails: int
+    replies: int
+    unanswered: int
+    refunds_issued: int
+    refunded_cents: int
+    refunds_blocked: int
+    last_email_at: str | None
+
+
+async def customer_activity(pool: Executor, *, customer_id: int, days: int = 30) -> Activity:
+    """Counts over the last `days` days of the audit trail and the refunds table.
+
+    An email is unanswered when its run wrote `message_received` more than an hour ago and
+    neither a reply nor a duplicate notice since.
+    """
+    row = await pool.fetchrow(
+        """
+        WITH recent AS (
+            SELECT * FROM audit_log
+            WHERE customer_id = $1 AND at >= now() - make_interval(days => $2)
+        )
+        SELECT now() - make_interval(days => $2) AS since,
+               count(*) FILTER (WHERE action = 'message_received') AS emails,
+               count(*) FILTER (WHERE action = 'reply_sent') AS replies,
+               count(*) FILTER (WHERE action = 'refund_blocked') AS refunds_blocked,
+               max(at) FILTER (WHERE action = 'message_received') AS last_email_at,
+               count(*) FILTER (
+                   WHERE action = 'message_received' AND at < now() - interval '1 hour'
+                   AND NOT EXISTS (
+                       SELECT 1 FROM audit_log done WHERE done.run_id = recent.run_id
+                       AND done.action IN ('reply_sent', 'event_duplicate', 'run_failed')
+                   )
+               ) AS unanswered,
+               (SELECT count(*) FROM refunds r WHERE r.customer_id = $1
+                    AND r.created_at >= now() - make_interval(days => $2)) AS refunds_issued,
+               (SELECT COALESCE(sum(amount_cents), 0) FROM refunds r WHERE r.customer_id = $1
+                    AND r.created_at >= now() - make_interval(days => $2)) AS refunded_cents
+        FROM recent
+        """,
+        customer_id,
+        days,
+    )
+    if row is None:
+        raise RuntimeError("the activity query returned no row")
+    return Activity(
+        customer_id=customer_id,
+        since=_iso(row["since"]),
+        emails=int(row["emails"]),
+        replies=int(row["replies"]),
+        unanswered=int(row["unanswered"]),
+        refunds_issued=int(row["refunds_issued"]),
+        refunded_cents=int(row["refunded_cents"]),
+        refunds_blocked=int(row["refunds_blocked"]),
+        last_email_at=_iso(row["last_email_at"]) if row["last_email_at"] else None,
+    )
+
+
 async def audit_action_constraint_values(pool: asyncpg.Pool) -> set[str]:
     """The action names the database accepts, read back from the CHECK constraint."""
     definition = await pool.fetchval(

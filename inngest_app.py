@@ -28,6 +28,7 @@ from openai.types.responses import ResponseOutputItem
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, ValidationError, model_validator
 
 import db
+import health
 import worker
 from settings import Settings, get_settings
 
@@ -36,6 +37,14 @@ logger = logging.getLogger("support_worker.inngest")
 APP_ID = "support-worker"
 EMAIL_RECEIVED = "customer/email.received"
 APPROVAL_DECIDED = "refund/approval.decided"
+HEALTH_CHECK_REQUESTED = "customer/health_check.requested"
+HEALTH_CHECK_TIERS = ["pro", "enterprise"]
+# Priority by tier, from the event itself (the engine cannot ask Postgres): enterprise runs
+# may start up to 10 minutes ahead of queued free-tier runs, pro up to 5. Events without a
+# `tier` (e.g. typed into the dashboard) run at normal priority.
+PRIORITY_BY_TIER = (
+    'has(event.data.tier) ? (event.data.tier == "enterprise" ? 600 : (event.data.tier == "pro" ? 300 : 0)) : 0'
+)
 REJECTION_PREFIX = "rejected "
 
 
@@ -70,6 +79,15 @@ class ApprovalDecided(BaseModel):
     approved: StrictBool
     reviewer: str = Field(min_length=1, max_length=200)
     note: str | None = Field(default=None, max_length=2000)
+
+
+class HealthCheckRequested(BaseModel):
+    """`customer/health_check.requested` data, sent by the daily cron (one per customer)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    customer_id: StrictInt = Field(gt=0)
+    day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
 
 
 class Intake(BaseModel):
@@ -222,6 +240,15 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
         trigger=inngest.TriggerEvent(event=EMAIL_RECEIVED),
         retries=4,
         on_failure=audit_run_failure,
+        concurrency=[
+            # All email runs at once: each in-flight step holds at most one pool connection.
+            inngest.Concurrency(limit=settings.email_concurrency),
+            # One customer's share, so a noisy sender cannot starve everyone else.
+            inngest.Concurrency(limit=settings.email_concurrency_per_customer, key="event.data.customer_id"),
+        ],
+        # Run starts per minute, matched to the model's rate limit (a few model calls a run).
+        throttle=inngest.Throttle(limit=settings.email_throttle_per_minute, period=timedelta(minutes=1)),
+        priority=inngest.Priority(run=PRIORITY_BY_TIER),
     )
     async def handle_customer_email(ctx: inngest.Context) -> dict[str, Any]:
         pool = runtime.require_pool()
@@ -403,7 +430,103 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
 
         return await ctx.step.run("record-decision", record)
 
-    return [handle_customer_email, record_refund_decision]
+    @client.create_function(
+        fn_id="daily-health-check",
+        name="Daily health check",
+        trigger=inngest.TriggerCron(cron=settings.health_check_cron),
+        retries=2,
+        on_failure=audit_run_failure,
+    )
+    async def daily_health_check(ctx: inngest.Context) -> dict[str, Any]:
+        """Fan out one health-check event per paying customer, keyed by customer and day."""
+        pool = runtime.require_pool()
+
+        async def load_eligible_customers() -> dict[str, Any]:
+            customers = await db.list_customers(pool)
+            return {
+                "day": _scheduled_day(ctx.event),
+                "eligible": [c.id for c in customers if c.tier in HEALTH_CHECK_TIERS],
+                "skipped_free": [c.id for c in customers if c.tier not in HEALTH_CHECK_TIERS],
+            }
+
+        loaded = await ctx.step.run("load-eligible-customers", load_eligible_customers)
+        day, eligible = loaded["day"], loaded["eligible"]
+        chunk = settings.health_check_fanout_chunk
+        for start in range(0, len(eligible), chunk):
+            events = [
+                # The id makes the engine drop a second send of the same customer-day.
+                inngest.Event(
+                    name=HEALTH_CHECK_REQUESTED,
+                    id=f"health-check-{customer_id}-{day}",
+                    data={"customer_id": customer_id, "day": day},
+                )
+                for customer_id in eligible[start : start + chunk]
+            ]
+            await ctx.step.send_event(f"fan-out-{start // chunk + 1}", events)
+        return {
+            "day": day,
+            "scheduled": len(eligible),
+            "skipped": len(loaded["skipped_free"]),
+            "skipped_reason": "free-tier customers are not health-checked",
+        }
+
+    @client.create_function(
+        fn_id="customer-health-check",
+        name="Customer health check",
+        trigger=inngest.TriggerEvent(event=HEALTH_CHECK_REQUESTED),
+        retries=3,
+        on_failure=audit_run_failure,
+        # Gentler than live email: the morning fan-out must never crowd out customers.
+        concurrency=[inngest.Concurrency(limit=settings.health_check_concurrency)],
+        throttle=inngest.Throttle(limit=settings.health_check_throttle_per_minute, period=timedelta(minutes=1)),
+    )
+    async def customer_health_check(ctx: inngest.Context) -> dict[str, Any]:
+        pool = runtime.require_pool()
+
+        async def gather_activity() -> dict[str, Any]:
+            try:
+                request = HealthCheckRequested.model_validate(dict(ctx.event.data))
+            except ValidationError as error:
+                await _reject(pool, ctx, describe_validation_error(error))
+            customer = await db.get_customer(pool, customer_id=request.customer_id)
+            if customer is None:
+                await _reject(pool, ctx, f"unknown customer: customer_id {request.customer_id}")
+            activity = await db.customer_activity(pool, customer_id=customer.id)
+            return {"customer": customer.model_dump(), "activity": activity.model_dump(), "day": request.day}
+
+        gathered = await ctx.step.run("gather-activity", gather_activity)
+        customer = db.Customer.model_validate(gathered["customer"])
+        summary = health.summarize(customer, db.Activity.model_validate(gathered["activity"]), day=gathered["day"])
+
+        async def record_health_check() -> bool:
+            return await db.record_audit(
+                pool,
+                action=db.AuditAction.HEALTH_CHECK_COMPLETED,
+                run_id=ctx.run_id,
+                customer_id=customer.id,
+                detail=summary.model_dump(),
+                idempotency_key=f"health_check_completed:{customer.id}:{summary.day}",
+            )
+
+        first = await ctx.step.run("record-health-check", record_health_check)
+        return summary.model_dump() | {"recorded": first}
+
+    return [handle_customer_email, record_refund_decision, daily_health_check, customer_health_check]
+
+
+def _scheduled_day(event: inngest.Event) -> str:
+    """The day a health check is for: from the tick, never from the clock at retry time.
+
+    A cron tick's event carries its scheduled time and is the same on every retry. An
+    invocation from the dashboard may name `data.day`; failing both, today (the step that
+    calls this is memoized, so a retry still sees the first answer).
+    """
+    named = event.data.get("day")
+    if isinstance(named, str) and len(named) == 10:
+        return named
+    if event.ts:
+        return datetime.fromtimestamp(event.ts / 1000, UTC).date().isoformat()
+    return datetime.now(UTC).date().isoformat()
 
 
 async def _reject(pool: asyncpg.Pool, ctx: inngest.Context, why: str) -> NoReturn:

@@ -43,6 +43,18 @@ class Settings(BaseSettings):
     refund_approval_timeout_hours: float = Field(default=4.0, gt=0)
     max_email_body_chars: int = Field(default=20_000, ge=1)
 
+    # Flow control for the email function (see README "Flow control"). In-flight steps each
+    # hold at most one pool connection, so the two concurrency caps together should not
+    # exceed DB_POOL_MAX_SIZE.
+    email_concurrency: int = Field(default=8, ge=1)  # all email runs at once: protects the pool
+    email_concurrency_per_customer: int = Field(default=2, ge=1)  # one noisy customer's share
+    email_throttle_per_minute: int = Field(default=30, ge=1)  # run starts/min: the model's rate limit
+    # The daily health check: when, and how gently it shares the model and the pool.
+    health_check_cron: str = "0 9 * * *"  # Inngest crons are UTC unless prefixed with TZ=
+    health_check_concurrency: int = Field(default=2, ge=1)
+    health_check_throttle_per_minute: int = Field(default=10, ge=1)
+    health_check_fanout_chunk: int = Field(default=100, ge=1, le=5000)
+
     @property
     def inngest_dev_mode(self) -> bool:
         """Dev mode (unsigned calls accepted) when INNGEST_DEV is truthy or a dev server URL."""

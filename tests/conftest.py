@@ -11,6 +11,7 @@ from pathlib import Path
 import agents
 import asyncpg
 import pytest
+from tests_support import Engine, serve
 
 import db
 from settings import Settings, get_settings
@@ -56,6 +57,12 @@ async def reset_data(pool: asyncpg.Pool) -> None:
 @pytest.fixture(autouse=True)
 async def clean_data(pool: asyncpg.Pool) -> None:
     await reset_data(pool)
+
+
+@pytest.fixture
+async def engine(settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool) -> AsyncIterator[Engine]:
+    async with serve(settings, monkeypatch, pool) as served:
+        yield served
 
 
 @pytest.fixture(autouse=True)

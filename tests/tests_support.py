@@ -1,8 +1,28 @@
-"""Small helpers shared by test modules."""
+"""Helpers shared by test modules: a free port, and the served app driven like the engine."""
 
 from __future__ import annotations
 
 import socket
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from agents import Model
+from inngest_driver import InngestDriver, Run, StubInngestServer, WaitOp, cel_match
+
+import db
+import inngest_app
+from offline_model import OfflineSupportModel
+from settings import Settings
+
+GRACE = 2
+EMAIL_FN = "handle-customer-email"
+DECISION_FN = "record-refund-decision"
 
 
 def free_port() -> int:
@@ -10,3 +30,79 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class CountingModel(OfflineSupportModel):
+    """The offline model, counting calls per turn and able to fail chosen calls."""
+
+    def __init__(self, fail: Callable[[int, int], bool] | None = None) -> None:
+        self.calls: Counter[int] = Counter()  # turn number (1-based) -> times called
+        self._fail = fail or (lambda turn, nth: False)
+
+    async def get_response(self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any) -> Any:
+        turn = sum(1 for i in input if isinstance(i, dict) and i.get("type") == "function_call_output") + 1
+        self.calls[turn] += 1
+        if self._fail(turn, self.calls[turn]):
+            raise RuntimeError(f"model unavailable (turn {turn}, call {self.calls[turn]})")
+        return await super().get_response(system_instructions, input, *args, **kwargs)
+
+
+@dataclass
+class Engine:
+    driver: InngestDriver
+    stub: StubInngestServer
+    pool: asyncpg.Pool
+
+    async def email(self, data: dict[str, Any], *, event_id: str = "evt-email-1", **kwargs: Any) -> Run:
+        event = {"name": inngest_app.EMAIL_RECEIVED, "id": event_id, "data": data, "ts": 1_790_000_000_000}
+        return await self.driver.run(EMAIL_FN, event, **kwargs)
+
+    async def decide(
+        self,
+        request_id: str,
+        *,
+        approved: bool,
+        event_id: str,
+        reviewer: str = "ops@example.com",
+        note: str | None = None,
+    ) -> tuple[dict[str, Any], Run]:
+        """Send a decision as the engine delivers it: to the recorder function (and, via the
+        returned event, to any waiting run)."""
+        event = {
+            "name": inngest_app.APPROVAL_DECIDED,
+            "id": event_id,
+            "ts": 1_790_000_100_000,
+            "data": {"request_id": request_id, "approved": approved, "reviewer": reviewer, "note": note},
+        }
+        return event, await self.driver.run(DECISION_FN, event)
+
+    def reviewer(self, *, approved: bool, note: str | None = None) -> Callable[[WaitOp], Any]:
+        """A resolver playing a reviewer who decides while the run waits."""
+
+        async def resolve(op: WaitOp) -> dict[str, Any] | None:
+            request_id = await self.pool.fetchval("SELECT id FROM refund_requests WHERE status = 'pending'")
+            event, _ = await self.decide(request_id, approved=approved, event_id=f"dec-{request_id}", note=note)
+            return event if cel_match(op.if_exp, candidate=event, trigger=op.trigger) else None
+
+        return resolve
+
+    async def actions(self, run_id: str | None = None) -> list[str]:
+        return [e.action.value for e in await db.list_audit(self.pool, run_id=run_id)]
+
+
+@asynccontextmanager
+async def serve(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool, model: Model | None = None
+) -> AsyncIterator[Engine]:
+    with StubInngestServer() as stub:
+        for key, value in stub.env().items():
+            monkeypatch.setenv(key, value)
+        app = inngest_app.create_app(
+            settings.model_copy(update={"inngest_dev": stub.url}), model=model or OfflineSupportModel()
+        )
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+                driver = InngestDriver(http, stub=stub)
+                await driver.sync()
+                yield Engine(driver=driver, stub=stub, pool=pool)

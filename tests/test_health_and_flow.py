@@ -1,0 +1,172 @@
+"""The daily health-check fan-out and flow control, driven like the engine drives them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from tests_support import EMAIL_FN, Engine, serve
+
+import db
+import health
+import inngest_app
+from settings import Settings
+
+CRON_FN = "daily-health-check"
+CHILD_FN = "customer-health-check"
+TICK = {
+    "name": "inngest/scheduled.timer",
+    "id": "tick-2026-11-23",
+    "ts": int(datetime(2026, 11, 23, 9, 0, tzinfo=UTC).timestamp() * 1000),
+    "data": {"cron": "0 9 * * *"},
+}
+ELIGIBLE = [1, 2, 3]  # Ada (enterprise), Grace and Alan (pro); Katherine and Linus are free
+
+
+def functions_by_id(payload: dict[str, object]) -> dict[str, dict[str, object]]:
+    return {fn["id"].removeprefix("support-worker-"): fn for fn in payload["functions"]}  # type: ignore[index,union-attr]
+
+
+async def test_registration_carries_the_cron_and_flow_control_as_configured(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+) -> None:
+    tuned = settings.model_copy(
+        update={
+            "email_concurrency": 7,
+            "email_concurrency_per_customer": 3,
+            "email_throttle_per_minute": 42,
+            "health_check_cron": "TZ=Europe/Paris 30 8 * * *",
+            "health_check_concurrency": 4,
+            "health_check_throttle_per_minute": 9,
+        }
+    )
+    async with serve(tuned, monkeypatch, pool) as engine:
+        fns = functions_by_id(engine.stub.registrations[-1])
+    email = fns[EMAIL_FN]
+    assert email["concurrency"] == [{"limit": 7}, {"limit": 3, "key": "event.data.customer_id"}]
+    assert email["throttle"] == {"limit": 42, "period": "1m", "burst": 1}
+    assert email["priority"] == {"run": inngest_app.PRIORITY_BY_TIER}
+    assert email["triggers"] == [{"event": "customer/email.received"}]
+    assert fns[CRON_FN]["triggers"] == [{"cron": "TZ=Europe/Paris 30 8 * * *"}]
+    assert fns[CHILD_FN]["concurrency"] == [{"limit": 4}]
+    assert fns[CHILD_FN]["throttle"] == {"limit": 9, "period": "1m", "burst": 1}
+    assert fns[CHILD_FN]["triggers"] == [{"event": "customer/health_check.requested"}]
+
+
+async def test_the_cron_fans_out_one_event_per_paying_customer_with_stable_ids(engine: Engine) -> None:
+    run = await engine.driver.run(CRON_FN, TICK)
+    assert run.status == "completed", run.error
+    assert run.output == {
+        "day": "2026-11-23",
+        "scheduled": 3,
+        "skipped": 2,
+        "skipped_reason": "free-tier customers are not health-checked",
+    }
+    sent = [(e.name, e.idempotency_id, e.data["customer_id"]) for e in engine.stub.events]
+    assert sent == [("customer/health_check.requested", f"health-check-{cid}-2026-11-23", cid) for cid in ELIGIBLE]
+    assert len(run.calls) == 3  # load, one fan-out chunk, the call that returns
+
+    retried_tick = await engine.driver.run(CRON_FN, TICK)  # the same tick delivered again
+    again = engine.stub.events[3:]
+    assert [e.idempotency_id for e in again] == [f"health-check-{cid}-2026-11-23" for cid in ELIGIBLE]
+    assert all(e.duplicate for e in again)  # the engine drops them: no customer is checked twice
+    assert retried_tick.output == run.output
+
+
+async def test_large_lists_go_out_in_chunks(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+) -> None:
+    async with serve(settings.model_copy(update={"health_check_fanout_chunk": 2}), monkeypatch, pool) as engine:
+        run = await engine.driver.run(CRON_FN, TICK)
+        assert run.trail == ["load-eligible-customers", "fan-out-1", "fan-out-2"]
+        assert [e.data["customer_id"] for e in engine.stub.events] == ELIGIBLE
+
+
+async def test_the_child_writes_one_health_row_per_customer_per_day(engine: Engine) -> None:
+    await engine.driver.run(CRON_FN, TICK)
+    for captured in engine.stub.events:
+        for _ in range(2):  # delivered twice: still one row
+            child = await engine.driver.run(CHILD_FN, captured.as_event())
+            assert child.status == "completed", child.error
+    rows = await db.list_audit(engine.pool, action=db.AuditAction.HEALTH_CHECK_COMPLETED)
+    assert sorted(r.customer_id for r in rows) == ELIGIBLE
+    assert all(r.detail["day"] == "2026-11-23" for r in rows)
+    quiet = rows[0].detail
+    assert quiet["status"] == "watch" and quiet["signals"] == ["quiet"] and quiet["outreach_note"] is None
+
+
+async def test_a_refund_heavy_customer_is_at_risk_and_gets_an_outreach_draft(engine: Engine) -> None:
+    for order_id, cents in ((1003, 49_900), (1004, 1_999)):
+        request, _ = await db.create_refund_request(
+            engine.pool,
+            customer_id=2,
+            order_id=order_id,
+            amount_cents=cents,
+            reason="r",
+            customer_message="",
+            run_id=f"r{order_id}",
+            tool_call_id="c",
+            ttl_seconds=60,
+        )
+        await db.decide_refund_request(
+            engine.pool, request_id=request.id, approved=True, reviewer="r", note=None, decision_id=f"d{order_id}"
+        )
+        await db.issue_refund_for_request(engine.pool, request_id=request.id)
+    child = await engine.driver.run(
+        CHILD_FN,
+        {"name": inngest_app.HEALTH_CHECK_REQUESTED, "id": "h", "data": {"customer_id": 2, "day": "2026-11-23"}},
+    )
+    assert child.output["status"] == "at_risk"
+    assert "refund_heavy" in child.output["signals"]
+    assert child.output["outreach_note"].startswith("Hi Grace")
+
+
+async def test_a_malformed_health_check_event_is_rejected(engine: Engine) -> None:
+    run = await engine.driver.run(CHILD_FN, {"name": inngest_app.HEALTH_CHECK_REQUESTED, "data": {"customer_id": "x"}})
+    assert run.status == "failed" and run.calls[0].no_retry
+    assert await engine.actions() == ["event_rejected"]
+
+
+def test_health_rules_grade_unanswered_mail_as_at_risk() -> None:
+    customer = db.Customer(id=1, email="a@example.com", name="Ada Lovelace", tier="enterprise")
+    activity = db.Activity(
+        customer_id=1,
+        since="",
+        emails=3,
+        replies=2,
+        unanswered=1,
+        refunds_issued=0,
+        refunded_cents=0,
+        refunds_blocked=0,
+        last_email_at=None,
+    )
+    summary = health.summarize(customer, activity, day="2026-11-23")
+    assert summary.status == "at_risk" and summary.signals == ["unanswered"]
+
+
+async def test_a_burst_of_twenty_emails_through_a_small_pool_completes_exactly_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+) -> None:
+    """Twenty runs across five customers at once, one host process, a pool of three."""
+    bodies = ["Where is order {order}?", "Do you ship to Canada?", "Thanks for the quick help!"]
+    orders = {1: 1001, 2: 1004, 3: 1006, 4: 1008, 5: 1010}
+    async with serve(settings.model_copy(update={"db_pool_max_size": 3}), monkeypatch, pool) as engine:
+        emails = [
+            engine.email(
+                {"customer_id": n % 5 + 1, "body": bodies[n % 3].format(order=orders[n % 5 + 1])},
+                event_id=f"evt-burst-{n}",
+            )
+            for n in range(20)
+        ]
+        runs = await asyncio.gather(*emails)
+    assert [r.status for r in runs] == ["completed"] * 20, [r.error for r in runs if r.status != "completed"]
+    audit = await db.list_audit(pool)
+    per_event = Counter((e.action.value, e.detail.get("event_id") or e.run_id) for e in audit)
+    received = [e for e in audit if e.action == db.AuditAction.MESSAGE_RECEIVED]
+    assert sorted(e.detail["event_id"] for e in received) == sorted(f"evt-burst-{n}" for n in range(20))
+    assert Counter(e.action.value for e in audit) == {"message_received": 20, "reply_sent": 20}
+    assert max(per_event.values()) == 1
+    assert {e.run_id for e in audit if e.action == db.AuditAction.REPLY_SENT} == {r.run_id for r in runs}
