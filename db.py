@@ -431,7 +431,7 @@ async def get_order(pool: Executor, *, order_id: int) -> Order | None:
     return _order(row) if row else None
 
 
-def _request(row: asyncpg.Record) -> RefundRequest:
+def _request(row: asyncpg.Record | dict[str, Any]) -> RefundRequest:
     data = dict(row)
     data["created_at"] = _iso(data["created_at"])
     data["expires_at"] = _iso(data["expires_at"])
@@ -766,6 +766,41 @@ async def issue_refund_for_request(pool: asyncpg.Pool, *, request_id: str) -> Is
             idempotency_key=f"refund_issued:{request_id}",
         )
         return IssueOutcome(issued=True, refund=refund, explanation="Refund issued.")
+
+
+class PendingReview(BaseModel):
+    """One refund request waiting for a reviewer, with what the desk shows beside it."""
+
+    request: RefundRequest
+    customer_name: str
+    customer_email: str
+    order_description: str
+    order_amount_cents: int
+    seconds_left: int
+
+
+async def list_pending_reviews(pool: Executor) -> list[PendingReview]:
+    rows = await pool.fetch(
+        """
+        SELECT rr.*, c.name AS customer_name, c.email AS customer_email,
+               o.description AS order_description, o.amount_cents AS order_amount_cents,
+               GREATEST(0, floor(EXTRACT(EPOCH FROM rr.expires_at - now())))::int AS seconds_left
+        FROM refund_requests rr
+        JOIN customers c ON c.id = rr.customer_id
+        JOIN orders o ON o.id = rr.order_id
+        WHERE rr.status = 'pending' AND rr.expires_at > now()
+        ORDER BY rr.expires_at
+        """
+    )
+    reviews = []
+    for row in rows:
+        data = dict(row)
+        extra = {
+            k: data.pop(k)
+            for k in ("customer_name", "customer_email", "order_description", "order_amount_cents", "seconds_left")
+        }
+        reviews.append(PendingReview(request=_request(data), **extra))
+    return reviews
 
 
 class Activity(BaseModel):

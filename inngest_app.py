@@ -28,7 +28,9 @@ from openai.types.responses import ResponseOutputItem
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, ValidationError, model_validator
 
 import db
+import desk
 import health
+import ingress
 import worker
 from settings import Settings, get_settings
 
@@ -79,6 +81,9 @@ class ApprovalDecided(BaseModel):
     approved: StrictBool
     reviewer: str = Field(min_length=1, max_length=200)
     note: str | None = Field(default=None, max_length=2000)
+    # Set by the desk and the CLI, which record the decision before announcing it; lets every
+    # path that sees the same decision recognise it as one.
+    decision_id: str | None = Field(default=None, max_length=200)
 
 
 class HealthCheckRequested(BaseModel):
@@ -377,11 +382,11 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
                     decision = ApprovalDecided.model_validate(dict(decision_event.data)).model_dump()
                 except ValidationError:
                     decision = None  # a malformed match is ignored; the row in Postgres decides
+            decision_id = None
+            if decision_event is not None:
+                decision_id = (decision or {}).get("decision_id") or decision_event.id
             return await worker.settle_refund_request(
-                pool,
-                request_id=request_id,
-                decision=decision,
-                decision_id=decision_event.id if decision_event is not None else None,
+                pool, request_id=request_id, decision=decision, decision_id=decision_id
             )
 
         return await step.run("settle-refund-request", settle, output_type=worker.GateOutcome)
@@ -408,7 +413,7 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
                 approved=decision.approved,
                 reviewer=decision.reviewer,
                 note=decision.note,
-                decision_id=ctx.event.id or ctx.run_id,
+                decision_id=decision.decision_id or ctx.event.id or ctx.run_id,
             )
             if not outcome.applied and outcome.reason != "same_decision":
                 await db.record_audit(
@@ -612,6 +617,20 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     app.state.runtime = runtime
     app.state.inngest_client = client
     inngest.fast_api.serve(app, client, create_functions(client, runtime))
+
+    async def send(name: str, event_id: str, data: dict[str, Any]) -> None:
+        await client.send(inngest.Event(name=name, id=event_id, data=data))
+
+    async def find_customer(email: str) -> db.Customer | None:
+        return await db.find_customer_by_email(runtime.require_pool(), email=email)
+
+    async def announce_decision(data: dict[str, Any]) -> None:
+        await send(APPROVAL_DECIDED, str(data["decision_id"]), data)
+
+    app.include_router(
+        ingress.build_router(settings, find_customer=find_customer, send=send, event_name=EMAIL_RECEIVED)
+    )
+    app.include_router(desk.build_router(settings, get_pool=runtime.require_pool, announce=announce_decision))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

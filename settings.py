@@ -43,6 +43,19 @@ class Settings(BaseSettings):
     refund_approval_timeout_hours: float = Field(default=4.0, gt=0)
     max_email_body_chars: int = Field(default=20_000, ge=1)
 
+    # The doors (README "Doors"): the inbound-email webhook and the reviewers' desk.
+    webhook_username: str = "postmark"
+    webhook_password: str | None = None  # unset: the webhook refuses everything
+    webhook_max_bytes: int = Field(default=1_000_000, ge=1_000)
+    review_desk_users: str | None = None  # "alice:secret,bob:secret"; unset: the desk is closed
+    public_url: str = "http://127.0.0.1:8000"  # where people reach the host (links in logs)
+
+    @property
+    def reviewers(self) -> dict[str, str]:
+        """Desk sign-ins from REVIEW_DESK_USERS, name -> password."""
+        pairs = [p.strip() for p in (self.review_desk_users or "").split(",") if p.strip()]
+        return dict(p.split(":", 1) for p in pairs if ":" in p)
+
     # Flow control for the email function (see README "Flow control"). In-flight steps each
     # hold at most one pool connection, so the two concurrency caps together should not
     # exceed DB_POOL_MAX_SIZE.

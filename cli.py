@@ -1,0 +1,257 @@
+"""`support-worker`: the command line for people running the service.
+
+    support-worker up                      # database, host and (when it can) the dev server
+    support-worker send-email --customer 2 "I was charged twice for order 1003"
+    support-worker pending                 # refunds waiting for a reviewer
+    support-worker approve rr_... --reviewer you@example.com [--note ...]
+    support-worker reject rr_... --reviewer you@example.com [--note ...]
+    support-worker audit [--customer 2] [--action refund_issued] [--run RUN_ID]
+
+Every action a README step does in the dashboard can be done here too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import inngest
+
+import db
+import desk
+import inngest_app
+from settings import Settings, get_settings
+
+DEV_SERVER_PORT = 8288
+
+
+def _dev_server_url(settings: Settings) -> str:
+    value = (settings.inngest_dev or "").strip()
+    return value.rstrip("/") if value.startswith("http") else f"http://127.0.0.1:{DEV_SERVER_PORT}"
+
+
+def _event_settings(settings: Settings) -> Settings:
+    """Sending from the terminal targets the dev server unless Inngest Cloud keys are set."""
+    if settings.inngest_event_key and not settings.inngest_dev_mode:
+        return settings
+    os.environ.setdefault("INNGEST_DEV", _dev_server_url(settings))
+    return settings.model_copy(update={"inngest_dev": os.environ["INNGEST_DEV"]})
+
+
+async def _send(settings: Settings, name: str, event_id: str, data: dict[str, Any]) -> None:
+    client = inngest_app.create_client(_event_settings(settings))
+    await client.send(inngest.Event(name=name, id=event_id, data=data))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+async def send_email(settings: Settings, args: argparse.Namespace) -> int:
+    data: dict[str, Any] = {"body": args.body, "subject": args.subject}
+    async with db.open_pool(settings, max_size=1) as pool:
+        customer = (
+            await db.get_customer(pool, customer_id=args.customer)
+            if args.customer is not None
+            else await db.find_customer_by_email(pool, email=args.from_email or "")
+        )
+    if customer is None:
+        print("No such customer. List them with: python worker.py --list", file=sys.stderr)
+        return 1
+    data |= {"customer_id": customer.id, "tier": customer.tier}
+    event_id = f"cli-{uuid.uuid4().hex}"
+    try:
+        await _send(settings, inngest_app.EMAIL_RECEIVED, event_id, data)
+    except Exception as error:
+        print(
+            f"Could not send the event to {_dev_server_url(settings)}: {error}\n"
+            "Is the Inngest dev server running? Start everything with: support-worker up",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"sent {inngest_app.EMAIL_RECEIVED} {event_id} for {customer.name} (customer {customer.id})")
+    return 0
+
+
+async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool) -> int:
+    async def announce(data: dict[str, Any]) -> None:
+        await _send(settings, inngest_app.APPROVAL_DECIDED, str(data["decision_id"]), data)
+
+    async with db.open_pool(settings, max_size=1) as pool:
+        outcome, announced = await desk.submit_decision(
+            pool,
+            request_id=args.request_id,
+            approved=approved,
+            reviewer=args.reviewer,
+            note=args.note,
+            announce=announce,
+            via="cli",
+        )
+    print(desk.describe_outcome(outcome, announced))
+    return 0 if outcome.applied else 1
+
+
+async def pending(settings: Settings, args: argparse.Namespace) -> int:
+    async with db.open_pool(settings, max_size=1) as pool:
+        reviews = await db.list_pending_reviews(pool)
+    if not reviews:
+        print("No refunds are waiting for review.")
+    for review in reviews:
+        r = review.request
+        print(
+            f"{r.id}  order {r.order_id}  ${r.amount_cents / 100:,.2f}  {review.customer_name}  "
+            f"{review.seconds_left // 60} min left  reason: {r.reason}"
+        )
+    return 0
+
+
+async def audit(settings: Settings, args: argparse.Namespace) -> int:
+    action = db.AuditAction(args.action) if args.action else None
+    async with db.open_pool(settings, max_size=1) as pool:
+        entries = await db.list_audit(pool, customer_id=args.customer, run_id=args.run, action=action)
+    for entry in entries:
+        detail = str(entry.detail)
+        print(
+            f"{entry.at[:19]}  {entry.run_id or '-':<28} {entry.customer_id or '-':>3}  "
+            f"{entry.action.value:<22} {detail[:100]}"
+        )
+    return 0
+
+
+def up(settings: Settings, args: argparse.Namespace) -> int:
+    """Database, migrations and seed; the host; the dev server when it can be fetched."""
+    dev_url = _dev_server_url(settings)
+    env = os.environ | {"INNGEST_DEV": dev_url}
+
+    async def prepare() -> str:
+        where = "DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.embedded_pg_dir}"
+        async with db.open_pool(settings, max_size=1):
+            return where
+
+    print(f"database: {asyncio.run(prepare())} (migrated, sample data seeded if empty)")
+    host_url = f"http://127.0.0.1:{args.port}"
+    host = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "inngest_app:app", "--port", str(args.port)], env=env, text=True
+    )
+    processes: list[subprocess.Popen[str]] = [host]
+    print(
+        f"host: {host_url}/api/inngest (Inngest endpoint), {host_url}/reviews (review desk), "
+        f"{host_url}/webhooks/email (email webhook)"
+    )
+    dev_cmd = ["npx", "--yes", "inngest-cli@latest", "dev", "-u", f"{host_url}/api/inngest", "--no-discovery"]
+    manual = " ".join(dev_cmd)
+    if args.no_dev_server:
+        print(f"dev server: not started (--no-dev-server). Start it with: {manual}")
+    elif shutil.which("npx") is None:
+        print(f"dev server: npx is not installed, so it was not started. Install Node.js, then run: {manual}")
+    else:
+        dev = subprocess.Popen(dev_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if _dev_server_came_up(dev, dev_url, seconds=args.dev_server_wait):
+            processes.append(dev)
+            print(f"dev server: dashboard at {dev_url}")
+        else:
+            reason = (dev.stderr.read() if dev.poll() is not None and dev.stderr else "").strip().splitlines()
+            print(
+                "dev server: could not be started here (the npm package downloads its binary at install "
+                "time, which needs internet). "
+                + (f"npx said: {reason[-1]} " if reason else "")
+                + f"Run it yourself where there is network: {manual}"
+            )
+            if dev.poll() is None:
+                dev.terminate()
+    print("ready; Ctrl-C stops everything")
+    try:
+        return host.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _dev_server_came_up(process: subprocess.Popen[str], url: str, *, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            httpx.get(url, timeout=1)
+            return True
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    return False
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="support-worker", description=__doc__.split("\n\n")[0])
+    commands = root.add_subparsers(dest="command", required=True)
+
+    run_up = commands.add_parser("up", help="start the database, the host and the dev server")
+    run_up.add_argument("--port", type=int, default=8000)
+    run_up.add_argument("--no-dev-server", action="store_true", help="do not try to start the Inngest dev server")
+    run_up.add_argument("--dev-server-wait", type=float, default=90, help="seconds to wait for the dev server")
+
+    email = commands.add_parser("send-email", help="send a customer/email.received event")
+    who = email.add_mutually_exclusive_group(required=True)
+    who.add_argument("--customer", type=int)
+    who.add_argument("--from", dest="from_email")
+    email.add_argument("--subject")
+    email.add_argument("body")
+
+    for name, help_text in (("approve", "approve a pending refund"), ("reject", "reject a pending refund")):
+        decision = commands.add_parser(name, help=help_text)
+        decision.add_argument("request_id")
+        decision.add_argument("--reviewer", required=True, help="who decides (recorded in the audit trail)")
+        decision.add_argument("--note")
+
+    commands.add_parser("pending", help="list refunds waiting for a reviewer")
+
+    trail = commands.add_parser("audit", help="print the audit trail")
+    trail.add_argument("--customer", type=int)
+    trail.add_argument("--action", choices=[a.value for a in db.AuditAction])
+    trail.add_argument("--run")
+    return root
+
+
+async def run_async(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "send-email":
+        return await send_email(settings, args)
+    if args.command in ("approve", "reject"):
+        return await decide(settings, args, approved=args.command == "approve")
+    if args.command == "pending":
+        return await pending(settings, args)
+    return await audit(settings, args)
+
+
+def run(argv: Sequence[str], settings: Settings | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = settings or get_settings()
+    if args.command == "up":
+        return up(settings, args)
+    return asyncio.run(run_async(args, settings))
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The reviewers' approval desk: a small server-rendered page to approve or reject refunds.
+
+Reviewers sign in with HTTP basic auth against REVIEW_DESK_USERS; the user name is the
+reviewer identity recorded with each decision. A decision is recorded in Postgres first (the
+first decision on a live request wins) and then announced through `announce`, which the host
+wires to the engine's `refund/approval.decided` event. This module knows nothing about Inngest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import logging
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import asyncpg
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+import db
+from ingress import basic_auth_matches
+from settings import Settings
+
+logger = logging.getLogger("support_worker.desk")
+
+Announce = Callable[[dict[str, Any]], Awaitable[None]]
+
+IGNORED_REASONS = {
+    "unknown_request": "There is no such refund request.",
+    "already_decided": "This request was already decided",
+    "expired": "This request expired before a decision; nothing was changed.",
+    "same_decision": "This decision was already recorded.",
+}
+
+
+async def submit_decision(
+    pool: asyncpg.Pool,
+    *,
+    request_id: str,
+    approved: bool,
+    reviewer: str,
+    note: str | None,
+    announce: Announce,
+    via: str,
+) -> tuple[db.DecisionOutcome, bool]:
+    """Record a decision, then announce it to the waiting run. Returns the outcome and
+    whether the announcement went out. A decision that changes nothing is audited and not
+    announced; an announcement that fails leaves the decision recorded, and the run honours
+    it when it next looks (at the latest when its wait times out)."""
+    decision_id = f"decision-{uuid.uuid4().hex}"
+    outcome = await db.decide_refund_request(
+        pool, request_id=request_id, approved=approved, reviewer=reviewer, note=note, decision_id=decision_id
+    )
+    if not outcome.applied:
+        await db.record_audit(
+            pool,
+            action=db.AuditAction.DECISION_IGNORED,
+            run_id=outcome.request.run_id if outcome.request else None,
+            customer_id=outcome.request.customer_id if outcome.request else None,
+            detail={
+                "request_id": request_id,
+                "why": outcome.reason,
+                "approved": approved,
+                "reviewer": reviewer,
+                "via": via,
+                "current_status": outcome.request.status if outcome.request else None,
+            },
+            idempotency_key=f"decision_ignored:{decision_id}",
+        )
+        return outcome, False
+    try:
+        await announce(
+            {
+                "request_id": request_id,
+                "approved": approved,
+                "reviewer": reviewer,
+                "note": note,
+                "decision_id": decision_id,
+            }
+        )
+    except Exception:
+        logger.exception("decision %s recorded but not announced", decision_id)
+        return outcome, False
+    return outcome, True
+
+
+def describe_outcome(outcome: db.DecisionOutcome, announced: bool) -> str:
+    """One sentence for the reviewer about what their click did."""
+    request = outcome.request
+    if outcome.applied and request is not None:
+        verb = "Approved" if request.status == "approved" else "Rejected"
+        tail = "" if announced else " (recorded; the waiting run will pick it up when it next checks)"
+        return f"{verb} refund {request.id} for order {request.order_id}{tail}."
+    message = IGNORED_REASONS[outcome.reason]
+    if outcome.reason == "already_decided" and request is not None:
+        message += f": {request.status} by {request.reviewer}. Nothing was changed."
+    return message
+
+
+def _money(cents: int) -> str:
+    return f"${cents / 100:,.2f}"
+
+
+def _time_left(seconds: int) -> str:
+    hours, rest = divmod(max(seconds, 0), 3600)
+    return f"{hours}h {rest // 60:02d}m left" if hours else f"{rest // 60}m left"
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Refund reviews · support-worker</title>
+<style>
+ body {{ font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; padding: 0 1rem; }}
+ .flash {{ padding: .6rem .9rem; background: #eef6ff; border: 1px solid #9cc3f0; border-radius: 6px; }}
+ article {{ border: 1px solid #ccc; border-radius: 8px; padding: 1rem; margin: 1rem 0; }}
+ blockquote {{ margin: .5rem 0; padding-left: .8rem; border-left: 3px solid #ddd; white-space: pre-wrap; }}
+ .meta {{ color: #555; }} button {{ margin-right: .5rem; }}
+</style></head><body>
+<h1>Refund reviews</h1>
+<p class="meta">Signed in as <strong>{reviewer}</strong>.</p>
+{flash}
+{body}
+</body></html>"""
+
+
+def render_desk(reviews: list[db.PendingReview], *, reviewer: str, flash: str, token_for: Callable[[str], str]) -> str:
+    items = []
+    for review in reviews:
+        r = review.request
+        esc = html.escape
+        items.append(f"""
+<article id="{esc(r.id)}">
+  <h2>{esc(_money(r.amount_cents))} on order {r.order_id} <small class="meta">({esc(review.order_description)},
+  paid {esc(_money(review.order_amount_cents))})</small></h2>
+  <p class="meta">{esc(review.customer_name)} &lt;{esc(review.customer_email)}&gt; · request {esc(r.id)} ·
+  <span class="time-left">{esc(_time_left(review.seconds_left))}</span></p>
+  <p><strong>Agent's reason:</strong> {esc(r.reason)}</p>
+  <p><strong>Customer wrote:</strong></p><blockquote>{esc(r.customer_message)}</blockquote>
+  <form method="post" action="/reviews/{esc(r.id)}">
+    <input type="hidden" name="csrf" value="{esc(token_for(r.id))}">
+    <label>Note <input name="note" maxlength="2000" size="50"></label>
+    <button name="decision" value="approve">Approve</button>
+    <button name="decision" value="reject">Reject</button>
+  </form>
+</article>""")
+    body = "\n".join(items) if items else "<p>No refunds are waiting for review.</p>"
+    flash_html = f'<p class="flash" role="status">{html.escape(flash)}</p>' if flash else ""
+    return PAGE.format(reviewer=html.escape(reviewer), flash=flash_html, body=body)
+
+
+def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], announce: Announce) -> APIRouter:
+    router = APIRouter()
+    # Forms carry a token bound to the reviewer and the request: basic-auth credentials are
+    # sent by the browser automatically, so without it another site could post a decision.
+    form_secret = secrets.token_bytes(32)
+
+    def token_for(reviewer: str, request_id: str) -> str:
+        return hmac.new(form_secret, f"{reviewer}:{request_id}".encode(), hashlib.sha256).hexdigest()
+
+    def signed_in(request: Request) -> str | Response:
+        users = settings.reviewers
+        if not users:
+            return HTMLResponse(
+                "<h1>The review desk is closed</h1><p>Set REVIEW_DESK_USERS (e.g. alice:secret) to open it.</p>",
+                status_code=503,
+            )
+        header = request.headers.get("authorization")
+        for name, password in users.items():
+            if basic_auth_matches(header, username=name, password=password):
+                return name
+        return Response(
+            "Sign in to review refunds.", status_code=401, headers={"WWW-Authenticate": 'Basic realm="refund reviews"'}
+        )
+
+    @router.get("/reviews", response_class=HTMLResponse)
+    async def reviews_page(request: Request, msg: str = "") -> Response:
+        reviewer = signed_in(request)
+        if isinstance(reviewer, Response):
+            return reviewer
+        reviews = await db.list_pending_reviews(get_pool())
+        return HTMLResponse(
+            render_desk(reviews, reviewer=reviewer, flash=msg[:300], token_for=lambda rid: token_for(reviewer, rid))
+        )
+
+    @router.post("/reviews/{request_id}")
+    async def decide(
+        request: Request, request_id: str, decision: str = Form(...), csrf: str = Form(""), note: str = Form("")
+    ) -> Response:
+        reviewer = signed_in(request)
+        if isinstance(reviewer, Response):
+            return reviewer
+        if not hmac.compare_digest(csrf, token_for(reviewer, request_id)):
+            return HTMLResponse("<p>This form is stale or was not sent from the desk. Reload the desk.</p>", 403)
+        if decision not in ("approve", "reject"):
+            return HTMLResponse("<p>Choose Approve or Reject.</p>", 400)
+        outcome, announced = await submit_decision(
+            get_pool(),
+            request_id=request_id,
+            approved=decision == "approve",
+            reviewer=reviewer,
+            note=note.strip()[:2000] or None,
+            announce=announce,
+            via="desk",
+        )
+        message = describe_outcome(outcome, announced)
+        return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
+
+    return router

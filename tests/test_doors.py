@@ -1,0 +1,292 @@
+"""The doors: the email webhook, the review desk over HTTP, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from inngest_driver import pool_resolver
+from tests_support import EMAIL_FN, Engine, serve
+
+import cli
+import db
+from settings import Settings
+
+AUTH = ("postmark", "hook-secret")
+ALICE = ("alice", "alice-pw")
+
+
+def postmark(**overrides: Any) -> dict[str, Any]:
+    message = {
+        "From": "Grace Hopper <grace@example.com>",
+        "FromFull": {"Email": "grace@example.com", "Name": "Grace Hopper", "MailboxHash": ""},
+        "To": "support@shop.example",
+        "Subject": "Double charge",
+        "TextBody": "I was charged twice for order 1003",
+        "StrippedTextReply": "",
+        "MessageID": "a8c1040e-2f6e-4c1c-9d5a-5c1f0e2c3b4a",
+        "Date": "Mon, 23 Nov 2026 09:12:00 +0000",
+    }
+    return message | overrides
+
+
+@pytest.fixture
+async def doors(settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool) -> AsyncIterator[Engine]:
+    opened = settings.model_copy(
+        update={"webhook_password": AUTH[1], "review_desk_users": f"{ALICE[0]}:{ALICE[1]},bob:bob-pw"}
+    )
+    async with serve(opened, monkeypatch, pool) as engine:
+        yield engine
+
+
+def http(engine: Engine) -> httpx.AsyncClient:
+    return engine.driver.http
+
+
+# --------------------------------------------------------------------------- webhook
+
+
+async def test_a_postmark_email_becomes_one_event_keyed_by_its_message_id(doors: Engine) -> None:
+    res = await http(doors).post("/webhooks/email", json=postmark(), auth=AUTH)
+    assert res.status_code == 202
+    assert res.json() == {
+        "status": "accepted",
+        "event_id": "postmark-a8c1040e-2f6e-4c1c-9d5a-5c1f0e2c3b4a",
+        "customer_id": 2,
+    }
+    again = await http(doors).post("/webhooks/email", json=postmark(), auth=AUTH)  # the provider retries
+    assert again.status_code == 202
+    first, second = doors.stub.events
+    assert first.name == "customer/email.received" and first.idempotency_id == second.idempotency_id
+    assert second.duplicate  # the engine drops the redelivery
+    assert first.data == {
+        "from_email": "grace@example.com",
+        "subject": "Double charge",
+        "body": "I was charged twice for order 1003",
+        "message_id": postmark()["MessageID"],
+        "received_at": "Mon, 23 Nov 2026 09:12:00 +0000",
+        "customer_id": 2,
+        "tier": "pro",
+    }
+    run = await doors.driver.run(EMAIL_FN, first.as_event(), resolver=pool_resolver([]))
+    assert run.status == "completed"
+    assert await db.list_audit(doors.pool, action=db.AuditAction.REFUND_REQUESTED)
+
+
+async def test_the_stripped_reply_is_preferred_over_the_quoted_thread(doors: Engine) -> None:
+    message = postmark(TextBody="Thanks!\n\n> On Monday you wrote: ...", StrippedTextReply="Thanks!")
+    assert (await http(doors).post("/webhooks/email", json=message, auth=AUTH)).status_code == 202
+    assert doors.stub.events[0].data["body"] == "Thanks!"
+
+
+async def test_an_unknown_sender_is_accepted_and_rejected_by_the_run_with_an_audit_row(doors: Engine) -> None:
+    message = postmark(FromFull={"Email": "stranger@example.org", "Name": "S"}, MessageID="m-2")
+    res = await http(doors).post("/webhooks/email", json=message, auth=AUTH)
+    assert res.status_code == 202 and res.json()["customer_id"] is None
+    run = await doors.driver.run(EMAIL_FN, doors.stub.events[0].as_event())
+    assert run.status == "failed"
+    rejected = await db.list_audit(doors.pool)
+    assert [(e.action.value, e.detail["why"]) for e in rejected] == [
+        ("event_rejected", "unknown customer: stranger@example.org")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("auth", "status"),
+    [(None, 401), (("postmark", "wrong"), 401), (("someone", AUTH[1]), 401)],
+)
+async def test_missing_or_wrong_webhook_credentials_get_401_and_send_nothing(
+    doors: Engine, auth: tuple[str, str] | None, status: int
+) -> None:
+    res = await http(doors).post("/webhooks/email", json=postmark(), auth=auth)
+    assert res.status_code == status and "credentials" in res.json()["error"]
+    assert doors.stub.events == [] and await db.list_audit(doors.pool) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not json", "body is not valid JSON"),
+        (b"[1, 2]", "body must be a JSON object"),
+        (json.dumps({k: v for k, v in postmark().items() if k != "MessageID"}).encode(), "MessageID: Field required"),
+        (json.dumps(postmark(TextBody="  ", StrippedTextReply="")).encode(), "TextBody: the email has no text"),
+        (json.dumps(postmark(From="nobody", FromFull=None)).encode(), "no sender address"),
+    ],
+)
+async def test_malformed_webhook_bodies_get_400_saying_what_is_wrong(
+    doors: Engine, content: bytes, message: str
+) -> None:
+    res = await http(doors).post(
+        "/webhooks/email", content=content, auth=AUTH, headers={"content-type": "application/json"}
+    )
+    assert res.status_code == 400 and message in res.json()["error"]
+    assert doors.stub.events == []
+
+
+async def test_an_oversized_webhook_body_gets_413(doors: Engine) -> None:
+    res = await http(doors).post("/webhooks/email", json=postmark(TextBody="x" * 1_100_000), auth=AUTH)
+    assert res.status_code == 413 and "larger than 1000000 bytes" in res.json()["error"]
+    assert doors.stub.events == []
+
+
+async def test_without_a_configured_secret_the_webhook_is_closed(engine: Engine) -> None:
+    res = await engine.driver.http.post("/webhooks/email", json=postmark(), auth=AUTH)
+    assert res.status_code == 503 and "WEBHOOK_PASSWORD" in res.json()["error"]
+    assert engine.stub.events == []
+
+
+# --------------------------------------------------------------------------- desk over HTTP
+
+
+async def pending_request(
+    pool: asyncpg.Pool, order_id: int = 1003, cents: int = 49_900, ttl: float = 3600
+) -> db.RefundRequest:
+    request, _ = await db.create_refund_request(
+        pool,
+        customer_id=2,
+        order_id=order_id,
+        amount_cents=cents,
+        reason="Charged twice.",
+        customer_message="I was charged twice <b>please</b> help",
+        run_id=f"run-{order_id}",
+        tool_call_id="call-1",
+        ttl_seconds=ttl,
+    )
+    return request
+
+
+def csrf_for(page: str, request_id: str) -> str:
+    match = re.search(rf'id="{request_id}".*?name="csrf" value="([0-9a-f]+)"', page, re.S)
+    assert match, page
+    return match.group(1)
+
+
+async def test_the_desk_is_closed_without_configured_reviewers(engine: Engine) -> None:
+    res = await engine.driver.http.get("/reviews", auth=ALICE)
+    assert res.status_code == 503 and "REVIEW_DESK_USERS" in res.text
+
+
+async def test_the_desk_needs_a_sign_in(doors: Engine) -> None:
+    assert (await http(doors).get("/reviews")).status_code == 401
+    assert (await http(doors).get("/reviews", auth=("alice", "nope"))).status_code == 401
+
+
+async def test_the_desk_lists_what_a_reviewer_needs_and_escapes_customer_text(doors: Engine) -> None:
+    request = await pending_request(doors.pool)
+    page = (await http(doors).get("/reviews", auth=ALICE)).text
+    for shown in (
+        "$499.00 on order 1003",
+        "Compiler license",
+        "Grace Hopper",
+        "grace@example.com",
+        "Charged twice.",
+        "&lt;b&gt;please&lt;/b&gt;",
+        request.id,
+        "59m left",
+        "Signed in as <strong>alice",
+    ):
+        assert shown in page
+
+
+async def test_approving_on_the_desk_records_the_reviewer_and_announces_the_decision(doors: Engine) -> None:
+    request = await pending_request(doors.pool)
+    page = (await http(doors).get("/reviews", auth=ALICE)).text
+    form = {"decision": "approve", "note": "looks right", "csrf": csrf_for(page, request.id)}
+    res = await http(doors).post(f"/reviews/{request.id}", data=form, auth=ALICE, follow_redirects=True)
+    assert f"Approved refund {request.id} for order 1003." in res.text
+    stored = await db.get_refund_request(doors.pool, request_id=request.id)
+    assert stored is not None and (stored.status, stored.reviewer, stored.note) == ("approved", "alice", "looks right")
+    [announced] = doors.stub.events
+    assert announced.name == "refund/approval.decided"
+    assert announced.data | {"decision_id": None} == {
+        "request_id": request.id,
+        "approved": True,
+        "reviewer": "alice",
+        "note": "looks right",
+        "decision_id": None,
+    }
+    assert announced.idempotency_id == announced.data["decision_id"] == stored.decision_id
+    # The recorder function sees the same decision: nothing more is written.
+    recorded = await doors.driver.run("record-refund-decision", announced.as_event())
+    assert recorded.output == {"applied": False, "reason": "same_decision"}
+
+    # Another reviewer cannot replay alice's form: its token is bound to her.
+    bob = ("bob", "bob-pw")
+    replayed = {"decision": "reject", "note": "", "csrf": form["csrf"]}
+    res = await http(doors).post(f"/reviews/{request.id}", data=replayed, auth=bob, follow_redirects=True)
+    assert res.status_code == 403
+    bob_page = (await http(doors).get("/reviews", auth=bob)).text
+    assert request.id not in bob_page  # decided requests leave the desk
+
+
+async def test_a_stale_second_click_and_an_expired_request_are_said_on_the_page(doors: Engine) -> None:
+    request = await pending_request(doors.pool)
+    page = (await http(doors).get("/reviews", auth=ALICE)).text
+    token = csrf_for(page, request.id)
+    for _ in range(2):
+        res = await http(doors).post(
+            f"/reviews/{request.id}", data={"decision": "reject", "csrf": token}, auth=ALICE, follow_redirects=True
+        )
+    assert "This request was already decided: rejected by alice. Nothing was changed." in res.text
+    assert len(doors.stub.events) == 1
+
+    later = await pending_request(doors.pool, order_id=1004, cents=1_999)
+    form = {"decision": "approve", "csrf": csrf_for((await http(doors).get("/reviews", auth=ALICE)).text, later.id)}
+    # Time passes while the page is open: the request expires before the click.
+    await doors.pool.execute(
+        "UPDATE refund_requests SET expires_at = now() - interval '1 second' WHERE id = $1", later.id
+    )
+    res = await http(doors).post(f"/reviews/{later.id}", data=form, auth=ALICE, follow_redirects=True)
+    assert "This request expired before a decision; nothing was changed." in res.text
+    ignored = await db.list_audit(doors.pool, action=db.AuditAction.DECISION_IGNORED)
+    assert [e.detail["why"] for e in ignored] == ["already_decided", "expired"]
+
+
+async def test_a_forged_form_without_the_desk_token_is_refused(doors: Engine) -> None:
+    request = await pending_request(doors.pool)
+    res = await http(doors).post(f"/reviews/{request.id}", data={"decision": "approve", "csrf": "0" * 64}, auth=ALICE)
+    assert res.status_code == 403
+    stored = await db.get_refund_request(doors.pool, request_id=request.id)
+    assert stored is not None and stored.status == "pending"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def args(*argv: str) -> argparse.Namespace:
+    return cli.parser().parse_args(argv)
+
+
+async def test_cli_send_email_sends_an_event_for_the_customer(doors: Engine, settings: Settings) -> None:
+    assert await cli.run_async(args("send-email", "--customer", "2", "Where is order 1004?"), settings) == 0
+    [event] = doors.stub.events
+    assert event.name == "customer/email.received"
+    assert event.data == {"body": "Where is order 1004?", "subject": None, "customer_id": 2, "tier": "pro"}
+    assert await cli.run_async(args("send-email", "--from", "nobody@example.org", "hi"), settings) == 1
+
+
+async def test_cli_pending_approve_reject_and_audit(
+    doors: Engine, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = await pending_request(doors.pool)
+    second = await pending_request(doors.pool, order_id=1004, cents=1_999)
+    assert await cli.run_async(args("pending"), settings) == 0
+    listing = capsys.readouterr().out
+    assert first.id in listing and second.id in listing and "$499.00" in listing
+
+    assert await cli.run_async(args("approve", first.id, "--reviewer", "carol"), settings) == 0
+    assert await cli.run_async(args("reject", second.id, "--reviewer", "carol", "--note", "dup"), settings) == 0
+    assert await cli.run_async(args("approve", second.id, "--reviewer", "dave"), settings) == 1
+    out = capsys.readouterr().out
+    assert f"Approved refund {first.id}" in out and f"Rejected refund {second.id}" in out
+    assert "already decided: rejected by carol" in out
+    assert [e.data["approved"] for e in doors.stub.events] == [True, False]
+
+    assert await cli.run_async(args("audit", "--action", "decision_ignored"), settings) == 0
+    assert "decision_ignored" in capsys.readouterr().out
