@@ -48,7 +48,6 @@ class Settings(BaseSettings):
     webhook_password: str | None = None  # unset: the webhook refuses everything
     webhook_max_bytes: int = Field(default=1_000_000, ge=1_000)
     review_desk_users: str | None = None  # "alice:secret,bob:secret"; unset: the desk is closed
-    public_url: str = "http://127.0.0.1:8000"  # where people reach the host (links in logs)
 
     @property
     def reviewers(self) -> dict[str, str]:

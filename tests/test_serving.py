@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,3 +62,47 @@ def test_uvicorn_refuses_to_start_outside_dev_mode_without_a_signing_key(databas
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert "INNGEST_SIGNING_KEY is not set and INNGEST_DEV is off" in output
+
+
+def test_support_worker_up_starts_the_host_and_is_honest_about_the_dev_server(
+    database_url: str, tmp_path: Path
+) -> None:
+    """With no network, `npx inngest-cli` fails; `up` says so, prints the command, and serves."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    npx = fake_bin / "npx"
+    npx.write_text("#!/bin/sh\necho 'npm error network request failed: getaddrinfo ENOTFOUND' >&2\nexit 1\n")
+    npx.chmod(0o755)
+    port = free_port()
+    env = clean_env(DATABASE_URL=database_url, PYTHONPATH=str(ROOT), PATH=f"{fake_bin}:{os.environ['PATH']}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "up", "--port", str(port), "--dev-server-wait", "5"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("ready"):
+                break
+        output = "".join(lines)
+        assert f"host: http://127.0.0.1:{port}/api/inngest" in output and "/reviews (review desk)" in output
+        assert "dev server: could not be started here" in output
+        assert "getaddrinfo ENOTFOUND" in output
+        assert f"npx --yes inngest-cli@latest dev -u http://127.0.0.1:{port}/api/inngest" in output
+        for _ in range(100):
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json()["ok"] is True
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("the host did not answer")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)

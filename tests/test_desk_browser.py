@@ -1,0 +1,140 @@
+"""The review desk in a real browser: Debian's headless Chromium driven by Playwright.
+
+`.ci/run` installs Chromium from Debian's packages; Playwright never downloads a browser.
+Skipped, saying so, where /usr/bin/chromium is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import uvicorn
+from inngest_driver import StubInngestServer
+from playwright.async_api import Browser, async_playwright
+from tests_support import free_port
+
+import db
+import inngest_app
+from offline_model import OfflineSupportModel
+from settings import Settings
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="Debian's chromium is not installed (apt-get install chromium; .ci/run does this)",
+)
+# The flags a sandboxed, offline, root machine needs: no background calls out, no sandbox.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def desk_url(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, StubInngestServer]]:
+    with StubInngestServer() as stub:
+        for key, value in stub.env().items():
+            monkeypatch.setenv(key, value)
+        opened = settings.model_copy(update={"inngest_dev": stub.url, "review_desk_users": "alice:alice-pw"})
+        app = inngest_app.create_app(opened, model=OfflineSupportModel())
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        task = asyncio.create_task(server.serve())
+        while not server.started:  # noqa: ASYNC110 - uvicorn exposes only this flag
+            await asyncio.sleep(0.05)
+        try:
+            yield f"http://127.0.0.1:{port}", stub
+        finally:
+            server.should_exit = True
+            await task
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def test_a_reviewer_approves_one_refund_and_rejects_another_in_the_browser(
+    desk_url: tuple[str, StubInngestServer], browser: Browser, pool: asyncpg.Pool
+) -> None:
+    url, stub = desk_url
+    requests = []
+    for order_id, cents in ((1003, 49_900), (1004, 1_999)):
+        request, _ = await db.create_refund_request(
+            pool,
+            customer_id=2,
+            order_id=order_id,
+            amount_cents=cents,
+            reason=f"Charged twice for {order_id}.",
+            customer_message=f"I was charged twice for order {order_id}",
+            run_id=f"run-{order_id}",
+            tool_call_id="call-1",
+            ttl_seconds=4 * 3600,
+        )
+        requests.append(request)
+    approve_me, reject_me = requests
+
+    context = await browser.new_context(http_credentials={"username": "alice", "password": "alice-pw"})
+    page = await context.new_page()
+    await page.goto(f"{url}/reviews")
+    stale_tab = await context.new_page()  # opened before anyone decides: its buttons go stale
+    await stale_tab.goto(f"{url}/reviews")
+    assert await page.locator("article").count() == 2
+    assert "3h 59m left" in await page.locator(f"#{approve_me.id} .time-left").inner_text()
+
+    await page.locator(f"#{approve_me.id} input[name=note]").fill("matches the bank statement")
+    await page.locator(f"#{approve_me.id} button[value=approve]").click()
+    await page.wait_for_url("**/reviews?msg=*")
+    assert f"Approved refund {approve_me.id} for order 1003." in await page.locator(".flash").inner_text()
+
+    await page.locator(f"#{reject_me.id} button[value=reject]").click()
+    await page.wait_for_url("**/reviews?msg=*")
+    assert f"Rejected refund {reject_me.id} for order 1004." in await page.locator(".flash").inner_text()
+    assert "No refunds are waiting for review." in await page.content()
+    await page.screenshot(path=str(_artifacts() / "desk-after-decisions.png"))
+
+    # A second click, from the tab loaded before the first decision: said on the page.
+    await stale_tab.locator(f"#{approve_me.id} button[value=reject]").click()
+    await stale_tab.wait_for_url("**/reviews?msg=*")
+    assert "already decided: approved by alice" in await stale_tab.locator(".flash").inner_text()
+    await context.close()
+
+    stored = {r.id: await db.get_refund_request(pool, request_id=r.id) for r in requests}
+    assert [(s.status, s.reviewer, s.note) for s in stored.values() if s] == [
+        ("approved", "alice", "matches the bank statement"),
+        ("rejected", "alice", None),
+    ]
+    assert [(e.name, e.data["request_id"], e.data["approved"]) for e in stub.events] == [
+        ("refund/approval.decided", approve_me.id, True),
+        ("refund/approval.decided", reject_me.id, False),
+    ]
+    actions = [e.action.value for e in await db.list_audit(pool)]
+    assert actions == [
+        "refund_requested",
+        "refund_requested",
+        "decision_recorded",
+        "decision_recorded",
+        "decision_ignored",
+    ]
+
+
+def _artifacts() -> Path:
+    folder = Path(__file__).resolve().parent.parent / ".artifacts"
+    folder.mkdir(exist_ok=True)
+    return folder
