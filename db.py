@@ -50,12 +50,15 @@ class AuditAction(StrEnum):
     EVENT_DUPLICATE = "event_duplicate"
     HEALTH_CHECK_COMPLETED = "health_check_completed"
     RUN_FAILED = "run_failed"
+    REVIEWER_NOTIFIED = "reviewer_notified"
+    REFUND_WITHDRAWN = "refund_withdrawn"
+    OUTREACH_RECORDED = "outreach_recorded"
 
 
 Tier = Literal["free", "pro", "enterprise"]
 # Anything that can run a query: the pool, or a connection acquired from it (for transactions).
 Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
-RequestStatus = Literal["pending", "approved", "rejected", "expired"]
+RequestStatus = Literal["pending", "approved", "rejected", "expired", "withdrawn"]
 
 # Each migration runs once, in order, inside a transaction; `schema_migrations` remembers it.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -126,6 +129,30 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX audit_log_run_idx ON audit_log (run_id);
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE audit_log DROP CONSTRAINT audit_log_action_check;
+        ALTER TABLE audit_log ADD CONSTRAINT audit_log_action_check CHECK (action IN (
+            'message_received', 'reply_sent', 'refund_requested', 'refund_issued',
+            'refund_blocked', 'decision_recorded', 'decision_ignored', 'event_rejected',
+            'event_duplicate', 'health_check_completed', 'run_failed',
+            'reviewer_notified', 'refund_withdrawn', 'outreach_recorded'
+        ));
+        ALTER TABLE refund_requests DROP CONSTRAINT refund_requests_status_check;
+        ALTER TABLE refund_requests ADD CONSTRAINT refund_requests_status_check
+            CHECK (status IN ('pending', 'approved', 'rejected', 'expired', 'withdrawn'));
+        ALTER TABLE refund_requests
+            ADD COLUMN approved_amount_cents bigint CHECK (approved_amount_cents > 0),
+            ADD COLUMN edited_reply text;
+        CREATE TABLE notifications (
+            request_id  text NOT NULL REFERENCES refund_requests (id),
+            channel     text NOT NULL,
+            sent_at     timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (request_id, channel)
+        );
+        """,
+    ),
 ]
 
 
@@ -168,6 +195,13 @@ class RefundRequest(BaseModel):
     decision_id: str | None
     created_at: str
     expires_at: str
+    approved_amount_cents: int | None = None
+    edited_reply: str | None = None
+
+    @property
+    def payable_cents(self) -> int:
+        """What approval pays: the reviewer's lowered amount, or the requested one."""
+        return self.approved_amount_cents or self.amount_cents
 
 
 class Refund(BaseModel):
@@ -203,7 +237,9 @@ class DecisionOutcome(BaseModel):
     """What recording a reviewer's decision did. `applied` is False when it changed nothing."""
 
     applied: bool
-    reason: Literal["recorded", "same_decision", "unknown_request", "already_decided", "expired"]
+    reason: Literal[
+        "recorded", "same_decision", "unknown_request", "already_decided", "expired", "amount_raised", "bad_amount"
+    ]
     request: RefundRequest | None
 
 
@@ -624,11 +660,15 @@ async def decide_refund_request(
     reviewer: str,
     note: str | None,
     decision_id: str,
+    amount_cents: int | None = None,
+    reply: str | None = None,
 ) -> DecisionOutcome:
     """Record a reviewer's decision: the first decision on a live, pending request wins.
 
-    `decision_id` (the decision event's id) makes a redelivered decision a no-op instead of a
-    conflict. Unknown, already-decided and expired requests change nothing; the caller audits.
+    `decision_id` makes a redelivered decision a no-op instead of a conflict. Unknown,
+    already-decided and expired requests change nothing; the caller audits. An approval may
+    lower the amount (`amount_cents`) and replace the reply (`reply`); an edit that raises the
+    amount, or is not a positive whole number of cents, is refused and changes nothing.
     """
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow("SELECT * FROM refund_requests WHERE id = $1 FOR UPDATE", request_id)
@@ -644,18 +684,31 @@ async def decide_refund_request(
             return DecisionOutcome(applied=False, reason=reason, request=current)
         if await conn.fetchval("SELECT expires_at <= now() FROM refund_requests WHERE id = $1", request_id):
             return DecisionOutcome(applied=False, reason="expired", request=current)
+        if amount_cents is not None:
+            if isinstance(amount_cents, bool) or not isinstance(amount_cents, int) or amount_cents <= 0:
+                return DecisionOutcome(applied=False, reason="bad_amount", request=current)
+            if amount_cents > current.amount_cents:
+                return DecisionOutcome(applied=False, reason="amount_raised", request=current)
+        approved_amount = amount_cents if approved and amount_cents not in (None, current.amount_cents) else None
         updated = await conn.fetchrow(
             "UPDATE refund_requests SET status = $2, reviewer = $3, note = $4, decision_id = $5,"
-            " decided_at = now() WHERE id = $1 RETURNING *",
+            " approved_amount_cents = $6, edited_reply = $7, decided_at = now() WHERE id = $1 RETURNING *",
             request_id,
             "approved" if approved else "rejected",
             reviewer,
             note,
             decision_id,
+            approved_amount,
+            reply or None,
         )
         if updated is None:
             raise RuntimeError(f"refund request {request_id} disappeared while locked")
         request = _request(updated)
+        edits: dict[str, Any] = {}
+        if approved_amount is not None:
+            edits["amount_cents"] = {"requested": current.amount_cents, "approved": approved_amount}
+        if reply:
+            edits["reply"] = "replaced by the reviewer"
         await record_audit(
             conn,
             action=AuditAction.DECISION_RECORDED,
@@ -667,10 +720,84 @@ async def decide_refund_request(
                 "reviewer": reviewer,
                 "note": note,
                 "decision_id": decision_id,
+                "edits": edits,
             },
             idempotency_key=f"decision_recorded:{request_id}",
         )
         return DecisionOutcome(applied=True, reason="recorded", request=request)
+
+
+async def withdraw_refund_request(
+    pool: asyncpg.Pool, *, request_id: str, withdrawal_id: str, why: str
+) -> DecisionOutcome:
+    """The customer calls a pending request off; decided or expired requests stay as they are."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow("SELECT * FROM refund_requests WHERE id = $1 FOR UPDATE", request_id)
+        if row is None:
+            return DecisionOutcome(applied=False, reason="unknown_request", request=None)
+        current = _request(row)
+        if current.status != "pending":
+            same = current.status == "withdrawn" and current.decision_id == withdrawal_id
+            return DecisionOutcome(
+                applied=False, reason="same_decision" if same else "already_decided", request=current
+            )
+        updated = await conn.fetchrow(
+            "UPDATE refund_requests SET status = 'withdrawn', reviewer = 'customer', note = $2, decision_id = $3,"
+            " decided_at = now() WHERE id = $1 RETURNING *",
+            request_id,
+            why,
+            withdrawal_id,
+        )
+        if updated is None:
+            raise RuntimeError(f"refund request {request_id} disappeared while locked")
+        request = _request(updated)
+        await record_audit(
+            conn,
+            action=AuditAction.REFUND_WITHDRAWN,
+            run_id=request.run_id,
+            customer_id=request.customer_id,
+            detail={"request_id": request_id, "order_id": request.order_id, "why": why},
+            idempotency_key=f"refund_withdrawn:{request_id}",
+        )
+        return DecisionOutcome(applied=True, reason="recorded", request=request)
+
+
+async def find_pending_request(pool: Executor, *, customer_id: int, order_id: int) -> RefundRequest | None:
+    row = await pool.fetchrow(
+        "SELECT * FROM refund_requests WHERE customer_id = $1 AND order_id = $2 AND status = 'pending'"
+        " ORDER BY created_at DESC LIMIT 1",
+        customer_id,
+        order_id,
+    )
+    return _request(row) if row else None
+
+
+async def notification_sent(pool: Executor, *, request_id: str, channel: str) -> bool:
+    return bool(
+        await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM notifications WHERE request_id = $1 AND channel = $2)", request_id, channel
+        )
+    )
+
+
+async def mark_notification_sent(pool: Executor, *, request_id: str, channel: str) -> bool:
+    """Remember a delivered notification; False when it was already remembered."""
+    inserted = await pool.fetchval(
+        "INSERT INTO notifications (request_id, channel) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING request_id",
+        request_id,
+        channel,
+    )
+    return inserted is not None
+
+
+async def recently_contacted(pool: Executor, *, days: int) -> set[int]:
+    """Customers who got a reply or an outreach note in the last `days` days."""
+    rows = await pool.fetch(
+        "SELECT DISTINCT customer_id FROM audit_log WHERE action IN ('reply_sent', 'outreach_recorded')"
+        " AND customer_id IS NOT NULL AND at >= now() - make_interval(days => $1)",
+        days,
+    )
+    return {int(r["customer_id"]) for r in rows}
 
 
 async def expire_refund_request(pool: asyncpg.Pool, *, request_id: str) -> RefundRequest:
@@ -719,7 +846,7 @@ async def issue_refund_for_request(pool: asyncpg.Pool, *, request_id: str) -> Is
             conn,
             customer_id=request.customer_id,
             order_id=request.order_id,
-            amount_cents=request.amount_cents,
+            amount_cents=request.payable_cents,
         )
         if not verdict.allowed:
             await record_audit(
@@ -730,7 +857,7 @@ async def issue_refund_for_request(pool: asyncpg.Pool, *, request_id: str) -> Is
                 detail={
                     "request_id": request_id,
                     "order_id": request.order_id,
-                    "amount_cents": request.amount_cents,
+                    "amount_cents": request.payable_cents,
                     "why": verdict.explanation,
                     "stage": "issue",
                 },
@@ -745,7 +872,7 @@ async def issue_refund_for_request(pool: asyncpg.Pool, *, request_id: str) -> Is
             request_id,
             request.customer_id,
             request.order_id,
-            request.amount_cents,
+            request.payable_cents,
             request.reason,
         )
         if row is None:
@@ -761,6 +888,7 @@ async def issue_refund_for_request(pool: asyncpg.Pool, *, request_id: str) -> Is
                 "refund_id": refund.id,
                 "order_id": refund.order_id,
                 "amount_cents": refund.amount_cents,
+                "requested_cents": request.amount_cents,
                 "reviewer": request.reviewer,
             },
             idempotency_key=f"refund_issued:{request_id}",

@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, NoReturn
 
 import asyncpg
@@ -31,6 +32,7 @@ import db
 import desk
 import health
 import ingress
+import notify
 import worker
 from settings import Settings, get_settings
 
@@ -47,7 +49,9 @@ HEALTH_CHECK_TIERS = ["pro", "enterprise"]
 PRIORITY_BY_TIER = (
     'has(event.data.tier) ? (event.data.tier == "enterprise" ? 600 : (event.data.tier == "pro" ? 300 : 0)) : 0'
 )
+REFUND_WITHDRAWN = "customer/refund.withdrawn"
 REJECTION_PREFIX = "rejected "
+MAX_DECISION_ROUNDS = 5
 
 
 # --------------------------------------------------------------------------- event schemas
@@ -84,6 +88,28 @@ class ApprovalDecided(BaseModel):
     # Set by the desk and the CLI, which record the decision before announcing it; lets every
     # path that sees the same decision recognise it as one.
     decision_id: str | None = Field(default=None, max_length=200)
+    # Approve with edits: a lower amount and/or a reply written by the reviewer.
+    amount_cents: StrictInt | None = None
+    reply: str | None = Field(default=None, max_length=20_000)
+    # Set by the withdrawal function when the customer called the request off.
+    withdrawn: StrictBool = False
+
+
+class RefundWithdrawn(BaseModel):
+    """`customer/refund.withdrawn` data: the request id, or the customer and the order."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: str | None = Field(default=None, min_length=1, max_length=100)
+    customer_id: StrictInt | None = None
+    order_id: StrictInt | None = None
+    reason: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="after")
+    def _names_a_request(self) -> RefundWithdrawn:
+        if self.request_id is None and (self.customer_id is None or self.order_id is None):
+            raise ValueError("give request_id, or customer_id and order_id")
+        return self
 
 
 class HealthCheckRequested(BaseModel):
@@ -319,6 +345,10 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
 
         draft = str(result.final_output)
 
+        # A reviewer's edited reply replaces the agent's; the guard still checks it.
+        edited = [g.edited_reply for g in gate if g.edited_reply]
+        draft = edited[-1] if edited else draft
+
         async def send_reply() -> dict[str, Any]:
             request_ids = {g.request_id for g in gate if g.status == "approved"}
             refunds = [r.id for r in await db.list_refunds(pool) if r.request_id in request_ids]
@@ -328,7 +358,12 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
                 action=db.AuditAction.REPLY_SENT,
                 run_id=ctx.run_id,
                 customer_id=customer.id,
-                detail={"reply": reply, "replaced_unsafe_reply": replaced, "refund_ids": refunds},
+                detail={
+                    "reply": reply,
+                    "replaced_unsafe_reply": replaced,
+                    "refund_ids": refunds,
+                    "edited_by_reviewer": bool(edited),
+                },
                 idempotency_key=f"reply_sent:{ctx.run_id}",
             )
             return {"reply": reply, "replaced_unsafe_reply": replaced, "refund_ids": refunds}
@@ -360,22 +395,23 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
                 call_id=call_id, status="blocked", request_id=None, message_for_model=opened["explanation"]
             )
 
-        async def check_recorded_decision() -> str:
+        try:
+            await step.run("notify-reviewers", partial(notify.notify_reviewers, pool, settings, request_id=request_id))
+        except inngest.StepError as error:
+            # The request is stored and on the desk; a dead notifier must not cost the refund.
+            logger.warning("could not notify reviewers about %s: %s", request_id, error)
+
+        async def check_recorded_decision() -> dict[str, Any]:
             # A decision can land between opening the request and the wait starting; the
             # engine does not look back for it, Postgres does.
             request = await db.get_refund_request(pool, request_id=request_id)
-            return request.status if request else "pending"
-
-        decision_event: inngest.Event | None = None
-        if await step.run("check-recorded-decision", check_recorded_decision) == "pending":
-            decision_event = await step.wait_for_event(
-                "await-refund-approval",
-                event=APPROVAL_DECIDED,
-                if_exp=f"async.data.request_id == {json.dumps(request_id)}",
-                timeout=timedelta(hours=settings.refund_approval_timeout_hours),
+            left = await pool.fetchval(
+                "SELECT GREATEST(0, EXTRACT(EPOCH FROM expires_at - now()))::float FROM refund_requests WHERE id = $1",
+                request_id,
             )
+            return {"status": request.status if request else "pending", "seconds_left": float(left or 0)}
 
-        async def settle() -> worker.GateOutcome:
+        async def settle(decision_event: inngest.Event | None) -> worker.GateOutcome:
             decision = None
             if decision_event is not None:
                 try:
@@ -389,7 +425,28 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
                 pool, request_id=request_id, decision=decision, decision_id=decision_id
             )
 
-        return await step.run("settle-refund-request", settle, output_type=worker.GateOutcome)
+        # Usually one round. A decision Postgres refuses (an edit that raises the amount)
+        # leaves the request pending, and the run waits again for what time is left.
+        outcome: worker.GateOutcome | None = None
+        for round_number in range(MAX_DECISION_ROUNDS):
+            checked = await step.run("check-recorded-decision", check_recorded_decision)
+            decision_event: inngest.Event | None = None
+            if checked["status"] == "pending" and checked["seconds_left"] > 0:
+                timeout = (
+                    timedelta(hours=settings.refund_approval_timeout_hours)
+                    if round_number == 0
+                    else timedelta(seconds=max(1, int(checked["seconds_left"])))
+                )
+                decision_event = await step.wait_for_event(
+                    "await-refund-approval",
+                    event=APPROVAL_DECIDED,
+                    if_exp=f"async.data.request_id == {json.dumps(request_id)}",
+                    timeout=timeout,
+                )
+            outcome = await step.run("settle-refund-request", settle, decision_event, output_type=worker.GateOutcome)
+            if outcome.status != "pending":
+                return outcome
+        return await step.run("settle-refund-request", settle, None, output_type=worker.GateOutcome)
 
     @client.create_function(
         fn_id="record-refund-decision",
@@ -414,6 +471,8 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
                 reviewer=decision.reviewer,
                 note=decision.note,
                 decision_id=decision.decision_id or ctx.event.id or ctx.run_id,
+                amount_cents=decision.amount_cents,
+                reply=decision.reply,
             )
             if not outcome.applied and outcome.reason != "same_decision":
                 await db.record_audit(
@@ -436,6 +495,75 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
         return await ctx.step.run("record-decision", record)
 
     @client.create_function(
+        fn_id="withdraw-refund-request",
+        name="Withdraw refund request",
+        trigger=inngest.TriggerEvent(event=REFUND_WITHDRAWN),
+        retries=4,
+        on_failure=audit_run_failure,
+    )
+    async def withdraw_refund_request(ctx: inngest.Context) -> dict[str, Any]:
+        """The customer calls a refund off: record it, then wake the run waiting on it."""
+        pool = runtime.require_pool()
+        withdrawal_id = f"withdrawal-{ctx.event.id or ctx.run_id}"
+
+        async def record_withdrawal() -> dict[str, Any]:
+            try:
+                withdrawal = RefundWithdrawn.model_validate(dict(ctx.event.data))
+            except ValidationError as error:
+                await _reject(pool, ctx, describe_validation_error(error))
+            request_id = withdrawal.request_id
+            if request_id is None and withdrawal.customer_id is not None and withdrawal.order_id is not None:
+                pending = await db.find_pending_request(
+                    pool, customer_id=withdrawal.customer_id, order_id=withdrawal.order_id
+                )
+                request_id = pending.id if pending else None
+            outcome = (
+                await db.withdraw_refund_request(
+                    pool,
+                    request_id=request_id,
+                    withdrawal_id=withdrawal_id,
+                    why=withdrawal.reason or "withdrawn by the customer",
+                )
+                if request_id is not None
+                else db.DecisionOutcome(applied=False, reason="unknown_request", request=None)
+            )
+            withdrawn = outcome.applied or outcome.reason == "same_decision"
+            if not withdrawn:
+                await db.record_audit(
+                    pool,
+                    action=db.AuditAction.DECISION_IGNORED,
+                    run_id=ctx.run_id,
+                    customer_id=outcome.request.customer_id if outcome.request else withdrawal.customer_id,
+                    detail={
+                        "request_id": request_id,
+                        "why": outcome.reason,
+                        "withdrawal": withdrawal.model_dump(),
+                        "current_status": outcome.request.status if outcome.request else None,
+                    },
+                    idempotency_key=f"decision_ignored:{withdrawal_id}",
+                )
+            return {"withdrawn": withdrawn, "request_id": request_id, "reason": outcome.reason}
+
+        result = await ctx.step.run("record-withdrawal", record_withdrawal)
+        if result["withdrawn"]:
+            # The waiting run listens for decisions on its request; a withdrawal is one.
+            await ctx.step.send_event(
+                "wake-waiting-run",
+                inngest.Event(
+                    name=APPROVAL_DECIDED,
+                    id=withdrawal_id,
+                    data={
+                        "request_id": result["request_id"],
+                        "approved": False,
+                        "reviewer": "customer",
+                        "withdrawn": True,
+                        "decision_id": withdrawal_id,
+                    },
+                ),
+            )
+        return result
+
+    @client.create_function(
         fn_id="daily-health-check",
         name="Daily health check",
         trigger=inngest.TriggerCron(cron=settings.health_check_cron),
@@ -448,10 +576,14 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
 
         async def load_eligible_customers() -> dict[str, Any]:
             customers = await db.list_customers(pool)
+            cooldown = settings.health_check_contact_cooldown_days
+            contacted = await db.recently_contacted(pool, days=cooldown) if cooldown else set()
+            paying = [c.id for c in customers if c.tier in HEALTH_CHECK_TIERS]
             return {
                 "day": _scheduled_day(ctx.event),
-                "eligible": [c.id for c in customers if c.tier in HEALTH_CHECK_TIERS],
+                "eligible": [cid for cid in paying if cid not in contacted],
                 "skipped_free": [c.id for c in customers if c.tier not in HEALTH_CHECK_TIERS],
+                "skipped_contacted": [cid for cid in paying if cid in contacted],
             }
 
         loaded = await ctx.step.run("load-eligible-customers", load_eligible_customers)
@@ -471,8 +603,16 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
         return {
             "day": day,
             "scheduled": len(eligible),
-            "skipped": len(loaded["skipped_free"]),
-            "skipped_reason": "free-tier customers are not health-checked",
+            "skipped": {
+                "free_tier": len(loaded["skipped_free"]),
+                "contacted_recently": len(loaded["skipped_contacted"]),
+            },
+            "skipped_reasons": {
+                "free_tier": "free-tier customers are not health-checked",
+                "contacted_recently": (
+                    f"got a reply or an outreach note in the last {settings.health_check_contact_cooldown_days} days"
+                ),
+            },
         }
 
     @client.create_function(
@@ -514,9 +654,29 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
             )
 
         first = await ctx.step.run("record-health-check", record_health_check)
+        if summary.outreach_note:
+
+            async def record_outreach() -> bool:
+                # The next morning's cron sees this and leaves the customer alone for a while.
+                return await db.record_audit(
+                    pool,
+                    action=db.AuditAction.OUTREACH_RECORDED,
+                    run_id=ctx.run_id,
+                    customer_id=customer.id,
+                    detail={"day": summary.day, "note": summary.outreach_note, "signals": summary.signals},
+                    idempotency_key=f"outreach_recorded:{customer.id}:{summary.day}",
+                )
+
+            await ctx.step.run("record-outreach", record_outreach)
         return summary.model_dump() | {"recorded": first}
 
-    return [handle_customer_email, record_refund_decision, daily_health_check, customer_health_check]
+    return [
+        handle_customer_email,
+        record_refund_decision,
+        withdraw_refund_request,
+        daily_health_check,
+        customer_health_check,
+    ]
 
 
 def _scheduled_day(event: inngest.Event) -> str:

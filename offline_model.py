@@ -195,6 +195,11 @@ class OfflineSupportModel(Model):
                     "charge, so no refund has been issued. If you have more details, reply to this email and "
                     "we will take another look."
                 )
+            elif refund_result.startswith("Refund withdrawn"):
+                body = (
+                    "as you asked, we have cancelled your refund request, so no refund has been issued. "
+                    "If you change your mind, just reply to this email."
+                )
             elif refund_result.startswith("Refund not issued"):
                 body = (
                     "thank you for your patience. We could not complete the review of your refund in time, so "

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     webhook_password: str | None = None  # unset: the webhook refuses everything
     webhook_max_bytes: int = Field(default=1_000_000, ge=1_000)
     review_desk_users: str | None = None  # "alice:secret,bob:secret"; unset: the desk is closed
+    public_url: str = "http://127.0.0.1:8000"  # where reviewers reach the host (links in notifications)
+    # Slack-compatible incoming webhook told about each refund waiting for review; unset: skipped.
+    reviewer_webhook_url: str | None = None
+    # Sentry DSN; when set, function failures are reported through the SDK's Sentry middleware.
+    sentry_dsn: str | None = None
 
     @property
     def reviewers(self) -> dict[str, str]:
@@ -66,6 +71,8 @@ class Settings(BaseSettings):
     health_check_concurrency: int = Field(default=2, ge=1)
     health_check_throttle_per_minute: int = Field(default=10, ge=1)
     health_check_fanout_chunk: int = Field(default=100, ge=1, le=5000)
+    # Customers who got a reply or an outreach note this many days ago or less are not checked.
+    health_check_contact_cooldown_days: int = Field(default=7, ge=0)
 
     @property
     def inngest_dev_mode(self) -> bool:

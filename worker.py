@@ -232,9 +232,10 @@ class GateOutcome(BaseModel):
     """What happened to one paused refund call, in terms the reply guard and audit need."""
 
     call_id: str
-    status: Literal["approved", "rejected", "expired", "blocked"]
+    status: Literal["approved", "rejected", "expired", "blocked", "withdrawn", "pending"]
     request_id: str | None
     message_for_model: str
+    edited_reply: str | None = None  # a reviewer's replacement for the agent's reply
 
 
 def pending_refund_arguments(item: ToolApprovalItem) -> dict[str, Any]:
@@ -309,25 +310,41 @@ async def settle_refund_request(
     arrived through `decision` here or was recorded earlier (even before anyone waited).
     """
     if decision is not None:
-        await db.decide_refund_request(
-            pool,
-            request_id=request_id,
-            approved=bool(decision.get("approved")),
-            reviewer=str(decision.get("reviewer") or "unknown"),
-            note=decision.get("note"),
-            decision_id=decision_id or f"inline:{request_id}",
-        )
+        if not decision.get("withdrawn"):  # a withdrawal is recorded by whoever announced it
+            await db.decide_refund_request(
+                pool,
+                request_id=request_id,
+                approved=bool(decision.get("approved")),
+                reviewer=str(decision.get("reviewer") or "unknown"),
+                note=decision.get("note"),
+                decision_id=decision_id or f"inline:{request_id}",
+                amount_cents=decision.get("amount_cents"),
+                reply=decision.get("reply"),
+            )
         request = await db.get_refund_request(pool, request_id=request_id)
     else:
         request = await db.expire_refund_request(pool, request_id=request_id)
     if request is None:
         raise LookupError(f"refund request {request_id} vanished")
+    if request.status == "pending":
+        # The decision was refused (e.g. an edit that raised the amount): keep waiting.
+        return GateOutcome(
+            call_id=request.tool_call_id, status="pending", request_id=request.id, message_for_model=""
+        )
+    if request.status == "withdrawn":
+        return GateOutcome(
+            call_id=request.tool_call_id,
+            status="withdrawn",
+            request_id=request.id,
+            message_for_model="Refund withdrawn: the customer withdrew this request, so no refund was issued.",
+        )
     if request.status == "approved":
         return GateOutcome(
             call_id=request.tool_call_id,
             status="approved",
             request_id=request.id,
             message_for_model="Approved by a reviewer.",
+            edited_reply=request.edited_reply,
         )
     if request.status == "rejected":
         note = f" Reviewer's note: {request.note}" if request.note else ""
@@ -352,6 +369,7 @@ async def settle_refund_request(
             status="rejected",
             request_id=request.id,
             message_for_model=f"Refund declined by a reviewer; no refund was issued.{note}",
+            edited_reply=request.edited_reply,
         )
     await db.record_audit(
         pool,
