@@ -86,6 +86,11 @@ async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool
     async def announce(data: dict[str, Any]) -> None:
         await _send(settings, inngest_app.APPROVAL_DECIDED, str(data["decision_id"]), data)
 
+    try:
+        amount_cents = desk.parse_dollars(args.amount or "") if approved else None
+    except ValueError:
+        print(f"--amount {args.amount!r} is not an amount; write it like 12.34", file=sys.stderr)
+        return 2
     async with db.open_pool(settings, max_size=1) as pool:
         outcome, announced = await desk.submit_decision(
             pool,
@@ -95,6 +100,8 @@ async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool
             note=args.note,
             announce=announce,
             via="cli",
+            amount_cents=amount_cents,
+            reply=args.reply,
         )
     print(desk.describe_outcome(outcome, announced))
     return 0 if outcome.applied else 1
@@ -221,6 +228,11 @@ def parser() -> argparse.ArgumentParser:
         decision.add_argument("request_id")
         decision.add_argument("--reviewer", required=True, help="who decides (recorded in the audit trail)")
         decision.add_argument("--note")
+        decision.add_argument("--reply", help="send this reply to the customer instead of the agent's")
+        if name == "approve":
+            decision.add_argument("--amount", help="approve a lower amount, in dollars (e.g. 12.34)")
+        else:
+            decision.set_defaults(amount=None)
 
     commands.add_parser("pending", help="list refunds waiting for a reviewer")
 

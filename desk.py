@@ -8,19 +8,22 @@ wires to the engine's `refund/approval.decided` event. This module knows nothing
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import html
+import json
 import logging
+import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 import db
 from ingress import basic_auth_matches
@@ -35,7 +38,61 @@ IGNORED_REASONS = {
     "already_decided": "This request was already decided",
     "expired": "This request expired before a decision; nothing was changed.",
     "same_decision": "This decision was already recorded.",
+    "amount_raised": "An edit may only lower the amount, never raise it; nothing was changed.",
+    "bad_amount": "The edited amount must be a positive amount of money; nothing was changed.",
+    "recorded": "Recorded.",
 }
+
+# What each audit action means to someone watching a run, for the live status stream.
+STATUS_LINES = {
+    "message_received": "received, drafting a reply",
+    "refund_requested": "waiting for approval",
+    "reviewer_notified": "waiting for approval (reviewers notified)",
+    "decision_recorded": "decision recorded",
+    "refund_withdrawn": "withdrawn by the customer",
+    "refund_issued": "refund issued",
+    "refund_blocked": "refund not issued",
+    "reply_sent": "reply sent",
+    "run_failed": "failed",
+    "event_rejected": "rejected",
+    "event_duplicate": "duplicate, already answered",
+}
+FINAL_ACTIONS = {"reply_sent", "run_failed", "event_rejected", "event_duplicate"}
+
+
+def parse_dollars(text: str) -> int | None:
+    """ "12.34" or "$1,299" -> cents; None for an empty field; ValueError for anything else."""
+    cleaned = text.strip().replace("$", "").replace(",", "")
+    if not cleaned:
+        return None
+    if not re.fullmatch(r"\d+(\.\d{1,2})?", cleaned):
+        raise ValueError(f"not an amount: {text!r}")
+    whole, _, fraction = cleaned.partition(".")
+    return int(whole) * 100 + int((fraction + "00")[:2])
+
+
+async def status_events(
+    pool: asyncpg.Pool, run_id: str, *, poll_seconds: float = 0.5, max_seconds: float = 900
+) -> AsyncIterator[str]:
+    """Server-sent events for one run, fed by its audit rows, ending when the run does.
+
+    The audit trail is already the run's story, written once per step; streaming it needs
+    no engine feature and works the same against the dev server, Cloud or self-hosted.
+    """
+    last_id, waited = 0, 0.0
+    while waited < max_seconds:
+        rows = await pool.fetch(
+            "SELECT id, at, action FROM audit_log WHERE run_id = $1 AND id > $2 ORDER BY id", run_id, last_id
+        )
+        for row in rows:
+            last_id = row["id"]
+            line = STATUS_LINES.get(row["action"], row["action"])
+            payload = {"run_id": run_id, "action": row["action"], "line": line, "at": row["at"].isoformat()}
+            yield f"data: {json.dumps(payload)}\n\n"
+            if row["action"] in FINAL_ACTIONS:
+                return
+        await asyncio.sleep(poll_seconds)
+        waited += poll_seconds
 
 
 async def submit_decision(
@@ -47,6 +104,8 @@ async def submit_decision(
     note: str | None,
     announce: Announce,
     via: str,
+    amount_cents: int | None = None,
+    reply: str | None = None,
 ) -> tuple[db.DecisionOutcome, bool]:
     """Record a decision, then announce it to the waiting run. Returns the outcome and
     whether the announcement went out. A decision that changes nothing is audited and not
@@ -54,7 +113,14 @@ async def submit_decision(
     it when it next looks (at the latest when its wait times out)."""
     decision_id = f"decision-{uuid.uuid4().hex}"
     outcome = await db.decide_refund_request(
-        pool, request_id=request_id, approved=approved, reviewer=reviewer, note=note, decision_id=decision_id
+        pool,
+        request_id=request_id,
+        approved=approved,
+        reviewer=reviewer,
+        note=note,
+        decision_id=decision_id,
+        amount_cents=amount_cents,
+        reply=reply,
     )
     if not outcome.applied:
         await db.record_audit(
@@ -68,6 +134,7 @@ async def submit_decision(
                 "approved": approved,
                 "reviewer": reviewer,
                 "via": via,
+                "amount_cents": amount_cents,
                 "current_status": outcome.request.status if outcome.request else None,
             },
             idempotency_key=f"decision_ignored:{decision_id}",
@@ -81,6 +148,8 @@ async def submit_decision(
                 "reviewer": reviewer,
                 "note": note,
                 "decision_id": decision_id,
+                "amount_cents": amount_cents,
+                "reply": reply,
             }
         )
     except Exception:
@@ -94,8 +163,13 @@ def describe_outcome(outcome: db.DecisionOutcome, announced: bool) -> str:
     request = outcome.request
     if outcome.applied and request is not None:
         verb = "Approved" if request.status == "approved" else "Rejected"
+        edit = ""
+        if request.approved_amount_cents is not None:
+            edit = f" at {_money(request.approved_amount_cents)} (lowered from {_money(request.amount_cents)})"
+        if request.edited_reply:
+            edit += " with your reply"
         tail = "" if announced else " (recorded; the waiting run will pick it up when it next checks)"
-        return f"{verb} refund {request.id} for order {request.order_id}{tail}."
+        return f"{verb} refund {request.id} for order {request.order_id}{edit}{tail}."
     message = IGNORED_REASONS[outcome.reason]
     if outcome.reason == "already_decided" and request is not None:
         message += f": {request.status} by {request.reviewer}. Nothing was changed."
@@ -124,6 +198,13 @@ PAGE = """<!doctype html>
 <p class="meta">Signed in as <strong>{reviewer}</strong>.</p>
 {flash}
 {body}
+<script>
+  // Each pending request's run reports its progress live (server-sent events from the audit trail).
+  for (const el of document.querySelectorAll(".live-status")) {{
+    const events = new EventSource("/runs/" + encodeURIComponent(el.dataset.run) + "/status");
+    events.onmessage = (message) => {{ el.textContent = JSON.parse(message.data).line; }};
+  }}
+</script>
 </body></html>"""
 
 
@@ -140,9 +221,14 @@ def render_desk(reviews: list[db.PendingReview], *, reviewer: str, flash: str, t
   <span class="time-left">{esc(_time_left(review.seconds_left))}</span></p>
   <p><strong>Agent's reason:</strong> {esc(r.reason)}</p>
   <p><strong>Customer wrote:</strong></p><blockquote>{esc(r.customer_message)}</blockquote>
+  <p class="meta">Live: <span class="live-status" data-run="{esc(r.run_id)}">connecting…</span></p>
   <form method="post" action="/reviews/{esc(r.id)}">
     <input type="hidden" name="csrf" value="{esc(token_for(r.id))}">
-    <label>Note <input name="note" maxlength="2000" size="50"></label>
+    <p><label>Note <input name="note" maxlength="2000" size="50"></label>
+    <label>Approve a lower amount <input name="amount" inputmode="decimal" size="10"
+      placeholder="{esc(f"{r.amount_cents / 100:.2f}")}"></label></p>
+    <p><label>Reply to the customer instead of the agent's (optional)<br>
+    <textarea name="reply" rows="3" cols="70" maxlength="20000"></textarea></label></p>
     <button name="decision" value="approve">Approve</button>
     <button name="decision" value="reject">Reject</button>
   </form>
@@ -186,9 +272,27 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
             render_desk(reviews, reviewer=reviewer, flash=msg[:300], token_for=lambda rid: token_for(reviewer, rid))
         )
 
+    @router.get("/runs/{run_id}/status")
+    async def run_status(request: Request, run_id: str) -> Response:
+        """Live status lines for one run, as server-sent events (reviewers only)."""
+        reviewer = signed_in(request)
+        if isinstance(reviewer, Response):
+            return reviewer
+        return StreamingResponse(
+            status_events(get_pool(), run_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
     @router.post("/reviews/{request_id}")
     async def decide(
-        request: Request, request_id: str, decision: str = Form(...), csrf: str = Form(""), note: str = Form("")
+        request: Request,
+        request_id: str,
+        decision: str = Form(...),
+        csrf: str = Form(""),
+        note: str = Form(""),
+        amount: str = Form(""),
+        reply: str = Form(""),
     ) -> Response:
         reviewer = signed_in(request)
         if isinstance(reviewer, Response):
@@ -197,6 +301,11 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
             return HTMLResponse("<p>This form is stale or was not sent from the desk. Reload the desk.</p>", 403)
         if decision not in ("approve", "reject"):
             return HTMLResponse("<p>Choose Approve or Reject.</p>", 400)
+        try:
+            amount_cents = parse_dollars(amount) if decision == "approve" else None
+        except ValueError:
+            message = f"{amount!r} is not an amount; write it like 12.34. Nothing was changed."
+            return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
         outcome, announced = await submit_decision(
             get_pool(),
             request_id=request_id,
@@ -205,6 +314,8 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
             note=note.strip()[:2000] or None,
             announce=announce,
             via="desk",
+            amount_cents=amount_cents,
+            reply=reply.strip() or None,
         )
         message = describe_outcome(outcome, announced)
         return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)

@@ -234,7 +234,24 @@ def create_client(settings: Settings) -> inngest.Inngest:
         event_key=settings.inngest_event_key,
         serializer=inngest.PydanticSerializer(),
         logger=logger,
+        middleware=_error_monitoring(settings),
     )
+
+
+def _error_monitoring(settings: Settings) -> list[Any]:
+    """With SENTRY_DSN set, function and step failures go to Sentry; without it, nothing."""
+    if not settings.sentry_dsn:
+        return []
+    try:
+        import sentry_sdk
+        from inngest.experimental.sentry_middleware import SentryMiddleware
+    except ImportError as error:
+        raise RuntimeError(
+            "SENTRY_DSN is set but sentry-sdk is not installed: pip install 'support-worker[sentry]'"
+        ) from error
+    if not sentry_sdk.is_initialized():
+        sentry_sdk.init(dsn=settings.sentry_dsn, send_default_pii=False)
+    return [SentryMiddleware]
 
 
 def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.Function[Any]]:

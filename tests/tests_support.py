@@ -106,3 +106,41 @@ async def serve(
                 driver = InngestDriver(http, stub=stub)
                 await driver.sync()
                 yield Engine(driver=driver, stub=stub, pool=pool)
+
+
+class CaptureServer:
+    """A loopback HTTP server that records every POST (a Slack webhook, a Sentry ingest) and
+    answers 500 to the first `fail_first` of them, so tests can prove retries."""
+
+    def __init__(self, *, fail_first: int = 0) -> None:
+        import http.server
+        import threading
+
+        self.requests: list[tuple[str, bytes]] = []
+        self.fail_first = fail_first
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # http.server's naming
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                owner.requests.append((self.path, body))
+                failing = len(owner.requests) <= owner.fail_first
+                self.send_response(500 if failing else 200)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"ok": false}' if failing else b'{"ok": true}')
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> CaptureServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

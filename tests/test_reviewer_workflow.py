@@ -1,0 +1,343 @@
+"""Reviewer notifications, approve-with-edits, outreach rules, withdrawal, live status and
+error monitoring: the production behaviours around the refund gate and the morning check."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from inngest_driver import WaitOp, cel_match, timeout_resolver
+from tests_support import GRACE, CaptureServer, CountingModel, Engine, serve
+
+import cli
+import db
+import inngest_app
+from settings import Settings
+
+CHARGED_TWICE = {"customer_id": GRACE, "body": "I was charged twice for order 1003"}
+ALICE = ("alice", "alice-pw")
+
+
+def decision(request_id: str, event_id: str, **data: Any) -> dict[str, Any]:
+    body = {"request_id": request_id, "approved": True, "reviewer": "ops@example.com"} | data
+    return {"name": inngest_app.APPROVAL_DECIDED, "id": event_id, "ts": 1_790_000_100_000, "data": body}
+
+
+async def pending_id(pool: asyncpg.Pool) -> str:
+    return str(await pool.fetchval("SELECT id FROM refund_requests WHERE status = 'pending'"))
+
+
+def decisions_in_turn(engine: Engine, *makers: Callable[[str], dict[str, Any]]) -> Callable[[WaitOp], Any]:
+    """Each wait gets the next decision (also delivered to the recorder function)."""
+    queue = list(makers)
+
+    async def resolve(op: WaitOp) -> dict[str, Any] | None:
+        event = queue.pop(0)(await pending_id(engine.pool))
+        await engine.driver.run("record-refund-decision", event)
+        return event if cel_match(op.if_exp, candidate=event, trigger=op.trigger) else None
+
+    return resolve
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+async def test_reviewers_are_notified_once_with_what_they_need(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+) -> None:
+    with CaptureServer() as slack:
+        tuned = settings.model_copy(
+            update={"reviewer_webhook_url": f"{slack.url}/hooks/T0/B0/x", "public_url": "https://support.example"}
+        )
+        async with serve(tuned, monkeypatch, pool) as engine:
+            run = await engine.email(
+                CHARGED_TWICE, deliver_twice=True, resolver=decisions_in_turn(engine, lambda r: decision(r, "d1"))
+            )
+    assert run.status == "completed", run.error
+    assert len(slack.requests) == 1  # every call was delivered twice; the notice went once
+    path, body = slack.requests[0]
+    text = json.loads(body)["text"]
+    request = (await db.list_refunds(pool))[0].request_id
+    for expected in (
+        "$499.00",
+        "order 1003",
+        "Grace Hopper",
+        "charged twice",
+        f"https://support.example/reviews#{request}",
+        "Decide by ",
+    ):
+        assert expected in text
+    assert path == "/hooks/T0/B0/x"
+    assert [e.action.value for e in await db.list_audit(pool)].count("reviewer_notified") == 1
+
+
+async def test_a_failing_notifier_is_retried_and_never_loses_the_request(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+) -> None:
+    with CaptureServer(fail_first=2) as slack:
+        tuned = settings.model_copy(update={"reviewer_webhook_url": slack.url})
+        async with serve(tuned, monkeypatch, pool) as engine:
+            run = await engine.email(CHARGED_TWICE, resolver=decisions_in_turn(engine, lambda r: decision(r, "d1")))
+    assert run.status == "completed"
+    assert run.runs_of("notify-reviewers") == 3 and len(slack.requests) == 3
+    assert len(await db.list_refunds(pool)) == 1
+
+
+async def test_a_dead_notifier_does_not_stop_the_refund(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+) -> None:
+    with CaptureServer(fail_first=100) as slack:
+        tuned = settings.model_copy(update={"reviewer_webhook_url": slack.url})
+        async with serve(tuned, monkeypatch, pool) as engine:
+            run = await engine.email(CHARGED_TWICE, resolver=decisions_in_turn(engine, lambda r: decision(r, "d1")))
+    assert run.status == "completed", run.error
+    assert run.runs_of("notify-reviewers") == 5  # every attempt, then the run moved on
+    assert len(await db.list_refunds(pool)) == 1
+    assert "reviewer_notified" not in [e.action.value for e in await db.list_audit(pool)]
+
+
+async def test_without_a_webhook_url_the_notify_step_says_it_was_skipped(engine: Engine) -> None:
+    run = await engine.email(CHARGED_TWICE, resolver=timeout_resolver)
+    notify_memo = next(
+        v for k, v in run.memo.items() if isinstance(v, dict) and "REVIEWER_WEBHOOK_URL" in json.dumps(v)
+    )
+    assert notify_memo == {"data": {"sent": False, "why": "REVIEWER_WEBHOOK_URL is not set, so no one was notified"}}
+
+
+# --------------------------------------------------------------------------- approve with edits
+
+
+async def test_an_edited_approval_pays_the_lower_amount_and_sends_the_reviewers_reply(engine: Engine) -> None:
+    reply = "Hi Grace,\n\nwe have refunded $100.00 of order 1003 as a goodwill gesture.\n\nThe Support Team"
+    run = await engine.email(
+        CHARGED_TWICE,
+        resolver=decisions_in_turn(engine, lambda r: decision(r, "d1", amount_cents=10_000, reply=reply)),
+    )
+    assert run.status == "completed", run.error
+    assert [(r.order_id, r.amount_cents) for r in await db.list_refunds(engine.pool)] == [(1003, 10_000)]
+    assert run.output["reply"] == reply
+    recorded = (await db.list_audit(engine.pool, action=db.AuditAction.DECISION_RECORDED))[0].detail
+    assert recorded["edits"] == {
+        "amount_cents": {"requested": 49_900, "approved": 10_000},
+        "reply": "replaced by the reviewer",
+    }
+    assert recorded["reviewer"] == "ops@example.com"
+    issued = (await db.list_audit(engine.pool, action=db.AuditAction.REFUND_ISSUED))[0].detail
+    assert (issued["amount_cents"], issued["requested_cents"]) == (10_000, 49_900)
+
+
+async def test_an_edit_that_raises_the_amount_is_refused_and_the_run_keeps_waiting(engine: Engine) -> None:
+    run = await engine.email(
+        CHARGED_TWICE,
+        resolver=decisions_in_turn(
+            engine,
+            lambda r: decision(r, "d-raise", amount_cents=99_900),
+            lambda r: decision(r, "d-ok"),
+        ),
+    )
+    assert run.status == "completed", run.error
+    assert len(run.waits) == 2
+    ignored = await db.list_audit(engine.pool, action=db.AuditAction.DECISION_IGNORED)
+    assert [e.detail["why"] for e in ignored] == ["amount_raised"]
+    assert [r.amount_cents for r in await db.list_refunds(engine.pool)] == [49_900]
+
+
+async def test_the_desk_and_the_cli_offer_edited_approvals(doors_engine: Engine, settings: Settings) -> None:
+    engine = doors_engine
+    first, _ = await db.create_refund_request(
+        engine.pool,
+        customer_id=2,
+        order_id=1003,
+        amount_cents=49_900,
+        reason="r",
+        customer_message="m",
+        run_id="run-a",
+        tool_call_id="c",
+        ttl_seconds=3600,
+    )
+    second, _ = await db.create_refund_request(
+        engine.pool,
+        customer_id=2,
+        order_id=1004,
+        amount_cents=1_999,
+        reason="r",
+        customer_message="m",
+        run_id="run-b",
+        tool_call_id="c",
+        ttl_seconds=3600,
+    )
+    http = engine.driver.http
+    page = (await http.get("/reviews", auth=ALICE)).text
+    token = re.search(rf'id="{first.id}".*?name="csrf" value="([0-9a-f]+)"', page, re.S)
+    assert token is not None
+    raised = {"decision": "approve", "amount": "600.00", "csrf": token.group(1)}
+    res = await http.post(f"/reviews/{first.id}", data=raised, auth=ALICE, follow_redirects=True)
+    assert "may only lower the amount" in res.text
+    lowered = raised | {"amount": "$120.50", "reply": "Hi Grace, we refunded part of it."}
+    res = await http.post(f"/reviews/{first.id}", data=lowered, auth=ALICE, follow_redirects=True)
+    assert f"Approved refund {first.id} for order 1003 at $120.50 (lowered from $499.00) with your reply." in res.text
+    assert engine.stub.events[-1].data["amount_cents"] == 12_050
+
+    args = cli.parser().parse_args(["approve", second.id, "--reviewer", "carol", "--amount", "5"])
+    assert await cli.run_async(args, settings) == 0
+    stored = await db.get_refund_request(engine.pool, request_id=second.id)
+    assert stored is not None and stored.approved_amount_cents == 500 and stored.reviewer == "carol"
+
+
+@pytest.fixture
+async def doors_engine(settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool) -> Any:
+    async with serve(settings.model_copy(update={"review_desk_users": "alice:alice-pw"}), monkeypatch, pool) as e:
+        yield e
+
+
+# --------------------------------------------------------------------------- withdrawal
+
+
+async def test_a_withdrawal_ends_the_waiting_run_without_a_refund(engine: Engine) -> None:
+    async def customer_withdraws(op: WaitOp) -> dict[str, Any] | None:
+        withdrawal = {
+            "name": inngest_app.REFUND_WITHDRAWN,
+            "id": "w1",
+            "data": {"customer_id": GRACE, "order_id": 1003, "reason": "found the charge was a hold"},
+        }
+        recorded = await engine.driver.run("withdraw-refund-request", withdrawal)
+        assert recorded.output["withdrawn"] is True
+        wake = engine.stub.events[-1].as_event()
+        return wake if cel_match(op.if_exp, candidate=wake, trigger=op.trigger) else None
+
+    run = await engine.email(CHARGED_TWICE, resolver=customer_withdraws)
+    assert run.status == "completed", run.error
+    assert await db.list_refunds(engine.pool) == []
+    assert [e.action.value for e in await db.list_audit(engine.pool, run_id=run.run_id)] == [
+        "message_received",
+        "refund_requested",
+        "refund_withdrawn",
+        "reply_sent",
+    ]
+    assert "cancelled your refund request" in run.output["reply"]
+    assert await db.list_pending_reviews(engine.pool) == []
+    late = await engine.driver.run(
+        "withdraw-refund-request", {"name": inngest_app.REFUND_WITHDRAWN, "id": "w2", "data": {"request_id": "rr_x"}}
+    )
+    assert late.output == {"withdrawn": False, "request_id": "rr_x", "reason": "unknown_request"}
+    assert [e.detail["why"] for e in await db.list_audit(engine.pool, action=db.AuditAction.DECISION_IGNORED)] == [
+        "unknown_request"
+    ]
+
+
+async def test_a_malformed_withdrawal_is_rejected(engine: Engine) -> None:
+    run = await engine.driver.run("withdraw-refund-request", {"name": inngest_app.REFUND_WITHDRAWN, "data": {}})
+    assert run.status == "failed" and run.calls[0].no_retry
+    rejected = await db.list_audit(engine.pool)
+    assert [(e.action.value, e.detail["why"]) for e in rejected] == [
+        ("event_rejected", "data: Value error, give request_id, or customer_id and order_id")
+    ]
+
+
+# --------------------------------------------------------------------------- outreach rules
+
+
+async def test_the_cron_skips_recently_contacted_customers_and_says_why(engine: Engine) -> None:
+    await engine.email({"customer_id": GRACE, "body": "Do you ship to Canada?"})  # Grace got a reply today
+    tick = {"name": "inngest/scheduled.timer", "id": "t", "ts": 1_795_424_400_000, "data": {}}
+    run = await engine.driver.run("daily-health-check", tick)
+    assert run.output["scheduled"] == 2
+    assert run.output["skipped"] == {"free_tier": 2, "contacted_recently": 1}
+    assert "in the last 7 days" in run.output["skipped_reasons"]["contacted_recently"]
+    assert sorted(e.data["customer_id"] for e in engine.stub.events) == [1, 3]
+
+
+async def test_an_outreach_note_is_recorded_and_the_next_morning_leaves_the_customer_alone(engine: Engine) -> None:
+    for order_id, cents in ((1006, 15_000), (1007, 899)):  # Alan: refund-heavy, so at risk
+        request, _ = await db.create_refund_request(
+            engine.pool,
+            customer_id=3,
+            order_id=order_id,
+            amount_cents=cents,
+            reason="r",
+            customer_message="",
+            run_id=f"r{order_id}",
+            tool_call_id="c",
+            ttl_seconds=60,
+        )
+        await db.decide_refund_request(
+            engine.pool, request_id=request.id, approved=True, reviewer="r", note=None, decision_id=f"d{order_id}"
+        )
+        await db.issue_refund_for_request(engine.pool, request_id=request.id)
+    child = await engine.driver.run(
+        "customer-health-check",
+        {"name": inngest_app.HEALTH_CHECK_REQUESTED, "id": "h3", "data": {"customer_id": 3, "day": "2026-11-23"}},
+    )
+    assert child.output["status"] == "at_risk"
+    outreach = await db.list_audit(engine.pool, action=db.AuditAction.OUTREACH_RECORDED)
+    assert [(e.customer_id, e.detail["day"]) for e in outreach] == [(3, "2026-11-23")]
+    tomorrow = await engine.driver.run(
+        "daily-health-check", {"name": "inngest/scheduled.timer", "data": {"day": "2026-11-24"}}
+    )
+    assert tomorrow.output["skipped"]["contacted_recently"] == 1
+    assert 3 not in [e.data["customer_id"] for e in engine.stub.events]
+
+
+# --------------------------------------------------------------------------- live status
+
+
+async def test_the_status_stream_follows_a_run_live(doors_engine: Engine) -> None:
+    engine = doors_engine
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def approve_after_stream_opens(op: WaitOp) -> dict[str, Any] | None:
+        run_id = await engine.pool.fetchval("SELECT run_id FROM refund_requests LIMIT 1")
+        started.set_result(run_id)
+        await asyncio.sleep(0.3)  # let the stream deliver "waiting for approval" first
+        return await decisions_in_turn(engine, lambda r: decision(r, "d1"))(op)
+
+    async def watch() -> list[dict[str, Any]]:
+        run_id = await started
+        res = await engine.driver.http.get(f"/runs/{run_id}/status", auth=ALICE)
+        assert res.headers["content-type"].startswith("text/event-stream")
+        return [json.loads(line[6:]) for line in res.text.splitlines() if line.startswith("data: ")]
+
+    watcher = asyncio.create_task(watch())
+    run = await engine.email(CHARGED_TWICE, resolver=approve_after_stream_opens)
+    lines = await asyncio.wait_for(watcher, timeout=30)
+    assert run.status == "completed"
+    assert [line["line"] for line in lines] == [
+        "received, drafting a reply",
+        "waiting for approval",
+        "decision recorded",
+        "refund issued",
+        "reply sent",
+    ]
+    assert (await engine.driver.http.get(f"/runs/{run.run_id}/status")).status_code == 401
+
+
+# --------------------------------------------------------------------------- error monitoring
+
+
+async def test_failures_are_reported_to_sentry_when_a_dsn_is_set(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+) -> None:
+    import sentry_sdk
+
+    with CaptureServer() as sentry:
+        tuned = settings.model_copy(update={"sentry_dsn": f"http://publickey@{sentry.url.removeprefix('http://')}/7"})
+        try:
+            async with serve(tuned, monkeypatch, pool, model=CountingModel(fail=lambda turn, nth: True)) as engine:
+                run = await engine.email(CHARGED_TWICE)
+            sentry_sdk.flush()
+        finally:
+            sentry_sdk.get_client().close()
+    assert run.status == "failed"
+    envelopes = [
+        gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+        for path, body in sentry.requests
+        if path == "/api/7/envelope/"
+    ]
+    assert envelopes and any(b"model unavailable" in body for body in envelopes)
+    assert any(b'"inngest.function.id":"handle-customer-email"' in body for body in envelopes)
