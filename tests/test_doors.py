@@ -210,6 +210,8 @@ async def test_approving_on_the_desk_records_the_reviewer_and_announces_the_deci
         "reviewer": "alice",
         "note": "looks right",
         "decision_id": None,
+        "amount_cents": None,
+        "reply": None,
     }
     assert announced.idempotency_id == announced.data["decision_id"] == stored.decision_id
     # The recorder function sees the same decision: nothing more is written.
