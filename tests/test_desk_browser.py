@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 import uvicorn
 from inngest_driver import StubInngestServer
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, async_playwright, expect
 from tests_support import free_port
 
 import db
@@ -97,6 +97,8 @@ async def test_a_reviewer_approves_one_refund_and_rejects_another_in_the_browser
     await stale_tab.goto(f"{url}/reviews")
     assert await page.locator("article").count() == 2
     assert "3h 59m left" in await page.locator(f"#{approve_me.id} .time-left").inner_text()
+    # The live status line is filled in by the page's event stream, not by the server render.
+    await expect(page.locator(f"#{approve_me.id} .live-status")).to_have_text("waiting for approval")
 
     await page.locator(f"#{approve_me.id} input[name=note]").fill("matches the bank statement")
     await page.locator(f"#{approve_me.id} button[value=approve]").click()
