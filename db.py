@@ -652,6 +652,12 @@ async def create_refund_request(
         return request, True
 
 
+async def _lock_request(conn: Executor, request_id: str) -> RefundRequest | None:
+    """Read a request and hold its row until the transaction ends, so deciders queue up."""
+    row = await conn.fetchrow("SELECT * FROM refund_requests WHERE id = $1 FOR UPDATE", request_id)
+    return _request(row) if row else None
+
+
 async def decide_refund_request(
     pool: asyncpg.Pool,
     *,
@@ -671,10 +677,9 @@ async def decide_refund_request(
     amount, or is not a positive whole number of cents, is refused and changes nothing.
     """
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow("SELECT * FROM refund_requests WHERE id = $1 FOR UPDATE", request_id)
-        if row is None:
+        current = await _lock_request(conn, request_id)
+        if current is None:
             return DecisionOutcome(applied=False, reason="unknown_request", request=None)
-        current = _request(row)
         if current.status != "pending":
             reason: Literal["same_decision", "already_decided", "expired"]
             if current.decision_id == decision_id:
@@ -732,10 +737,9 @@ async def withdraw_refund_request(
 ) -> DecisionOutcome:
     """The customer calls a pending request off; decided or expired requests stay as they are."""
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow("SELECT * FROM refund_requests WHERE id = $1 FOR UPDATE", request_id)
-        if row is None:
+        current = await _lock_request(conn, request_id)
+        if current is None:
             return DecisionOutcome(applied=False, reason="unknown_request", request=None)
-        current = _request(row)
         if current.status != "pending":
             same = current.status == "withdrawn" and current.decision_id == withdrawal_id
             return DecisionOutcome(

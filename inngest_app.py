@@ -362,28 +362,9 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
 
         draft = str(result.final_output)
 
-        # A reviewer's edited reply replaces the agent's; the guard still checks it.
-        edited = [g.edited_reply for g in gate if g.edited_reply]
-        draft = edited[-1] if edited else draft
-
         async def send_reply() -> dict[str, Any]:
-            request_ids = {g.request_id for g in gate if g.status == "approved"}
-            refunds = [r.id for r in await db.list_refunds(pool) if r.request_id in request_ids]
-            reply, replaced = worker.guard_reply(draft, refund_issued=bool(refunds), customer_name=customer.name)
-            await db.record_audit(
-                pool,
-                action=db.AuditAction.REPLY_SENT,
-                run_id=ctx.run_id,
-                customer_id=customer.id,
-                detail={
-                    "reply": reply,
-                    "replaced_unsafe_reply": replaced,
-                    "refund_ids": refunds,
-                    "edited_by_reviewer": bool(edited),
-                },
-                idempotency_key=f"reply_sent:{ctx.run_id}",
-            )
-            return {"reply": reply, "replaced_unsafe_reply": replaced, "refund_ids": refunds}
+            sent = await worker.send_reply(pool, run_id=ctx.run_id, customer=customer, draft=draft, gate=gate)
+            return sent.model_dump()
 
         sent = await step.run("send-reply", send_reply)
         return {"status": "replied", **sent, "gate": [g.model_dump() for g in gate]}
@@ -492,20 +473,12 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
                 reply=decision.reply,
             )
             if not outcome.applied and outcome.reason != "same_decision":
-                await db.record_audit(
+                await _audit_ignored(
                     pool,
-                    action=db.AuditAction.DECISION_IGNORED,
-                    run_id=ctx.run_id,
-                    customer_id=outcome.request.customer_id if outcome.request else None,
-                    detail={
-                        "request_id": decision.request_id,
-                        "why": outcome.reason,
-                        "approved": decision.approved,
-                        "reviewer": decision.reviewer,
-                        "event_id": ctx.event.id,
-                        "current_status": outcome.request.status if outcome.request else None,
-                    },
-                    idempotency_key=f"decision_ignored:{ctx.event.id or ctx.run_id}",
+                    ctx,
+                    outcome,
+                    request_id=decision.request_id,
+                    detail={"approved": decision.approved, "reviewer": decision.reviewer},
                 )
             return {"applied": outcome.applied, "reason": outcome.reason}
 
@@ -546,18 +519,13 @@ def create_functions(client: inngest.Inngest, runtime: Runtime) -> list[inngest.
             )
             withdrawn = outcome.applied or outcome.reason == "same_decision"
             if not withdrawn:
-                await db.record_audit(
+                await _audit_ignored(
                     pool,
-                    action=db.AuditAction.DECISION_IGNORED,
-                    run_id=ctx.run_id,
-                    customer_id=outcome.request.customer_id if outcome.request else withdrawal.customer_id,
-                    detail={
-                        "request_id": request_id,
-                        "why": outcome.reason,
-                        "withdrawal": withdrawal.model_dump(),
-                        "current_status": outcome.request.status if outcome.request else None,
-                    },
-                    idempotency_key=f"decision_ignored:{withdrawal_id}",
+                    ctx,
+                    outcome,
+                    request_id=request_id,
+                    detail={"withdrawal": withdrawal.model_dump()},
+                    customer_id=withdrawal.customer_id,
                 )
             return {"withdrawn": withdrawn, "request_id": request_id, "reason": outcome.reason}
 
@@ -726,6 +694,32 @@ async def _reject(pool: asyncpg.Pool, ctx: inngest.Context, why: str) -> NoRetur
         idempotency_key=f"event_rejected:{ctx.run_id}",
     )
     raise inngest.NonRetriableError(f"{REJECTION_PREFIX}{ctx.event.name}: {why}")
+
+
+async def _audit_ignored(
+    pool: asyncpg.Pool,
+    ctx: inngest.Context,
+    outcome: db.DecisionOutcome,
+    *,
+    request_id: str | None,
+    detail: dict[str, Any],
+    customer_id: int | None = None,
+) -> None:
+    """A decision or withdrawal that changed nothing still leaves a row saying why."""
+    await db.record_audit(
+        pool,
+        action=db.AuditAction.DECISION_IGNORED,
+        run_id=ctx.run_id,
+        customer_id=outcome.request.customer_id if outcome.request else customer_id,
+        detail={
+            "request_id": request_id,
+            "why": outcome.reason,
+            "event_id": ctx.event.id,
+            "current_status": outcome.request.status if outcome.request else None,
+        }
+        | detail,
+        idempotency_key=f"decision_ignored:{ctx.event.id or ctx.run_id}",
+    )
 
 
 async def _record_message_once(

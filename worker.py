@@ -328,9 +328,7 @@ async def settle_refund_request(
         raise LookupError(f"refund request {request_id} vanished")
     if request.status == "pending":
         # The decision was refused (e.g. an edit that raised the amount): keep waiting.
-        return GateOutcome(
-            call_id=request.tool_call_id, status="pending", request_id=request.id, message_for_model=""
-        )
+        return GateOutcome(call_id=request.tool_call_id, status="pending", request_id=request.id, message_for_model="")
     if request.status == "withdrawn":
         return GateOutcome(
             call_id=request.tool_call_id,
@@ -435,6 +433,37 @@ def guard_reply(reply: str, *, refund_issued: bool, customer_name: str) -> tuple
     return safe, True
 
 
+class SentReply(BaseModel):
+    reply: str
+    replaced_unsafe_reply: bool
+    refund_ids: list[int]
+    edited_by_reviewer: bool
+
+
+async def send_reply(
+    pool: asyncpg.Pool, *, run_id: str, customer: db.Customer, draft: str, gate: list[GateOutcome]
+) -> SentReply:
+    """The last word of every run: a reviewer's edited reply replaces the agent's draft, the
+    refund-claim guard checks whichever it is against the refunds actually issued, and the
+    reply is audited once per run."""
+    edited = [g.edited_reply for g in gate if g.edited_reply]
+    approved = {g.request_id for g in gate if g.status == "approved"}
+    refunds = [r.id for r in await db.list_refunds(pool) if r.request_id in approved]
+    reply, replaced = guard_reply(
+        edited[-1] if edited else draft, refund_issued=bool(refunds), customer_name=customer.name
+    )
+    sent = SentReply(reply=reply, replaced_unsafe_reply=replaced, refund_ids=refunds, edited_by_reviewer=bool(edited))
+    await db.record_audit(
+        pool,
+        action=db.AuditAction.REPLY_SENT,
+        run_id=run_id,
+        customer_id=customer.id,
+        detail=sent.model_dump(),
+        idempotency_key=f"reply_sent:{run_id}",
+    )
+    return sent
+
+
 # --------------------------------------------------------------------------- standalone run
 
 
@@ -508,17 +537,14 @@ async def handle_email(
             gate.append(outcome)
             apply_gate_outcome(state, item, outcome)
         result = await Runner.run(agent, state, run_config=run_config)
-    refunds = [r.id for r in await db.list_refunds(pool) if r.request_id in {g.request_id for g in gate}]
-    reply, replaced = guard_reply(str(result.final_output), refund_issued=bool(refunds), customer_name=customer.name)
-    await db.record_audit(
-        pool,
-        action=db.AuditAction.REPLY_SENT,
+    sent = await send_reply(pool, run_id=run_id, customer=customer, draft=str(result.final_output), gate=gate)
+    return EmailOutcome(
         run_id=run_id,
-        customer_id=customer_id,
-        detail={"reply": reply, "replaced_unsafe_reply": replaced, "refund_ids": refunds},
-        idempotency_key=f"reply_sent:{run_id}",
+        reply=sent.reply,
+        reply_replaced=sent.replaced_unsafe_reply,
+        refunds_issued=sent.refund_ids,
+        gate=gate,
     )
-    return EmailOutcome(run_id=run_id, reply=reply, reply_replaced=replaced, refunds_issued=refunds, gate=gate)
 
 
 async def _decide_one(

@@ -3,6 +3,7 @@ set), a clean seeded dataset for every test, and a guard that fails any real mod
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,10 @@ from settings import Settings, get_settings
 # Tracing would upload prompts when a key is set; tests never trace.
 agents.set_tracing_disabled(True)
 
-_EMBEDDED_DIR = Path(tempfile.gettempdir()) / "support-worker-test-pg"
+# One embedded server per checkout: two checkouts testing at once must not truncate each
+# other's tables.
+_CHECKOUT = hashlib.sha1(str(Path(__file__).resolve().parent.parent).encode()).hexdigest()[:10]
+_EMBEDDED_DIR = Path(tempfile.gettempdir()) / f"support-worker-test-pg-{_CHECKOUT}"
 
 
 def _test_database_url() -> str:

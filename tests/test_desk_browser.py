@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from inngest_driver import StubInngestServer
 from playwright.async_api import Browser, async_playwright, expect
-from tests_support import free_port
+from tests_support import free_port, open_request
 
 import db
 import inngest_app
@@ -74,20 +74,16 @@ async def test_a_reviewer_approves_one_refund_and_rejects_another_in_the_browser
     desk_url: tuple[str, StubInngestServer], browser: Browser, pool: asyncpg.Pool
 ) -> None:
     url, stub = desk_url
-    requests = []
-    for order_id, cents in ((1003, 49_900), (1004, 1_999)):
-        request, _ = await db.create_refund_request(
+    requests = [
+        await open_request(
             pool,
-            customer_id=2,
             order_id=order_id,
-            amount_cents=cents,
-            reason=f"Charged twice for {order_id}.",
-            customer_message=f"I was charged twice for order {order_id}",
-            run_id=f"run-{order_id}",
-            tool_call_id="call-1",
+            cents=cents,
             ttl_seconds=4 * 3600,
+            message=f"I was charged twice for order {order_id}",
         )
-        requests.append(request)
+        for order_id, cents in ((1003, 49_900), (1004, 1_999))
+    ]
     approve_me, reject_me = requests
 
     context = await browser.new_context(http_credentials={"username": "alice", "password": "alice-pw"})

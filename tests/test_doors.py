@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 from inngest_driver import pool_resolver
-from tests_support import EMAIL_FN, Engine, serve
+from tests_support import EMAIL_FN, Engine, open_request, serve
 
 import cli
 import db
@@ -144,21 +144,8 @@ async def test_without_a_configured_secret_the_webhook_is_closed(engine: Engine)
 # --------------------------------------------------------------------------- desk over HTTP
 
 
-async def pending_request(
-    pool: asyncpg.Pool, order_id: int = 1003, cents: int = 49_900, ttl: float = 3600
-) -> db.RefundRequest:
-    request, _ = await db.create_refund_request(
-        pool,
-        customer_id=2,
-        order_id=order_id,
-        amount_cents=cents,
-        reason="Charged twice.",
-        customer_message="I was charged twice <b>please</b> help",
-        run_id=f"run-{order_id}",
-        tool_call_id="call-1",
-        ttl_seconds=ttl,
-    )
-    return request
+async def pending_request(pool: asyncpg.Pool, order_id: int = 1003, cents: int = 49_900) -> db.RefundRequest:
+    return await open_request(pool, order_id=order_id, cents=cents, message="I was charged twice <b>please</b> help")
 
 
 def csrf_for(page: str, request_id: str) -> str:
@@ -185,7 +172,7 @@ async def test_the_desk_lists_what_a_reviewer_needs_and_escapes_customer_text(do
         "Compiler license",
         "Grace Hopper",
         "grace@example.com",
-        "Charged twice.",
+        "Charged twice for 1003.",
         "&lt;b&gt;please&lt;/b&gt;",
         request.id,
         "59m left",

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from tests_support import EMAIL_FN, Engine, serve
+from tests_support import EMAIL_FN, Engine, pay_refund, serve
 
 import db
 import health
@@ -97,21 +97,7 @@ async def test_the_child_writes_one_health_row_per_customer_per_day(engine: Engi
 
 async def test_a_refund_heavy_customer_is_at_risk_and_gets_an_outreach_draft(engine: Engine) -> None:
     for order_id, cents in ((1003, 49_900), (1004, 1_999)):
-        request, _ = await db.create_refund_request(
-            engine.pool,
-            customer_id=2,
-            order_id=order_id,
-            amount_cents=cents,
-            reason="r",
-            customer_message="",
-            run_id=f"r{order_id}",
-            tool_call_id="c",
-            ttl_seconds=60,
-        )
-        await db.decide_refund_request(
-            engine.pool, request_id=request.id, approved=True, reviewer="r", note=None, decision_id=f"d{order_id}"
-        )
-        await db.issue_refund_for_request(engine.pool, request_id=request.id)
+        await pay_refund(engine.pool, customer_id=2, order_id=order_id, cents=cents)
     child = await engine.driver.run(
         CHILD_FN,
         {"name": inngest_app.HEALTH_CHECK_REQUESTED, "id": "h", "data": {"customer_id": 2, "day": "2026-11-23"}},

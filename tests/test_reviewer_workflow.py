@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 from inngest_driver import WaitOp, cel_match, timeout_resolver
-from tests_support import GRACE, CaptureServer, CountingModel, Engine, serve
+from tests_support import GRACE, CaptureServer, CountingModel, Engine, open_request, pay_refund, serve
 
 import cli
 import db
@@ -150,28 +150,8 @@ async def test_an_edit_that_raises_the_amount_is_refused_and_the_run_keeps_waiti
 
 async def test_the_desk_and_the_cli_offer_edited_approvals(doors_engine: Engine, settings: Settings) -> None:
     engine = doors_engine
-    first, _ = await db.create_refund_request(
-        engine.pool,
-        customer_id=2,
-        order_id=1003,
-        amount_cents=49_900,
-        reason="r",
-        customer_message="m",
-        run_id="run-a",
-        tool_call_id="c",
-        ttl_seconds=3600,
-    )
-    second, _ = await db.create_refund_request(
-        engine.pool,
-        customer_id=2,
-        order_id=1004,
-        amount_cents=1_999,
-        reason="r",
-        customer_message="m",
-        run_id="run-b",
-        tool_call_id="c",
-        ttl_seconds=3600,
-    )
+    first = await open_request(engine.pool, order_id=1003, cents=49_900)
+    second = await open_request(engine.pool, order_id=1004, cents=1_999)
     http = engine.driver.http
     page = (await http.get("/reviews", auth=ALICE)).text
     token = re.search(rf'id="{first.id}".*?name="csrf" value="([0-9a-f]+)"', page, re.S)
@@ -255,21 +235,7 @@ async def test_the_cron_skips_recently_contacted_customers_and_says_why(engine: 
 
 async def test_an_outreach_note_is_recorded_and_the_next_morning_leaves_the_customer_alone(engine: Engine) -> None:
     for order_id, cents in ((1006, 15_000), (1007, 899)):  # Alan: refund-heavy, so at risk
-        request, _ = await db.create_refund_request(
-            engine.pool,
-            customer_id=3,
-            order_id=order_id,
-            amount_cents=cents,
-            reason="r",
-            customer_message="",
-            run_id=f"r{order_id}",
-            tool_call_id="c",
-            ttl_seconds=60,
-        )
-        await db.decide_refund_request(
-            engine.pool, request_id=request.id, approved=True, reviewer="r", note=None, decision_id=f"d{order_id}"
-        )
-        await db.issue_refund_for_request(engine.pool, request_id=request.id)
+        await pay_refund(engine.pool, customer_id=3, order_id=order_id, cents=cents)
     child = await engine.driver.run(
         "customer-health-check",
         {"name": inngest_app.HEALTH_CHECK_REQUESTED, "id": "h3", "data": {"customer_id": 3, "day": "2026-11-23"}},

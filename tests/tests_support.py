@@ -144,3 +144,36 @@ class CaptureServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+async def open_request(
+    pool: asyncpg.Pool,
+    *,
+    order_id: int,
+    cents: int,
+    customer_id: int = GRACE,
+    ttl_seconds: float = 3600,
+    message: str = "",
+) -> db.RefundRequest:
+    """A pending refund request as a paused run would open it (one per order here)."""
+    request, _ = await db.create_refund_request(
+        pool,
+        customer_id=customer_id,
+        order_id=order_id,
+        amount_cents=cents,
+        reason=f"Charged twice for {order_id}.",
+        customer_message=message,
+        run_id=f"run-{order_id}",
+        tool_call_id="call-1",
+        ttl_seconds=ttl_seconds,
+    )
+    return request
+
+
+async def pay_refund(pool: asyncpg.Pool, *, customer_id: int, order_id: int, cents: int) -> None:
+    """History for the health check: a refund requested, approved and issued."""
+    request = await open_request(pool, customer_id=customer_id, order_id=order_id, cents=cents)
+    await db.decide_refund_request(
+        pool, request_id=request.id, approved=True, reviewer="r", note=None, decision_id=f"d{order_id}"
+    )
+    await db.issue_refund_for_request(pool, request_id=request.id)
