@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-import inngest
 
 import db
 import desk
@@ -49,8 +48,7 @@ def _event_settings(settings: Settings) -> Settings:
 
 
 async def _send(settings: Settings, name: str, event_id: str, data: dict[str, Any]) -> None:
-    client = inngest_app.create_client(_event_settings(settings))
-    await client.send(inngest.Event(name=name, id=event_id, data=data))
+    await inngest_app.send_event(_event_settings(settings), name, event_id, data)
 
 
 # --------------------------------------------------------------------------- commands

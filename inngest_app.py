@@ -238,6 +238,11 @@ def create_client(settings: Settings) -> inngest.Inngest:
     )
 
 
+async def send_event(settings: Settings, name: str, event_id: str, data: dict[str, Any]) -> None:
+    """Send one event from outside a function (the CLI); `event_id` makes a resend a no-op."""
+    await create_client(settings).send(inngest.Event(name=name, id=event_id, data=data))
+
+
 def _error_monitoring(settings: Settings) -> list[Any]:
     """With SENTRY_DSN set, function and step failures go to Sentry; without it, nothing."""
     if not settings.sentry_dsn:

@@ -84,3 +84,17 @@ def test_worker_and_db_never_import_inngest() -> None:
     code = "import sys, worker, db, settings, offline_model; print('inngest' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_only_inngest_app_imports_inngest() -> None:
+    """The swap-the-engine promise: every other top-level module is engine-free."""
+    import ast
+
+    offenders = []
+    for path in sorted(ROOT.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        if "inngest" in names and path.name != "inngest_app.py":
+            offenders.append(path.name)
+    assert offenders == []

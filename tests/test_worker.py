@@ -259,3 +259,17 @@ async def test_the_tool_pays_the_approved_amount_not_what_the_model_resends(
     outcome = await db.issue_refund_for_request(pool, request_id=request.id)
     assert outcome.issued and outcome.explanation == "Refund already issued."
     assert len(await db.list_refunds(pool)) == 1
+
+
+def test_model_choice_follows_configuration(settings: Settings) -> None:
+    from agents import OpenAIChatCompletionsModel, OpenAIResponsesModel
+
+    from offline_model import OfflineSupportModel
+
+    assert isinstance(worker.build_model(settings), OfflineSupportModel)
+    with_key = settings.model_copy(update={"openai_api_key": "sk-test", "openai_model": "gpt-test"})
+    responses = worker.build_model(with_key)
+    assert isinstance(responses, OpenAIResponsesModel) and responses.model == "gpt-test"
+    compatible = settings.model_copy(update={"openai_base_url": "http://127.0.0.1:11434/v1"})
+    assert isinstance(worker.build_model(compatible), OpenAIChatCompletionsModel)
+    assert worker.build_run_config(settings).tracing_disabled is True
