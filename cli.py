@@ -19,9 +19,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -159,17 +161,26 @@ def up(settings: Settings, args: argparse.Namespace) -> int:
     elif shutil.which("npx") is None:
         print(f"dev server: npx is not installed, so it was not started. Install Node.js, then run: {manual}")
     else:
-        dev = subprocess.Popen(dev_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Its output goes to a file: a pipe nobody reads would fill up and stall the dev server.
+        log_path = Path(tempfile.gettempdir()) / f"support-worker-inngest-dev-{args.port}.log"
+        with log_path.open("w") as log:
+            dev = subprocess.Popen(dev_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         if _dev_server_came_up(dev, dev_url, seconds=args.dev_server_wait):
             processes.append(dev)
-            print(f"dev server: dashboard at {dev_url}")
+            print(f"dev server: dashboard at {dev_url} (log: {log_path})")
         else:
-            reason = (dev.stderr.read() if dev.poll() is not None and dev.stderr else "").strip().splitlines()
+            exited = dev.poll()
+            said = [
+                line
+                for line in log_path.read_text(errors="replace").splitlines()
+                if line.strip() and not line.lower().startswith("npm warn")
+            ]
+            detail = f"npx exited with code {exited}" if exited is not None else "it did not answer in time"
+            if said:
+                detail += f": {said[-1]}"
             print(
-                "dev server: could not be started here (the npm package downloads its binary at install "
-                "time, which needs internet). "
-                + (f"npx said: {reason[-1]} " if reason else "")
-                + f"Run it yourself where there is network: {manual}"
+                "dev server: could not be started here (its npm package downloads the binary at install time, "
+                f"which needs internet; {detail}). Run it yourself where there is network: {manual}"
             )
             if dev.poll() is None:
                 dev.terminate()

@@ -255,7 +255,7 @@ def _error_monitoring(settings: Settings) -> list[Any]:
             "SENTRY_DSN is set but sentry-sdk is not installed: pip install 'support-worker[sentry]'"
         ) from error
     if not sentry_sdk.is_initialized():
-        sentry_sdk.init(dsn=settings.sentry_dsn, send_default_pii=False)
+        sentry_sdk.init(dsn=settings.sentry_dsn)
     return [SentryMiddleware]
 
 

@@ -71,7 +71,10 @@ def test_support_worker_up_starts_the_host_and_is_honest_about_the_dev_server(
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     npx = fake_bin / "npx"
-    npx.write_text("#!/bin/sh\necho 'npm error network request failed: getaddrinfo ENOTFOUND' >&2\nexit 1\n")
+    npx.write_text(
+        "#!/bin/sh\necho 'npm error network request failed: getaddrinfo ENOTFOUND' >&2\n"
+        "echo 'npm warn Unknown user config' >&2\nexit 1\n"
+    )
     npx.chmod(0o755)
     port = free_port()
     env = clean_env(DATABASE_URL=database_url, PYTHONPATH=str(ROOT), PATH=f"{fake_bin}:{os.environ['PATH']}")
@@ -93,7 +96,7 @@ def test_support_worker_up_starts_the_host_and_is_honest_about_the_dev_server(
         output = "".join(lines)
         assert f"host: http://127.0.0.1:{port}/api/inngest" in output and "/reviews (review desk)" in output
         assert "dev server: could not be started here" in output
-        assert "getaddrinfo ENOTFOUND" in output
+        assert "npx exited with code 1: npm error network request failed: getaddrinfo ENOTFOUND" in output
         assert f"npx --yes inngest-cli@latest dev -u http://127.0.0.1:{port}/api/inngest" in output
         for _ in range(100):
             try:
