@@ -61,12 +61,14 @@ FINAL_ACTIONS = {"reply_sent", "run_failed", "event_rejected", "event_duplicate"
 
 
 def parse_dollars(text: str) -> int | None:
-    """ "12.34" or "$1,299" -> cents; None for an empty field; ValueError for anything else."""
-    cleaned = text.strip().replace("$", "").replace(",", "")
+    """Dollars as a reviewer types them ("12.34", "$1,299") to cents; None for an empty field."""
+    cleaned = text.strip().removeprefix("$")
     if not cleaned:
         return None
-    if not re.fullmatch(r"\d+(\.\d{1,2})?", cleaned):
+    # Commas only as thousands separators: "1,299.00" yes, "12,3.4" no.
+    if not re.fullmatch(r"(\d{1,3}(,\d{3})+|\d+)(\.\d{1,2})?", cleaned):
         raise ValueError(f"not an amount: {text!r}")
+    cleaned = cleaned.replace(",", "")
     whole, _, fraction = cleaned.partition(".")
     return int(whole) * 100 + int((fraction + "00")[:2])
 

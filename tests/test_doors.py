@@ -279,3 +279,22 @@ async def test_cli_pending_approve_reject_and_audit(
 
     assert await cli.run_async(args("audit", "--action", "decision_ignored"), settings) == 0
     assert "decision_ignored" in capsys.readouterr().out
+
+
+def test_desk_amounts_parse_as_dollars_and_refuse_anything_else() -> None:
+    from desk import parse_dollars
+
+    assert [parse_dollars(t) for t in ("12.34", "$1,299", " 5 ", "0.5", "")] == [1234, 129_900, 500, 50, None]
+    for bad in ("12.345", "-3", "ten", "1e3"):
+        with pytest.raises(ValueError):
+            parse_dollars(bad)
+
+
+async def test_a_malformed_amount_on_the_desk_changes_nothing_and_says_how_to_write_it(doors: Engine) -> None:
+    request = await pending_request(doors.pool)
+    page = (await http(doors).get("/reviews", auth=ALICE)).text
+    form = {"decision": "approve", "amount": "12,3.4", "csrf": csrf_for(page, request.id)}
+    res = await http(doors).post(f"/reviews/{request.id}", data=form, auth=ALICE, follow_redirects=True)
+    assert "is not an amount; write it like 12.34. Nothing was changed." in res.text
+    stored = await db.get_refund_request(doors.pool, request_id=request.id)
+    assert stored is not None and stored.status == "pending" and doors.stub.events == []
