@@ -145,6 +145,29 @@ def describe_validation_error(error: ValidationError) -> str:
 _OUTPUT_ITEMS = TypeAdapter(list[ResponseOutputItem])
 
 
+def dump_model_response(response: ModelResponse) -> dict[str, Any]:
+    """A model turn as plain JSON: output items by alias (what the Responses API itself uses),
+    usage as numbers. Anything else would not survive the engine's round trip intact."""
+    return {
+        "output": [item.model_dump(mode="json", by_alias=True) for item in response.output],
+        "usage": {
+            "requests": response.usage.requests,
+            "input_tokens": response.usage.input_tokens,
+            "output_tokens": response.usage.output_tokens,
+            "total_tokens": response.usage.total_tokens,
+        },
+        "response_id": response.response_id,
+    }
+
+
+def load_model_response(data: dict[str, Any]) -> ModelResponse:
+    return ModelResponse(
+        output=list(_OUTPUT_ITEMS.validate_python(data["output"])),
+        usage=Usage(**data["usage"]),
+        response_id=data["response_id"],
+    )
+
+
 class JournaledModel(Model):
     """Each model call becomes its own `step.run`, so a retry replays finished turns from the
     journal instead of calling (and paying) the model again. Outputs are dumped by alias to
@@ -159,24 +182,9 @@ class JournaledModel(Model):
         self._turn += 1
 
         async def call_model() -> dict[str, Any]:
-            response = await self._inner.get_response(*args, **kwargs)
-            return {
-                "output": [item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in response.output],
-                "usage": {
-                    "requests": response.usage.requests,
-                    "input_tokens": response.usage.input_tokens,
-                    "output_tokens": response.usage.output_tokens,
-                    "total_tokens": response.usage.total_tokens,
-                },
-                "response_id": response.response_id,
-            }
+            return dump_model_response(await self._inner.get_response(*args, **kwargs))
 
-        data = await self._step.run(f"model-turn-{self._turn}", call_model)
-        return ModelResponse(
-            output=list(_OUTPUT_ITEMS.validate_python(data["output"])),
-            usage=Usage(**data["usage"]),
-            response_id=data["response_id"],
-        )
+        return load_model_response(await self._step.run(f"model-turn-{self._turn}", call_model))
 
     def stream_response(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("durable runs do not stream")

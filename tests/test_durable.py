@@ -349,3 +349,52 @@ async def test_outside_dev_mode_unsigned_calls_get_401_and_signed_calls_work(
                 await driver.sync()
                 run = await driver.run(EMAIL_FN, body["event"])
                 assert run.status == "completed", run.error
+
+
+def test_a_real_models_turn_survives_the_json_round_trip() -> None:
+    """What an OpenAI model returns (reasoning, two tool calls, text) comes back equal after
+    being stored as a step's JSON output, so a replayed turn is the turn that happened."""
+    from agents import ModelResponse, Usage
+    from openai.types.responses import (
+        ResponseFunctionToolCall,
+        ResponseOutputMessage,
+        ResponseOutputText,
+        ResponseReasoningItem,
+    )
+    from openai.types.responses.response_reasoning_item import Summary
+
+    response = ModelResponse(
+        output=[
+            ResponseReasoningItem(
+                id="rs_1", type="reasoning", summary=[Summary(text="check orders", type="summary_text")]
+            ),
+            ResponseFunctionToolCall(
+                id="fc_1",
+                call_id="call_a",
+                type="function_call",
+                name="lookup_orders",
+                arguments="{}",
+                status="completed",
+            ),
+            ResponseFunctionToolCall(
+                id="fc_2",
+                call_id="call_b",
+                type="function_call",
+                name="issue_refund",
+                arguments='{"order_id":1003,"amount_cents":49900,"reason":"dup"}',
+            ),
+            ResponseOutputMessage(
+                id="msg_1",
+                type="message",
+                role="assistant",
+                status="completed",
+                content=[ResponseOutputText(type="output_text", text="Hi", annotations=[])],
+            ),
+        ],
+        usage=Usage(requests=1, input_tokens=120, output_tokens=30, total_tokens=150),
+        response_id="resp_1",
+    )
+    stored = json.loads(json.dumps(inngest_app.dump_model_response(response)))
+    restored = inngest_app.load_model_response(stored)
+    assert restored.output == response.output
+    assert (restored.usage.input_tokens, restored.usage.total_tokens, restored.response_id) == (120, 150, "resp_1")
