@@ -1,0 +1,29 @@
+"""The promises the docs make: CI runs what README says, and .env.example lists every key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_installs_and_tests_exactly_as_the_readme_says() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    quick_start = re.search(r"## Quick start.*?```sh\n(.*?)```", readme, re.S)
+    assert quick_start is not None
+    install, test = quick_start.group(1).strip().splitlines()
+    assert install in ci.splitlines() and test in ci.splitlines()
+    checks = re.search(r"## Development.*?```sh\n(.*?)\n", readme, re.S)
+    assert checks is not None
+    for command in checks.group(1).split(" && "):
+        assert command in ci, command
+
+
+def test_env_example_documents_every_setting() -> None:
+    example = (ROOT / ".env.example").read_text()
+    documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, re.M))
+    assert documented == {name.upper() for name in Settings.model_fields}
