@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from dotenv import load_dotenv
 from pydantic import Field
@@ -21,6 +22,10 @@ class Settings(BaseSettings):
     """Configuration for the database, the model and the durable layer."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # `development` (the default) seeds sample data and allows dev-only conveniences;
+    # `production` refuses placeholder secrets and unsafe defaults at startup.
+    environment: Literal["development", "production"] = "development"
 
     # Database. Unset means: start the embedded PostgreSQL under `embedded_pg_dir`.
     database_url: str | None = None
