@@ -1,19 +1,23 @@
-"""`support-worker`: the command line for people running the service.
+"""`support-worker`: the one command line for people running the service.
 
     support-worker up                      # database, host and (when it can) the dev server
+    support-worker answer --customer 2 "I was charged twice for order 1003"   # no engine
     support-worker send-email --customer 2 "I was charged twice for order 1003"
+    support-worker list                    # customers and their orders
     support-worker pending                 # refunds waiting for a reviewer
     support-worker approve rr_... --reviewer you@example.com [--note ...]
     support-worker reject rr_... --reviewer you@example.com [--note ...]
     support-worker audit [--customer 2] [--action refund_issued] [--run RUN_ID]
 
-Every action a README step does in the dashboard can be done here too.
+`list`, `pending` and `audit` print a table, or JSON with `--json`. `python worker.py ...`
+is the same program (its old flags map onto these commands).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -28,9 +32,12 @@ from typing import Any
 
 import httpx
 
+import conversation
 import db
 import desk
 import inngest_app
+import refunds
+from money import format_money
 from settings import Settings, get_settings
 
 DEV_SERVER_PORT = 8288
@@ -91,33 +98,57 @@ async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool
     except ValueError:
         print(f"--amount {args.amount!r} is not an amount; write it like 12.34", file=sys.stderr)
         return 2
+    decision = refunds.Decision(
+        request_id=args.request_id,
+        approved=approved,
+        reviewer=args.reviewer,
+        note=args.note,
+        amount_cents=amount_cents,
+        reply=args.reply,
+    )
     async with db.open_pool(settings, max_size=1) as pool:
-        outcome, announced = await desk.submit_decision(
-            pool,
-            request_id=args.request_id,
-            approved=approved,
-            reviewer=args.reviewer,
-            note=args.note,
-            announce=announce,
-            via="cli",
-            amount_cents=amount_cents,
-            reply=args.reply,
-        )
+        outcome, announced = await refunds.submit_decision(pool, decision, announce=announce, via="cli")
     print(desk.describe_outcome(outcome, announced))
     return 0 if outcome.applied else 1
+
+
+def print_rows(rows: list[dict[str, Any]], *, as_json: bool, empty: str) -> None:
+    """One output format for every listing: a JSON array, or aligned columns."""
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        print(empty)
+        return
+    columns = list(rows[0])
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for line in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any, limit: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def pending(settings: Settings, args: argparse.Namespace) -> int:
     async with db.open_pool(settings, max_size=1) as pool:
         reviews = await db.list_pending_reviews(pool)
-    if not reviews:
-        print("No refunds are waiting for review.")
-    for review in reviews:
-        r = review.request
-        print(
-            f"{r.id}  order {r.order_id}  ${r.amount_cents / 100:,.2f}  {review.customer_name}  "
-            f"{review.seconds_left // 60} min left  reason: {r.reason}"
-        )
+    rows = [
+        {
+            "request": r.request.id,
+            "customer": r.request.customer_id,
+            "name": r.customer_name,
+            "order": r.request.order_id,
+            "amount": format_money(r.request.amount_cents),
+            "left": f"{r.seconds_left // 60} min",
+            "reason": r.request.reason,
+        }
+        for r in reviews
+    ]
+    print_rows(rows, as_json=args.json, empty="No refunds are waiting for review.")
     return 0
 
 
@@ -125,13 +156,69 @@ async def audit(settings: Settings, args: argparse.Namespace) -> int:
     action = db.AuditAction(args.action) if args.action else None
     async with db.open_pool(settings, max_size=1) as pool:
         entries = await db.list_audit(pool, customer_id=args.customer, run_id=args.run, action=action)
-    for entry in entries:
-        detail = str(entry.detail)
-        print(
-            f"{entry.at[:19]}  {entry.run_id or '-':<28} {entry.customer_id or '-':>3}  "
-            f"{entry.action.value:<22} {detail[:100]}"
-        )
+    rows = [
+        {
+            "at": e.at[:19],
+            "run": e.run_id or "-",
+            "customer": e.customer_id,
+            "action": e.action.value,
+            "detail": e.detail,
+        }
+        for e in entries
+    ]
+    print_rows(rows, as_json=args.json, empty="No audit rows match.")
     return 0
+
+
+async def list_customers(settings: Settings, args: argparse.Namespace) -> int:
+    async with db.open_pool(settings, max_size=1) as pool:
+        rows = []
+        for customer in await db.list_customers(pool):
+            orders = await db.list_orders(pool, customer_id=customer.id)
+            summary = ", ".join(f"#{o.id} {format_money(o.amount_cents)} {o.status}" for o in orders)
+            rows.append({"customer": customer.id, "name": customer.name, "tier": customer.tier, "orders": summary})
+    print_rows(rows, as_json=args.json, empty="No customers yet: run support-worker seed for the sample data.")
+    return 0
+
+
+async def answer(settings: Settings, args: argparse.Namespace) -> int:
+    """Answer one email here, without a durable engine; refunds are decided at the prompt."""
+    model_note = (
+        "offline rule-based model (no OPENAI_API_KEY set)" if settings.uses_offline_model else settings.openai_model
+    )
+
+    async def fixed(request: db.RefundRequest) -> refunds.Decision:
+        return refunds.Decision(request_id=request.id, approved=args.approve, reviewer="command-line")
+
+    print(f"(model: {model_note})")
+    async with db.open_pool(settings) as pool:
+        try:
+            outcome = await conversation.answer_email(
+                pool,
+                customer_id=args.customer,
+                body=args.body,
+                subject=args.subject,
+                decide=fixed if (args.approve or args.reject) else _ask_in_terminal,
+                settings=settings,
+            )
+        except LookupError as error:
+            print(error, file=sys.stderr)
+            return 1
+    for g in outcome.gate:
+        print(f"refund {g.request_id or '(none)'}: {g.status}")
+    print("\n" + outcome.reply)
+    print(f"\n(run {outcome.run_id}; its audit rows carry this run id)")
+    return 0
+
+
+async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:
+    print("\nRefund waiting for approval")
+    print(f"  request  {request.id}\n  order    {request.order_id}\n  amount   {format_money(request.amount_cents)}")
+    print(f"  reason   {request.reason}")
+    answer = await asyncio.to_thread(input, "Approve this refund? [y/N] ")
+    approved = answer.strip().lower() in {"y", "yes"}
+    note = None if approved else (await asyncio.to_thread(input, "Note for the record (optional): ")).strip() or None
+    return refunds.Decision(request_id=request.id, approved=approved, reviewer="terminal", note=note)
 
 
 def up(settings: Settings, args: argparse.Namespace) -> int:
@@ -243,13 +330,37 @@ def parser() -> argparse.ArgumentParser:
         else:
             decision.set_defaults(amount=None)
 
-    commands.add_parser("pending", help="list refunds waiting for a reviewer")
+    ask = commands.add_parser("answer", help="answer one email here, without the durable engine")
+    ask.add_argument("--customer", type=int, required=True, help="customer id (see: support-worker list)")
+    ask.add_argument("--subject")
+    ask.add_argument("body", help="the customer's email text")
+    verdict = ask.add_mutually_exclusive_group()
+    verdict.add_argument("--approve", action="store_true", help="approve any refund without asking")
+    verdict.add_argument("--reject", action="store_true", help="reject any refund without asking")
+
+    listing = commands.add_parser("pending", help="list refunds waiting for a reviewer")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    customers = commands.add_parser("list", help="list customers and their orders")
+    customers.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     trail = commands.add_parser("audit", help="print the audit trail")
     trail.add_argument("--customer", type=int)
     trail.add_argument("--action", choices=[a.value for a in db.AuditAction])
     trail.add_argument("--run")
+    trail.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return root
+
+
+def worker_argv(argv: Sequence[str]) -> list[str]:
+    """`python worker.py` flags as `support-worker` commands: `--list` is `list`, `--audit`
+    is `audit`, and an email with `--customer` is `answer`."""
+    args = list(argv)
+    if "--list" in args or not args:
+        return ["list"]
+    if "--audit" in args:
+        args.remove("--audit")
+        return ["audit", *args]
+    return ["answer", *args]
 
 
 async def run_async(args: argparse.Namespace, settings: Settings) -> int:
@@ -257,9 +368,8 @@ async def run_async(args: argparse.Namespace, settings: Settings) -> int:
         return await send_email(settings, args)
     if args.command in ("approve", "reject"):
         return await decide(settings, args, approved=args.command == "approve")
-    if args.command == "pending":
-        return await pending(settings, args)
-    return await audit(settings, args)
+    commands = {"pending": pending, "audit": audit, "list": list_customers, "answer": answer}
+    return await commands[args.command](settings, args)
 
 
 def run(argv: Sequence[str], settings: Settings | None = None) -> int:

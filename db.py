@@ -197,6 +197,7 @@ class RefundRequest(BaseModel):
     expires_at: str
     approved_amount_cents: int | None = None
     edited_reply: str | None = None
+    seconds_left: float = 0.0  # until expires_at, by the database's clock; negative once expired
 
     @property
     def payable_cents(self) -> int:
@@ -221,34 +222,6 @@ class AuditEntry(BaseModel):
     action: AuditAction
     detail: dict[str, Any]
     idempotency_key: str | None
-
-
-class PolicyVerdict(BaseModel):
-    """Whether a refund of `amount_cents` on `order_id` is allowed, and why not if not."""
-
-    allowed: bool
-    explanation: str
-    order_id: int
-    amount_cents: int
-    refundable_cents: int = 0
-
-
-class DecisionOutcome(BaseModel):
-    """What recording a reviewer's decision did. `applied` is False when it changed nothing."""
-
-    applied: bool
-    reason: Literal[
-        "recorded", "same_decision", "unknown_request", "already_decided", "expired", "amount_raised", "bad_amount"
-    ]
-    request: RefundRequest | None
-
-
-class IssueOutcome(BaseModel):
-    """The result of paying an approved request: issued now, issued before, or refused."""
-
-    issued: bool
-    refund: Refund | None
-    explanation: str
 
 
 # --------------------------------------------------------------------------- connection
@@ -422,19 +395,26 @@ def _iso(value: datetime) -> str:
     return value.isoformat()
 
 
-async def get_customer(pool: asyncpg.Pool, *, customer_id: int) -> Customer | None:
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy]:
+    """One connection in one transaction: writes inside stand or fall together."""
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn
+
+
+async def get_customer(pool: Executor, *, customer_id: int) -> Customer | None:
     row = await pool.fetchrow("SELECT id, email, name, tier FROM customers WHERE id = $1", customer_id)
     return Customer(**dict(row)) if row else None
 
 
-async def find_customer_by_email(pool: asyncpg.Pool, *, email: str) -> Customer | None:
+async def find_customer_by_email(pool: Executor, *, email: str) -> Customer | None:
     row = await pool.fetchrow(
         "SELECT id, email, name, tier FROM customers WHERE lower(email) = lower($1)", email.strip()
     )
     return Customer(**dict(row)) if row else None
 
 
-async def list_customers(pool: asyncpg.Pool, *, tiers: list[str] | None = None) -> list[Customer]:
+async def list_customers(pool: Executor, *, tiers: list[str] | None = None) -> list[Customer]:
     rows = await pool.fetch(
         "SELECT id, email, name, tier FROM customers WHERE $1::text[] IS NULL OR tier = ANY($1::text[]) ORDER BY id",
         tiers,
@@ -457,7 +437,7 @@ def _order(row: asyncpg.Record) -> Order:
     return Order(**data)
 
 
-async def list_orders(pool: asyncpg.Pool, *, customer_id: int) -> list[Order]:
+async def list_orders(pool: Executor, *, customer_id: int) -> list[Order]:
     rows = await pool.fetch(_ORDER_SELECT + " WHERE o.customer_id = $1 ORDER BY o.id", customer_id)
     return [_order(r) for r in rows]
 
@@ -467,50 +447,91 @@ async def get_order(pool: Executor, *, order_id: int) -> Order | None:
     return _order(row) if row else None
 
 
+async def lock_order(conn: Executor, *, order_id: int) -> None:
+    """Hold the order's row until the transaction ends, so refunds on it queue up."""
+    await conn.execute("SELECT id FROM orders WHERE id = $1 FOR UPDATE", order_id)
+
+
+# Every read of a request also says how long it has left, by the database's clock.
+_REQUEST_COLUMNS = "*, EXTRACT(EPOCH FROM expires_at - now())::float8 AS seconds_left"
+
+
 def _request(row: asyncpg.Record | dict[str, Any]) -> RefundRequest:
     data = dict(row)
     data["created_at"] = _iso(data["created_at"])
     data["expires_at"] = _iso(data["expires_at"])
-    for key in ("decided_at",):
-        data.pop(key, None)
+    data.pop("decided_at", None)
     return RefundRequest(**data)
 
 
 async def get_refund_request(pool: Executor, *, request_id: str) -> RefundRequest | None:
-    row = await pool.fetchrow("SELECT * FROM refund_requests WHERE id = $1", request_id)
+    row = await pool.fetchrow(f"SELECT {_REQUEST_COLUMNS} FROM refund_requests WHERE id = $1", request_id)
     return _request(row) if row else None
 
 
-async def find_refund_request_for_call(pool: asyncpg.Pool, *, run_id: str, tool_call_id: str) -> RefundRequest | None:
-    row = await pool.fetchrow(
-        "SELECT * FROM refund_requests WHERE run_id = $1 AND tool_call_id = $2", run_id, tool_call_id
+async def lock_refund_request(conn: Executor, *, request_id: str) -> RefundRequest | None:
+    """Read a request and hold its row until the transaction ends, so deciders queue up."""
+    row = await conn.fetchrow(f"SELECT {_REQUEST_COLUMNS} FROM refund_requests WHERE id = $1 FOR UPDATE", request_id)
+    return _request(row) if row else None
+
+
+async def lock_refund_request_for_call(conn: Executor, *, run_id: str, tool_call_id: str) -> RefundRequest | None:
+    row = await conn.fetchrow(
+        f"SELECT {_REQUEST_COLUMNS} FROM refund_requests WHERE run_id = $1 AND tool_call_id = $2 FOR UPDATE",
+        run_id,
+        tool_call_id,
     )
     return _request(row) if row else None
 
 
-async def list_refunds(pool: asyncpg.Pool, *, order_id: int | None = None) -> list[Refund]:
-    rows = await pool.fetch(
-        "SELECT id, request_id, customer_id, order_id, amount_cents, reason FROM refunds"
-        " WHERE $1::bigint IS NULL OR order_id = $1 ORDER BY id",
+async def find_pending_request(pool: Executor, *, customer_id: int, order_id: int) -> RefundRequest | None:
+    row = await pool.fetchrow(
+        f"SELECT {_REQUEST_COLUMNS} FROM refund_requests WHERE customer_id = $1 AND order_id = $2"
+        " AND status = 'pending' ORDER BY created_at DESC LIMIT 1",
+        customer_id,
         order_id,
+    )
+    return _request(row) if row else None
+
+
+_REFUND_COLUMNS = "id, request_id, customer_id, order_id, amount_cents, reason"
+
+
+async def list_refunds(pool: Executor, *, order_id: int | None = None) -> list[Refund]:
+    rows = await pool.fetch(
+        f"SELECT {_REFUND_COLUMNS} FROM refunds WHERE $1::bigint IS NULL OR order_id = $1 ORDER BY id", order_id
     )
     return [Refund(**dict(r)) for r in rows]
 
 
+async def refunds_for_requests(pool: Executor, *, request_ids: list[str]) -> list[Refund]:
+    rows = await pool.fetch(
+        f"SELECT {_REFUND_COLUMNS} FROM refunds WHERE request_id = ANY($1::text[]) ORDER BY id", request_ids
+    )
+    return [Refund(**dict(r)) for r in rows]
+
+
+async def refund_for_request(conn: Executor, *, request_id: str) -> Refund | None:
+    row = await conn.fetchrow(f"SELECT {_REFUND_COLUMNS} FROM refunds WHERE request_id = $1", request_id)
+    return Refund(**dict(row)) if row else None
+
+
 async def list_audit(
-    pool: asyncpg.Pool,
+    pool: Executor,
     *,
     customer_id: int | None = None,
     run_id: str | None = None,
     action: AuditAction | None = None,
+    after_id: int = 0,
 ) -> list[AuditEntry]:
     rows = await pool.fetch(
         "SELECT id, at, run_id, customer_id, action, detail, idempotency_key FROM audit_log"
         " WHERE ($1::bigint IS NULL OR customer_id = $1) AND ($2::text IS NULL OR run_id = $2)"
-        " AND ($3::text IS NULL OR action = $3) ORDER BY id",
+        " AND ($3::text IS NULL OR action = $3) AND id > $4 ORDER BY id",
         customer_id,
         run_id,
         action.value if action else None,
+        after_id,
     )
     entries = []
     for r in rows:
@@ -518,6 +539,33 @@ async def list_audit(
         data["at"] = _iso(data["at"])
         entries.append(AuditEntry(**data))
     return entries
+
+
+async def audit_run_id(pool: Executor, *, idempotency_key: str) -> str | None:
+    """The run that wrote the row with this key, if any."""
+    value = await pool.fetchval("SELECT run_id FROM audit_log WHERE idempotency_key = $1", idempotency_key)
+    return str(value) if value is not None else None
+
+
+async def run_has_action(pool: Executor, *, run_id: str, action: AuditAction) -> bool:
+    return bool(
+        await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM audit_log WHERE run_id = $1 AND action = $2)", run_id, action.value
+        )
+    )
+
+
+async def recently_contacted(pool: Executor, *, days: int, as_of: datetime | None = None) -> set[int]:
+    """Customers who got a reply or an outreach note in the `days` days before `as_of`
+    (default now), so a late or replayed tick for a past day gives the same answer."""
+    rows = await pool.fetch(
+        "SELECT DISTINCT customer_id FROM audit_log WHERE action IN ('reply_sent', 'outreach_recorded')"
+        " AND customer_id IS NOT NULL AND at >= COALESCE($2, now()) - make_interval(days => $1)"
+        " AND at < COALESCE($2, now())",
+        days,
+        as_of,
+    )
+    return {int(r["customer_id"]) for r in rows}
 
 
 # --------------------------------------------------------------------------- writes
@@ -549,54 +597,8 @@ async def record_audit(
     return inserted is not None
 
 
-async def check_refund_policy(conn: Executor, *, customer_id: int, order_id: int, amount_cents: Any) -> PolicyVerdict:
-    """The refund policy, in code: right owner, a positive whole number of cents, no more than
-    what was paid minus what was already refunded. The explanation is written for the model."""
-    if isinstance(amount_cents, bool) or not isinstance(amount_cents, int) or amount_cents <= 0:
-        return PolicyVerdict(
-            allowed=False,
-            order_id=order_id,
-            amount_cents=0,
-            explanation="Refund refused: the amount must be a positive whole number of cents.",
-        )
-    order = await get_order(conn, order_id=order_id)
-    if order is None or order.customer_id != customer_id:
-        return PolicyVerdict(
-            allowed=False,
-            order_id=order_id,
-            amount_cents=amount_cents,
-            explanation=f"Refund refused: order {order_id} does not belong to this customer.",
-        )
-    if order.refundable_cents <= 0:
-        return PolicyVerdict(
-            allowed=False,
-            order_id=order_id,
-            amount_cents=amount_cents,
-            refundable_cents=0,
-            explanation=f"Refund refused: order {order_id} has already been fully refunded.",
-        )
-    if amount_cents > order.refundable_cents:
-        return PolicyVerdict(
-            allowed=False,
-            order_id=order_id,
-            amount_cents=amount_cents,
-            refundable_cents=order.refundable_cents,
-            explanation=(
-                f"Refund refused: {amount_cents} cents is more than the {order.refundable_cents}"
-                f" cents still refundable on order {order_id}."
-            ),
-        )
-    return PolicyVerdict(
-        allowed=True,
-        order_id=order_id,
-        amount_cents=amount_cents,
-        refundable_cents=order.refundable_cents,
-        explanation="Refund is within policy.",
-    )
-
-
-async def create_refund_request(
-    pool: asyncpg.Pool,
+async def insert_refund_request(
+    conn: Executor,
     *,
     customer_id: int,
     order_id: int,
@@ -607,173 +609,87 @@ async def create_refund_request(
     tool_call_id: str,
     ttl_seconds: float,
 ) -> tuple[RefundRequest, bool]:
-    """Open a pending request for a paused refund call, once per (run, tool call).
+    """A pending request for a paused refund call, once per (run, tool call).
 
-    The id is generated here, on the server; a redelivered call returns the request the
-    first delivery made (`created` False) and writes no second `refund_requested` row.
+    The id is generated here, on the server; a redelivered call gets the request the first
+    delivery made and `created` False.
     """
-    request_id = f"rr_{uuid.uuid4().hex}"
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            "INSERT INTO refund_requests (id, customer_id, order_id, amount_cents, reason,"
-            " customer_message, run_id, tool_call_id, expires_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))"
-            " ON CONFLICT (run_id, tool_call_id) DO NOTHING RETURNING *",
-            request_id,
-            customer_id,
-            order_id,
-            amount_cents,
-            reason,
-            customer_message,
-            run_id,
-            tool_call_id,
-            float(ttl_seconds),
-        )
-        if row is None:
-            existing = await find_refund_request_for_call(pool, run_id=run_id, tool_call_id=tool_call_id)
-            if existing is None:
-                raise RuntimeError(f"refund request for {run_id}/{tool_call_id} conflicted but is missing")
-            return existing, False
-        request = _request(row)
-        await record_audit(
-            conn,
-            action=AuditAction.REFUND_REQUESTED,
-            run_id=run_id,
-            customer_id=customer_id,
-            detail={
-                "request_id": request.id,
-                "order_id": order_id,
-                "amount_cents": amount_cents,
-                "reason": reason,
-                "expires_at": request.expires_at,
-            },
-            idempotency_key=f"refund_requested:{request.id}",
-        )
-        return request, True
+    row = await conn.fetchrow(
+        "INSERT INTO refund_requests (id, customer_id, order_id, amount_cents, reason,"
+        " customer_message, run_id, tool_call_id, expires_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))"
+        f" ON CONFLICT (run_id, tool_call_id) DO NOTHING RETURNING {_REQUEST_COLUMNS}",
+        f"rr_{uuid.uuid4().hex}",
+        customer_id,
+        order_id,
+        amount_cents,
+        reason,
+        customer_message,
+        run_id,
+        tool_call_id,
+        float(ttl_seconds),
+    )
+    if row is not None:
+        return _request(row), True
+    existing = await lock_refund_request_for_call(conn, run_id=run_id, tool_call_id=tool_call_id)
+    if existing is None:
+        raise RuntimeError(f"refund request for {run_id}/{tool_call_id} conflicted but is missing")
+    return existing, False
 
 
-async def _lock_request(conn: Executor, request_id: str) -> RefundRequest | None:
-    """Read a request and hold its row until the transaction ends, so deciders queue up."""
-    row = await conn.fetchrow("SELECT * FROM refund_requests WHERE id = $1 FOR UPDATE", request_id)
-    return _request(row) if row else None
-
-
-async def decide_refund_request(
-    pool: asyncpg.Pool,
+async def set_refund_decision(
+    conn: Executor,
     *,
     request_id: str,
-    approved: bool,
+    status: RequestStatus,
     reviewer: str,
     note: str | None,
     decision_id: str,
-    amount_cents: int | None = None,
-    reply: str | None = None,
-) -> DecisionOutcome:
-    """Record a reviewer's decision: the first decision on a live, pending request wins.
-
-    `decision_id` makes a redelivered decision a no-op instead of a conflict. Unknown,
-    already-decided and expired requests change nothing; the caller audits. An approval may
-    lower the amount (`amount_cents`) and replace the reply (`reply`); an edit that raises the
-    amount, or is not a positive whole number of cents, is refused and changes nothing.
-    """
-    async with pool.acquire() as conn, conn.transaction():
-        current = await _lock_request(conn, request_id)
-        if current is None:
-            return DecisionOutcome(applied=False, reason="unknown_request", request=None)
-        if current.status != "pending":
-            reason: Literal["same_decision", "already_decided", "expired"]
-            if current.decision_id == decision_id:
-                reason = "same_decision"
-            else:
-                reason = "expired" if current.status == "expired" else "already_decided"
-            return DecisionOutcome(applied=False, reason=reason, request=current)
-        if await conn.fetchval("SELECT expires_at <= now() FROM refund_requests WHERE id = $1", request_id):
-            return DecisionOutcome(applied=False, reason="expired", request=current)
-        if amount_cents is not None:
-            if isinstance(amount_cents, bool) or not isinstance(amount_cents, int) or amount_cents <= 0:
-                return DecisionOutcome(applied=False, reason="bad_amount", request=current)
-            if amount_cents > current.amount_cents:
-                return DecisionOutcome(applied=False, reason="amount_raised", request=current)
-        approved_amount = amount_cents if approved and amount_cents not in (None, current.amount_cents) else None
-        updated = await conn.fetchrow(
-            "UPDATE refund_requests SET status = $2, reviewer = $3, note = $4, decision_id = $5,"
-            " approved_amount_cents = $6, edited_reply = $7, decided_at = now() WHERE id = $1 RETURNING *",
-            request_id,
-            "approved" if approved else "rejected",
-            reviewer,
-            note,
-            decision_id,
-            approved_amount,
-            reply or None,
-        )
-        if updated is None:
-            raise RuntimeError(f"refund request {request_id} disappeared while locked")
-        request = _request(updated)
-        edits: dict[str, Any] = {}
-        if approved_amount is not None:
-            edits["amount_cents"] = {"requested": current.amount_cents, "approved": approved_amount}
-        if reply:
-            edits["reply"] = "replaced by the reviewer"
-        await record_audit(
-            conn,
-            action=AuditAction.DECISION_RECORDED,
-            run_id=request.run_id,
-            customer_id=request.customer_id,
-            detail={
-                "request_id": request_id,
-                "approved": approved,
-                "reviewer": reviewer,
-                "note": note,
-                "decision_id": decision_id,
-                "edits": edits,
-            },
-            idempotency_key=f"decision_recorded:{request_id}",
-        )
-        return DecisionOutcome(applied=True, reason="recorded", request=request)
+    approved_amount_cents: int | None,
+    edited_reply: str | None,
+) -> RefundRequest:
+    row = await conn.fetchrow(
+        "UPDATE refund_requests SET status = $2, reviewer = $3, note = $4, decision_id = $5,"
+        " approved_amount_cents = $6, edited_reply = $7, decided_at = now()"
+        f" WHERE id = $1 RETURNING {_REQUEST_COLUMNS}",
+        request_id,
+        status,
+        reviewer,
+        note,
+        decision_id,
+        approved_amount_cents,
+        edited_reply,
+    )
+    if row is None:
+        raise RuntimeError(f"refund request {request_id} disappeared while locked")
+    return _request(row)
 
 
-async def withdraw_refund_request(
-    pool: asyncpg.Pool, *, request_id: str, withdrawal_id: str, why: str
-) -> DecisionOutcome:
-    """The customer calls a pending request off; decided or expired requests stay as they are."""
-    async with pool.acquire() as conn, conn.transaction():
-        current = await _lock_request(conn, request_id)
-        if current is None:
-            return DecisionOutcome(applied=False, reason="unknown_request", request=None)
-        if current.status != "pending":
-            same = current.status == "withdrawn" and current.decision_id == withdrawal_id
-            return DecisionOutcome(
-                applied=False, reason="same_decision" if same else "already_decided", request=current
-            )
-        updated = await conn.fetchrow(
-            "UPDATE refund_requests SET status = 'withdrawn', reviewer = 'customer', note = $2, decision_id = $3,"
-            " decided_at = now() WHERE id = $1 RETURNING *",
-            request_id,
-            why,
-            withdrawal_id,
-        )
-        if updated is None:
-            raise RuntimeError(f"refund request {request_id} disappeared while locked")
-        request = _request(updated)
-        await record_audit(
-            conn,
-            action=AuditAction.REFUND_WITHDRAWN,
-            run_id=request.run_id,
-            customer_id=request.customer_id,
-            detail={"request_id": request_id, "order_id": request.order_id, "why": why},
-            idempotency_key=f"refund_withdrawn:{request_id}",
-        )
-        return DecisionOutcome(applied=True, reason="recorded", request=request)
-
-
-async def find_pending_request(pool: Executor, *, customer_id: int, order_id: int) -> RefundRequest | None:
+async def expire_refund_request(pool: Executor, *, request_id: str) -> RefundRequest | None:
+    """Mark a still-pending request expired; None when it was no longer pending."""
     row = await pool.fetchrow(
-        "SELECT * FROM refund_requests WHERE customer_id = $1 AND order_id = $2 AND status = 'pending'"
-        " ORDER BY created_at DESC LIMIT 1",
-        customer_id,
-        order_id,
+        "UPDATE refund_requests SET status = 'expired', decided_at = now()"
+        f" WHERE id = $1 AND status = 'pending' RETURNING {_REQUEST_COLUMNS}",
+        request_id,
     )
     return _request(row) if row else None
+
+
+async def insert_refund(conn: Executor, *, request: RefundRequest) -> Refund:
+    """The refund for an approved request, under the request's unique key."""
+    row = await conn.fetchrow(
+        "INSERT INTO refunds (idempotency_key, request_id, customer_id, order_id, amount_cents, reason)"
+        f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_REFUND_COLUMNS}",
+        f"request:{request.id}",
+        request.id,
+        request.customer_id,
+        request.order_id,
+        request.payable_cents,
+        request.reason,
+    )
+    if row is None:
+        raise RuntimeError(f"inserting the refund for {request.id} returned nothing")
+    return Refund(**dict(row))
 
 
 async def notification_sent(pool: Executor, *, request_id: str, channel: str) -> bool:
@@ -792,112 +708,6 @@ async def mark_notification_sent(pool: Executor, *, request_id: str, channel: st
         channel,
     )
     return inserted is not None
-
-
-async def recently_contacted(pool: Executor, *, days: int) -> set[int]:
-    """Customers who got a reply or an outreach note in the last `days` days."""
-    rows = await pool.fetch(
-        "SELECT DISTINCT customer_id FROM audit_log WHERE action IN ('reply_sent', 'outreach_recorded')"
-        " AND customer_id IS NOT NULL AND at >= now() - make_interval(days => $1)",
-        days,
-    )
-    return {int(r["customer_id"]) for r in rows}
-
-
-async def expire_refund_request(pool: asyncpg.Pool, *, request_id: str) -> RefundRequest:
-    """Mark a still-pending request expired; a decision that landed first is kept and returned."""
-    row = await pool.fetchrow(
-        "UPDATE refund_requests SET status = 'expired', decided_at = now()"
-        " WHERE id = $1 AND status = 'pending' RETURNING *",
-        request_id,
-    )
-    if row is not None:
-        return _request(row)
-    request = await get_refund_request(pool, request_id=request_id)
-    if request is None:
-        raise LookupError(f"refund request {request_id} does not exist")
-    return request
-
-
-async def issue_refund_for_request(pool: asyncpg.Pool, *, request_id: str) -> IssueOutcome:
-    """Pay an approved request exactly once.
-
-    One transaction locks the order, re-checks the policy against what has been refunded so
-    far, and inserts the refund under the request's idempotency key. A second call for the
-    same request (a retry, a redelivery, a second approval) finds the refund and pays nothing;
-    a second request for the same order is held to what is still refundable.
-    """
-    async with pool.acquire() as conn, conn.transaction():
-        request_row = await conn.fetchrow("SELECT * FROM refund_requests WHERE id = $1", request_id)
-        if request_row is None:
-            return IssueOutcome(issued=False, refund=None, explanation="Refund refused: no such request.")
-        request = _request(request_row)
-        existing = await conn.fetchrow(
-            "SELECT id, request_id, customer_id, order_id, amount_cents, reason FROM refunds"
-            " WHERE idempotency_key = $1",
-            f"request:{request_id}",
-        )
-        if existing is not None:
-            return IssueOutcome(issued=True, refund=Refund(**dict(existing)), explanation="Refund already issued.")
-        if request.status != "approved":
-            return IssueOutcome(
-                issued=False,
-                refund=None,
-                explanation=f"Refund refused: the request is {request.status}, not approved.",
-            )
-        await conn.execute("SELECT id FROM orders WHERE id = $1 FOR UPDATE", request.order_id)
-        verdict = await check_refund_policy(
-            conn,
-            customer_id=request.customer_id,
-            order_id=request.order_id,
-            amount_cents=request.payable_cents,
-        )
-        if not verdict.allowed:
-            await record_audit(
-                conn,
-                action=AuditAction.REFUND_BLOCKED,
-                run_id=request.run_id,
-                customer_id=request.customer_id,
-                detail={
-                    "request_id": request_id,
-                    "order_id": request.order_id,
-                    "amount_cents": request.payable_cents,
-                    "why": verdict.explanation,
-                    "stage": "issue",
-                },
-                idempotency_key=f"refund_blocked:issue:{request_id}",
-            )
-            return IssueOutcome(issued=False, refund=None, explanation=verdict.explanation)
-        row = await conn.fetchrow(
-            "INSERT INTO refunds (idempotency_key, request_id, customer_id, order_id, amount_cents, reason)"
-            " VALUES ($1, $2, $3, $4, $5, $6)"
-            " RETURNING id, request_id, customer_id, order_id, amount_cents, reason",
-            f"request:{request_id}",
-            request_id,
-            request.customer_id,
-            request.order_id,
-            request.payable_cents,
-            request.reason,
-        )
-        if row is None:
-            raise RuntimeError(f"inserting the refund for {request_id} returned nothing")
-        refund = Refund(**dict(row))
-        await record_audit(
-            conn,
-            action=AuditAction.REFUND_ISSUED,
-            run_id=request.run_id,
-            customer_id=request.customer_id,
-            detail={
-                "request_id": request_id,
-                "refund_id": refund.id,
-                "order_id": refund.order_id,
-                "amount_cents": refund.amount_cents,
-                "requested_cents": request.amount_cents,
-                "reviewer": request.reviewer,
-            },
-            idempotency_key=f"refund_issued:{request_id}",
-        )
-        return IssueOutcome(issued=True, refund=refund, explanation="Refund issued.")
 
 
 class PendingReview(BaseModel):
@@ -1003,3 +813,8 @@ async def audit_action_constraint_values(pool: asyncpg.Pool) -> set[str]:
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'audit_log_action_check'"
     )
     return set(re.findall(r"'([a-z_]+)'::text", definition or ""))
+
+
+async def ping(pool: asyncpg.Pool, *, within_seconds: float) -> None:
+    """`SELECT 1` within `within_seconds`, or an exception saying why not."""
+    await pool.fetchval("SELECT 1", timeout=within_seconds)

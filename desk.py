@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import secrets
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -26,7 +25,9 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 import db
+import refunds
 from ingress import basic_auth_matches
+from money import format_money
 from settings import Settings
 
 logger = logging.getLogger("support_worker.desk")
@@ -83,91 +84,26 @@ async def status_events(
     """
     last_id, waited = 0, 0.0
     while waited < max_seconds:
-        rows = await pool.fetch(
-            "SELECT id, at, action FROM audit_log WHERE run_id = $1 AND id > $2 ORDER BY id", run_id, last_id
-        )
-        for row in rows:
-            last_id = row["id"]
-            line = STATUS_LINES.get(row["action"], row["action"])
-            payload = {"run_id": run_id, "action": row["action"], "line": line, "at": row["at"].isoformat()}
+        for entry in await db.list_audit(pool, run_id=run_id, after_id=last_id):
+            last_id, action = entry.id, entry.action.value
+            payload = {"run_id": run_id, "action": action, "line": STATUS_LINES.get(action, action), "at": entry.at}
             yield f"data: {json.dumps(payload)}\n\n"
-            if row["action"] in FINAL_ACTIONS:
+            if action in FINAL_ACTIONS:
                 return
         await asyncio.sleep(poll_seconds)
         waited += poll_seconds
 
 
-async def submit_decision(
-    pool: asyncpg.Pool,
-    *,
-    request_id: str,
-    approved: bool,
-    reviewer: str,
-    note: str | None,
-    announce: Announce,
-    via: str,
-    amount_cents: int | None = None,
-    reply: str | None = None,
-) -> tuple[db.DecisionOutcome, bool]:
-    """Record a decision, then announce it to the waiting run. Returns the outcome and
-    whether the announcement went out. A decision that changes nothing is audited and not
-    announced; an announcement that fails leaves the decision recorded, and the run honours
-    it when it next looks (at the latest when its wait times out)."""
-    decision_id = f"decision-{uuid.uuid4().hex}"
-    outcome = await db.decide_refund_request(
-        pool,
-        request_id=request_id,
-        approved=approved,
-        reviewer=reviewer,
-        note=note,
-        decision_id=decision_id,
-        amount_cents=amount_cents,
-        reply=reply,
-    )
-    if not outcome.applied:
-        await db.record_audit(
-            pool,
-            action=db.AuditAction.DECISION_IGNORED,
-            run_id=outcome.request.run_id if outcome.request else None,
-            customer_id=outcome.request.customer_id if outcome.request else None,
-            detail={
-                "request_id": request_id,
-                "why": outcome.reason,
-                "approved": approved,
-                "reviewer": reviewer,
-                "via": via,
-                "amount_cents": amount_cents,
-                "current_status": outcome.request.status if outcome.request else None,
-            },
-            idempotency_key=f"decision_ignored:{decision_id}",
-        )
-        return outcome, False
-    try:
-        await announce(
-            {
-                "request_id": request_id,
-                "approved": approved,
-                "reviewer": reviewer,
-                "note": note,
-                "decision_id": decision_id,
-                "amount_cents": amount_cents,
-                "reply": reply,
-            }
-        )
-    except Exception:
-        logger.exception("decision %s recorded but not announced", decision_id)
-        return outcome, False
-    return outcome, True
-
-
-def describe_outcome(outcome: db.DecisionOutcome, announced: bool) -> str:
+def describe_outcome(outcome: refunds.DecisionOutcome, announced: bool) -> str:
     """One sentence for the reviewer about what their click did."""
     request = outcome.request
     if outcome.applied and request is not None:
         verb = "Approved" if request.status == "approved" else "Rejected"
         edit = ""
         if request.approved_amount_cents is not None:
-            edit = f" at {_money(request.approved_amount_cents)} (lowered from {_money(request.amount_cents)})"
+            edit = (
+                f" at {format_money(request.approved_amount_cents)} (lowered from {format_money(request.amount_cents)})"
+            )
         if request.edited_reply:
             edit += " with your reply"
         tail = "" if announced else " (recorded; the waiting run will pick it up when it next checks)"
@@ -176,10 +112,6 @@ def describe_outcome(outcome: db.DecisionOutcome, announced: bool) -> str:
     if outcome.reason == "already_decided" and request is not None:
         message += f": {request.status} by {request.reviewer}. Nothing was changed."
     return message
-
-
-def _money(cents: int) -> str:
-    return f"${cents / 100:,.2f}"
 
 
 def _time_left(seconds: int) -> str:
@@ -217,8 +149,8 @@ def render_desk(reviews: list[db.PendingReview], *, reviewer: str, flash: str, t
         esc = html.escape
         items.append(f"""
 <article id="{esc(r.id)}">
-  <h2>{esc(_money(r.amount_cents))} on order {r.order_id} <small class="meta">({esc(review.order_description)},
-  paid {esc(_money(review.order_amount_cents))})</small></h2>
+  <h2>{esc(format_money(r.amount_cents))} on order {r.order_id} <small class="meta">({esc(review.order_description)},
+  paid {esc(format_money(review.order_amount_cents))})</small></h2>
   <p class="meta">{esc(review.customer_name)} &lt;{esc(review.customer_email)}&gt; · request {esc(r.id)} ·
   <span class="time-left">{esc(_time_left(review.seconds_left))}</span></p>
   <p><strong>Agent's reason:</strong> {esc(r.reason)}</p>
@@ -308,17 +240,15 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
         except ValueError:
             message = f"{amount!r} is not an amount; write it like 12.34. Nothing was changed."
             return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
-        outcome, announced = await submit_decision(
-            get_pool(),
+        choice = refunds.Decision(
             request_id=request_id,
             approved=decision == "approve",
             reviewer=reviewer,
             note=note.strip()[:2000] or None,
-            announce=announce,
-            via="desk",
             amount_cents=amount_cents,
             reply=reply.strip() or None,
         )
+        outcome, announced = await refunds.submit_decision(get_pool(), choice, announce=announce, via="desk")
         message = describe_outcome(outcome, announced)
         return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
 

@@ -1,18 +1,23 @@
 """The daily health check's judgement: from a customer's recent activity to a short summary.
 
-Pure functions over `db.Activity`, so the rules are testable without a database or an engine.
+`summarize` is a pure function over `db.Activity`, so the rules are testable without a
+database or an engine; `record_summary`/`record_outreach` are the two audit writes the
+durable layer runs as steps.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import asyncpg
 from pydantic import BaseModel
 
 import db
+from money import format_money
 
 Signal = Literal["refund_heavy", "unanswered", "quiet", "blocked_refunds"]
 
+CHECKED_TIERS = ("pro", "enterprise")  # free-tier customers are not health-checked
 REFUND_HEAVY_COUNT = 2  # two or more refunds in 30 days
 QUIET_DAYS = 30  # no email at all in the window
 
@@ -46,7 +51,7 @@ def summarize(customer: db.Customer, activity: db.Activity, *, day: str) -> Heal
     summary = (
         f"{customer.name} ({customer.tier}): {activity.emails} emails, {activity.replies} replies, "
         f"{activity.unanswered} unanswered, {activity.refunds_issued} refunds "
-        f"(${activity.refunded_cents / 100:,.2f}), {activity.refunds_blocked} blocked in the last {QUIET_DAYS} days."
+        f"({format_money(activity.refunded_cents)}), {activity.refunds_blocked} blocked in the last {QUIET_DAYS} days."
     )
     note = None
     if status == "at_risk":
@@ -58,4 +63,28 @@ def summarize(customer: db.Customer, activity: db.Activity, *, day: str) -> Heal
         )
     return HealthSummary(
         customer_id=customer.id, day=day, status=status, signals=signals, summary=summary, outreach_note=note
+    )
+
+
+async def record_summary(pool: asyncpg.Pool, summary: HealthSummary, *, run_id: str) -> bool:
+    """One `health_check_completed` row per customer and day, whoever retries or replays."""
+    return await db.record_audit(
+        pool,
+        action=db.AuditAction.HEALTH_CHECK_COMPLETED,
+        run_id=run_id,
+        customer_id=summary.customer_id,
+        detail=summary.model_dump(),
+        idempotency_key=f"health_check_completed:{summary.customer_id}:{summary.day}",
+    )
+
+
+async def record_outreach(pool: asyncpg.Pool, summary: HealthSummary, *, run_id: str) -> bool:
+    """The drafted note, recorded so the next mornings leave the customer alone a while."""
+    return await db.record_audit(
+        pool,
+        action=db.AuditAction.OUTREACH_RECORDED,
+        run_id=run_id,
+        customer_id=summary.customer_id,
+        detail={"day": summary.day, "note": summary.outreach_note, "signals": summary.signals},
+        idempotency_key=f"outreach_recorded:{summary.customer_id}:{summary.day}",
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import load_dotenv
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -35,9 +35,14 @@ class Settings(BaseSettings):
     seed_sample_data: bool = True
 
     # Model. No key and no base URL means the deterministic offline model.
-    openai_api_key: str | None = None
+    openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
-    openai_model: str = "gpt-4.1-mini"
+    # Which OpenAI API the agent speaks; Responses unless told otherwise, also with a base URL.
+    openai_api: Literal["responses", "chat_completions"] = "responses"
+    openai_model: str = "gpt-5-mini"
+    openai_timeout_seconds: float = Field(default=60, gt=0)
+    openai_max_retries: int = Field(default=2, ge=0)
+    agent_max_turns: int = Field(default=10, ge=1)
     # Tracing uploads prompts (customer emails) to OpenAI; it is opt-in.
     openai_agents_tracing: bool = False
 
@@ -47,6 +52,9 @@ class Settings(BaseSettings):
     inngest_event_key: str | None = None
     refund_approval_timeout_hours: float = Field(default=4.0, gt=0)
     max_email_body_chars: int = Field(default=20_000, ge=1)
+    # A waiting refund run re-reads Postgres this often, so a decision whose announcement
+    # was lost (or that landed just before the wait began) still settles within minutes.
+    decision_recheck_minutes: int = Field(default=10, ge=1, le=24 * 60)
 
     # The doors (README "Doors"): the inbound-email webhook and the reviewers' desk.
     webhook_username: str = "postmark"
@@ -84,6 +92,11 @@ class Settings(BaseSettings):
         """Dev mode (unsigned calls accepted) when INNGEST_DEV is truthy or a dev server URL."""
         value = (self.inngest_dev or "").strip().lower()
         return value not in ("", "0", "false", "no")
+
+    @property
+    def refund_approval_timeout_seconds(self) -> int:
+        """The approval deadline in whole seconds (the engine's timeouts are whole seconds)."""
+        return max(1, round(self.refund_approval_timeout_hours * 3600))
 
     @property
     def uses_offline_model(self) -> bool:

@@ -44,6 +44,8 @@ def settings(database_url: str) -> Settings:
         openai_api_key=None,
         openai_base_url=None,
         db_pool_max_size=5,
+        # One slice per wait: the driver's timeouts are instant, slices are tested on their own.
+        decision_recheck_minutes=24 * 60,
     )
 
 

@@ -199,6 +199,7 @@ async def test_approving_on_the_desk_records_the_reviewer_and_announces_the_deci
         "decision_id": None,
         "amount_cents": None,
         "reply": None,
+        "withdrawn": False,
     }
     assert announced.idempotency_id == announced.data["decision_id"] == stored.decision_id
     # The recorder function sees the same decision: nothing more is written.

@@ -26,6 +26,7 @@ from tests_support import DECISION_FN, EMAIL_FN, GRACE, CountingModel, Engine, s
 
 import db
 import inngest_app
+import journal
 from offline_model import OfflineSupportModel
 from settings import Settings
 
@@ -73,7 +74,7 @@ async def test_approved_refund_is_issued_once_and_the_reply_confirms_it(engine: 
     assert "A refund of $499.00 for order 1003 has been issued" in run.output["reply"]
     wait, matched = run.waits[0]
     request_id = refunds[0].request_id
-    assert wait.display_name == "await-refund-approval" and wait.timeout == "4h"
+    assert wait.display_name == f"await-approval-{request_id}-1" and wait.timeout == "4h"
     assert wait.if_exp == f'async.data.request_id == "{request_id}"'
     assert matched is not None and matched["data"]["request_id"] == request_id
     # receive, 3 model turns, 2 tools, request, notify, check, wait, settle, reply, the return.
@@ -373,7 +374,10 @@ def test_a_real_models_turn_survives_the_json_round_trip() -> None:
         usage=Usage(requests=1, input_tokens=120, output_tokens=30, total_tokens=150),
         response_id="resp_1",
     )
-    stored = json.loads(json.dumps(inngest_app.dump_model_response(response)))
-    restored = inngest_app.load_model_response(stored)
+    stored = json.loads(journal.dump_model_response(response).model_dump_json())
+    restored = journal.load_model_response(journal.StoredTurn.model_validate(stored))
     assert restored.output == response.output
+    # Replayed, each item is the same wire JSON it came from: no field the model did not send.
+    assert [i.model_dump(mode="json", by_alias=True, exclude_unset=True) for i in restored.output] == stored["output"]
+    assert "caller" not in stored["output"][1] and "async" not in stored["output"][1]
     assert (restored.usage.input_tokens, restored.usage.total_tokens, restored.response_id) == (120, 150, "resp_1")

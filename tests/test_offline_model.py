@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 import pytest
 
+import conversation
 import db
-import worker
+import refunds
 from settings import Settings
 
 ADA, GRACE, ALAN, KATHERINE, LINUS = 1, 2, 3, 4, 5
@@ -45,16 +44,18 @@ async def test_offline_model_on_varied_emails(
 ) -> None:
     requested: list[tuple[int, int]] = []
 
-    async def decide(request: db.RefundRequest) -> dict[str, Any]:
+    async def decide(request: db.RefundRequest) -> refunds.Decision:
         requested.append((request.order_id, request.amount_cents))
-        return {"approved": True, "reviewer": "table", "note": None}
+        return refunds.Decision(request_id=request.id, approved=True, reviewer="table")
 
-    outcome = await worker.handle_email(pool, customer_id=customer_id, body=body, decide=decide, settings=settings)
+    outcome = await conversation.answer_email(
+        pool, customer_id=customer_id, body=body, decide=decide, settings=settings
+    )
     assert requested == ([expected_request] if expected_request else [])
     assert reply_has in outcome.reply
     assert outcome.reply.startswith("Hi ") and "The Support Team" in outcome.reply
-    refunds = await db.list_refunds(pool)
-    assert [(r.order_id, r.amount_cents) for r in refunds] == ([expected_request] if expected_request else [])
+    paid = await db.list_refunds(pool)
+    assert [(r.order_id, r.amount_cents) for r in paid] == ([expected_request] if expected_request else [])
 
 
 def test_offline_model_says_what_it_is() -> None:

@@ -8,11 +8,12 @@ import gzip
 import json
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-from inngest_driver import WaitOp, cel_match, timeout_resolver
+from inngest_driver import Run, WaitOp, cel_match, timeout_resolver
 from tests_support import GRACE, CaptureServer, CountingModel, Engine, open_request, pay_refund, serve
 
 import cli
@@ -22,6 +23,12 @@ from settings import Settings
 
 CHARGED_TWICE = {"customer_id": GRACE, "body": "I was charged twice for order 1003"}
 ALICE = ("alice", "alice-pw")
+
+
+def step_named(run: Run, prefix: str) -> str:
+    """The one step whose id starts with `prefix` (ids carry the request id)."""
+    [name] = {name for name, _ in run.ops if name.startswith(prefix)}
+    return name
 
 
 def decision(request_id: str, event_id: str, **data: Any) -> dict[str, Any]:
@@ -85,7 +92,7 @@ async def test_a_failing_notifier_is_retried_and_never_loses_the_request(
         async with serve(tuned, monkeypatch, pool) as engine:
             run = await engine.email(CHARGED_TWICE, resolver=decisions_in_turn(engine, lambda r: decision(r, "d1")))
     assert run.status == "completed"
-    assert run.runs_of("notify-reviewers") == 3 and len(slack.requests) == 3
+    assert run.runs_of(step_named(run, "notify-reviewers-")) == 3 and len(slack.requests) == 3
     assert len(await db.list_refunds(pool)) == 1
 
 
@@ -97,7 +104,7 @@ async def test_a_dead_notifier_does_not_stop_the_refund(
         async with serve(tuned, monkeypatch, pool) as engine:
             run = await engine.email(CHARGED_TWICE, resolver=decisions_in_turn(engine, lambda r: decision(r, "d1")))
     assert run.status == "completed", run.error
-    assert run.runs_of("notify-reviewers") == 5  # every attempt, then the run moved on
+    assert run.runs_of(step_named(run, "notify-reviewers-")) == 5  # every attempt, then the run moved on
     assert len(await db.list_refunds(pool)) == 1
     assert "reviewer_notified" not in [e.action.value for e in await db.list_audit(pool)]
 
@@ -223,9 +230,17 @@ async def test_a_malformed_withdrawal_is_rejected(engine: Engine) -> None:
 # --------------------------------------------------------------------------- outreach rules
 
 
+async def test_a_replayed_tick_for_a_past_day_ignores_contacts_made_after_it(engine: Engine) -> None:
+    await engine.email({"customer_id": GRACE, "body": "Do you ship to Canada?"})  # Grace got a reply today
+    last_week = (datetime.now(UTC).date() - timedelta(days=7)).isoformat()
+    run = await engine.driver.run("daily-health-check", {"name": "inngest/scheduled.timer", "data": {"day": last_week}})
+    assert run.output["skipped"] == {"free_tier": 2, "contacted_recently": 0}
+
+
 async def test_the_cron_skips_recently_contacted_customers_and_says_why(engine: Engine) -> None:
     await engine.email({"customer_id": GRACE, "body": "Do you ship to Canada?"})  # Grace got a reply today
-    tick = {"name": "inngest/scheduled.timer", "id": "t", "ts": 1_795_424_400_000, "data": {}}
+    now_ms = int(datetime.now(UTC).timestamp() * 1000) + 60_000  # a tick just after the reply
+    tick = {"name": "inngest/scheduled.timer", "id": "t", "ts": now_ms, "data": {}}
     run = await engine.driver.run("daily-health-check", tick)
     assert run.output["scheduled"] == 2
     assert run.output["skipped"] == {"free_tier": 2, "contacted_recently": 1}
@@ -234,17 +249,19 @@ async def test_the_cron_skips_recently_contacted_customers_and_says_why(engine: 
 
 
 async def test_an_outreach_note_is_recorded_and_the_next_morning_leaves_the_customer_alone(engine: Engine) -> None:
+    today = datetime.now(UTC).date().isoformat()
+    next_day = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
     for order_id, cents in ((1006, 15_000), (1007, 899)):  # Alan: refund-heavy, so at risk
         await pay_refund(engine.pool, customer_id=3, order_id=order_id, cents=cents)
     child = await engine.driver.run(
         "customer-health-check",
-        {"name": inngest_app.HEALTH_CHECK_REQUESTED, "id": "h3", "data": {"customer_id": 3, "day": "2026-11-23"}},
+        {"name": inngest_app.HEALTH_CHECK_REQUESTED, "id": "h3", "data": {"customer_id": 3, "day": today}},
     )
     assert child.output["status"] == "at_risk"
     outreach = await db.list_audit(engine.pool, action=db.AuditAction.OUTREACH_RECORDED)
-    assert [(e.customer_id, e.detail["day"]) for e in outreach] == [(3, "2026-11-23")]
+    assert [(e.customer_id, e.detail["day"]) for e in outreach] == [(3, today)]
     tomorrow = await engine.driver.run(
-        "daily-health-check", {"name": "inngest/scheduled.timer", "data": {"day": "2026-11-24"}}
+        "daily-health-check", {"name": "inngest/scheduled.timer", "data": {"day": next_day}}
     )
     assert tomorrow.output["skipped"]["contacted_recently"] == 1
     assert 3 not in [e.data["customer_id"] for e in engine.stub.events]

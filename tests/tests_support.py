@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from inngest_driver import InngestDriver, Run, StubInngestServer, WaitOp, cel_ma
 
 import db
 import inngest_app
+import refunds
 from offline_model import OfflineSupportModel
 from settings import Settings
 
@@ -152,28 +154,30 @@ async def open_request(
     order_id: int,
     cents: int,
     customer_id: int = GRACE,
-    ttl_seconds: float = 3600,
+    ttl_seconds: int = 3600,
     message: str = "",
 ) -> db.RefundRequest:
     """A pending refund request as a paused run would open it (one per order here)."""
-    request, _ = await db.create_refund_request(
+    opened = await refunds.open_request(
         pool,
-        customer_id=customer_id,
-        order_id=order_id,
-        amount_cents=cents,
-        reason=f"Charged twice for {order_id}.",
-        customer_message=message,
         run_id=f"run-{order_id}",
-        tool_call_id="call-1",
+        customer_id=customer_id,
+        customer_message=message,
+        call_id="call-1",
+        raw_arguments=json.dumps(
+            {"order_id": order_id, "amount_cents": cents, "reason": f"Charged twice for {order_id}."}
+        ),
         ttl_seconds=ttl_seconds,
     )
+    assert opened.status == "pending" and opened.request_id, opened
+    request = await db.get_refund_request(pool, request_id=opened.request_id)
+    assert request is not None
     return request
 
 
 async def pay_refund(pool: asyncpg.Pool, *, customer_id: int, order_id: int, cents: int) -> None:
     """History for the health check: a refund requested, approved and issued."""
     request = await open_request(pool, customer_id=customer_id, order_id=order_id, cents=cents)
-    await db.decide_refund_request(
-        pool, request_id=request.id, approved=True, reviewer="r", note=None, decision_id=f"d{order_id}"
-    )
-    await db.issue_refund_for_request(pool, request_id=request.id)
+    decision = refunds.Decision(request_id=request.id, approved=True, reviewer="r")
+    await refunds.record_decision(pool, decision, decision_id=f"d{order_id}")
+    await refunds.pay_for_call(pool, run_id=request.run_id, customer_id=customer_id, tool_call_id=request.tool_call_id)
