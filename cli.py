@@ -35,6 +35,7 @@ import httpx
 import conversation
 import db
 import desk
+import events
 import inngest_app
 import refunds
 from money import format_money
@@ -77,7 +78,7 @@ async def send_email(settings: Settings, args: argparse.Namespace) -> int:
     data |= {"customer_id": customer.id, "tier": customer.tier}
     event_id = f"cli-{uuid.uuid4().hex}"
     try:
-        await _send(settings, inngest_app.EMAIL_RECEIVED, event_id, data)
+        await _send(settings, events.EMAIL_RECEIVED, event_id, data)
     except Exception as error:
         print(
             f"Could not send the event to {_dev_server_url(settings)}: {error}\n"
@@ -85,13 +86,13 @@ async def send_email(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"sent {inngest_app.EMAIL_RECEIVED} {event_id} for {customer.name} (customer {customer.id})")
+    print(f"sent {events.EMAIL_RECEIVED} {event_id} for {customer.name} (customer {customer.id})")
     return 0
 
 
 async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool) -> int:
     async def announce(data: dict[str, Any]) -> None:
-        await _send(settings, inngest_app.APPROVAL_DECIDED, str(data["decision_id"]), data)
+        await _send(settings, events.APPROVAL_DECIDED, str(data["decision_id"]), data)
 
     try:
         amount_cents = desk.parse_dollars(args.amount or "") if approved else None

@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -162,6 +163,36 @@ async def record_message_once(
 # --------------------------------------------------------------------------- the terminal runner
 
 
+async def _decide_here(
+    pool: asyncpg.Pool,
+    item: ToolApprovalItem,
+    *,
+    run_id: str,
+    customer_id: int,
+    body: str,
+    decide: Decider,
+    settings: Settings,
+) -> refunds.GateOutcome:
+    """The terminal's gate: open the request, ask `decide` at once, settle with its answer
+    (no answer means the time is up)."""
+    opened = await refunds.open_request(
+        pool,
+        run_id=run_id,
+        customer_id=customer_id,
+        customer_message=body,
+        call_id=item.call_id or "unknown-call",
+        raw_arguments=item.arguments,
+        ttl_seconds=settings.refund_approval_timeout_seconds,
+    )
+    if opened.status != "pending" or opened.request_id is None:
+        return opened
+    request = await db.get_refund_request(pool, request_id=opened.request_id)
+    decision = await decide(request) if request else None
+    return await refunds.settle(
+        pool, request_id=opened.request_id, decision=decision, decision_id=f"local:{opened.request_id}", time_is_up=True
+    )
+
+
 class EmailOutcome(BaseModel):
     run_id: str
     reply: str
@@ -200,28 +231,9 @@ async def answer_email(
         pool=pool, customer_id=customer.id, run_id=run_id, now=now or datetime.now(UTC), customer_message=body
     )
 
-    async def gate(item: ToolApprovalItem) -> refunds.GateOutcome:
-        opened = await refunds.open_request(
-            pool,
-            run_id=run_id,
-            customer_id=customer.id,
-            customer_message=body,
-            call_id=item.call_id or "unknown-call",
-            raw_arguments=item.arguments,
-            ttl_seconds=settings.refund_approval_timeout_seconds,
-        )
-        if opened.status != "pending" or opened.request_id is None:
-            return opened
-        request = await db.get_refund_request(pool, request_id=opened.request_id)
-        decision = await decide(request) if request else None
-        return await refunds.settle(
-            pool,
-            request_id=opened.request_id,
-            decision=decision,
-            decision_id=f"local:{opened.request_id}",
-            time_is_up=True,
-        )
-
+    gate = partial(
+        _decide_here, pool, run_id=run_id, customer_id=customer.id, body=body, decide=decide, settings=settings
+    )
     conversation = await converse(
         worker.build_agent(model or worker.build_model(settings)),
         worker.format_email(customer, subject=subject, body=body),

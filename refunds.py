@@ -237,19 +237,43 @@ async def open_request(
             run_id=run_id,
             customer_id=customer_id,
             why=why,
-            order_id=order_id if verdict.order_id is not None else None,
+            order_id=verdict.order_id,
             amount_cents=amount if isinstance(amount, int) and abs(amount) <= MAX_ID else None,
             tool_call_id=call_id,
             raw_arguments=(raw_arguments or "")[:500] if unreadable or verdict.order_id is None else None,
         )
         return GateOutcome(call_id=call_id, status="blocked", request_id=None, message_for_model=why)
+    return await _insert_request(
+        pool,
+        verdict,
+        run_id=run_id,
+        customer_id=customer_id,
+        customer_message=customer_message,
+        call_id=call_id,
+        reason=str(arguments.get("reason", ""))[:500],
+        ttl_seconds=ttl_seconds,
+    )
+
+
+async def _insert_request(
+    pool: asyncpg.Pool,
+    verdict: PolicyVerdict,
+    *,
+    run_id: str,
+    customer_id: int,
+    customer_message: str,
+    call_id: str,
+    reason: str,
+    ttl_seconds: int,
+) -> GateOutcome:
+    """The request and its `refund_requested` row, together or not at all."""
     async with db.transaction(pool) as conn:
         request, created = await db.insert_refund_request(
             conn,
             customer_id=customer_id,
             order_id=verdict.order_id or 0,
             amount_cents=verdict.amount_cents,
-            reason=str(arguments.get("reason", ""))[:500],
+            reason=reason,
             customer_message=customer_message[:4000],
             run_id=run_id,
             tool_call_id=call_id,

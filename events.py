@@ -1,0 +1,66 @@
+"""The events this service answers and sends: names and data schemas, engine-free.
+
+One contract for every door: the durable functions validate with these schemas, and the
+webhook and the CLI build their events with them, so a message a door accepts is a message
+the function accepts. What happens after is the functions' business (inngest_app.py).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+import refunds
+
+EMAIL_RECEIVED = "customer/email.received"
+APPROVAL_DECIDED = "refund/approval.decided"
+REFUND_WITHDRAWN = "customer/refund.withdrawn"
+HEALTH_CHECK_REQUESTED = "customer/health_check.requested"
+
+
+class EmailReceived(BaseModel):
+    """`customer/email.received` data. Name the customer by id or by the address they wrote from."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    customer_id: StrictInt | None = Field(default=None, gt=0, le=refunds.MAX_ID)
+    from_email: str | None = Field(default=None, min_length=3, max_length=320)
+    subject: str | None = Field(default=None, max_length=500)
+    body: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _needs_a_sender(self) -> EmailReceived:
+        if self.customer_id is None and not self.from_email:
+            raise ValueError("give customer_id or from_email")
+        if not self.body.strip():
+            raise ValueError("body is empty")
+        return self
+
+
+# `refund/approval.decided` data is the workflow's own typed decision.
+ApprovalDecided = refunds.Decision
+
+
+class RefundWithdrawn(BaseModel):
+    """`customer/refund.withdrawn` data: the request id, or the customer and the order."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: str | None = Field(default=None, min_length=1, max_length=100)
+    customer_id: StrictInt | None = Field(default=None, le=refunds.MAX_ID)
+    order_id: StrictInt | None = Field(default=None, le=refunds.MAX_ID)
+    reason: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="after")
+    def _names_a_request(self) -> RefundWithdrawn:
+        if self.request_id is None and (self.customer_id is None or self.order_id is None):
+            raise ValueError("give request_id, or customer_id and order_id")
+        return self
+
+
+class HealthCheckRequested(BaseModel):
+    """`customer/health_check.requested` data, sent by the daily cron (one per customer)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    customer_id: StrictInt = Field(gt=0, le=refunds.MAX_ID)
+    day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
