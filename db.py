@@ -818,3 +818,56 @@ async def audit_action_constraint_values(pool: asyncpg.Pool) -> set[str]:
 async def ping(pool: asyncpg.Pool, *, within_seconds: float) -> None:
     """`SELECT 1` within `within_seconds`, or an exception saying why not."""
     await pool.fetchval("SELECT 1", timeout=within_seconds)
+
+
+# --------------------------------------------------------------------------- the morning fan-out
+
+_NOT_CONTACTED = """
+    NOT EXISTS (
+        SELECT 1 FROM audit_log a
+        WHERE a.customer_id = c.id AND a.action IN ('reply_sent', 'outreach_recorded')
+          AND a.at >= $3::timestamptz - make_interval(days => $2) AND a.at < $3::timestamptz
+    )
+"""
+
+
+class FanOutCounts(BaseModel):
+    eligible: int
+    skipped_free: int
+    skipped_contacted: int
+
+
+async def health_check_counts(pool: Executor, *, tiers: list[str], days: int, as_of: datetime) -> FanOutCounts:
+    """How many customers the morning check covers and why the rest are left out, as of the
+    tick's day (contacts after `as_of` do not count, so a replayed tick answers the same)."""
+    row = await pool.fetchrow(
+        f"""
+        SELECT count(*) FILTER (WHERE c.tier = ANY($1::text[]) AND {_NOT_CONTACTED}) AS eligible,
+               count(*) FILTER (WHERE NOT c.tier = ANY($1::text[])) AS skipped_free,
+               count(*) FILTER (WHERE c.tier = ANY($1::text[]) AND NOT {_NOT_CONTACTED}) AS skipped_contacted
+        FROM customers c
+        """,
+        tiers,
+        days,
+        as_of,
+    )
+    if row is None:
+        raise RuntimeError("the fan-out count returned no row")
+    return FanOutCounts(**{k: int(v) for k, v in dict(row).items()})
+
+
+async def health_check_batch(
+    pool: Executor, *, tiers: list[str], days: int, as_of: datetime, after_id: int, limit: int
+) -> list[int]:
+    """The next `limit` eligible customer ids after `after_id` (keyset pagination: each
+    chunk loads its own slice, so no list of ids ever rides in the memo)."""
+    rows = await pool.fetch(
+        f"SELECT c.id FROM customers c WHERE c.tier = ANY($1::text[]) AND c.id > $4 AND {_NOT_CONTACTED}"
+        " ORDER BY c.id LIMIT $5",
+        tiers,
+        days,
+        as_of,
+        after_id,
+        limit,
+    )
+    return [int(r["id"]) for r in rows]

@@ -109,9 +109,14 @@ class WithdrawalResult(BaseModel):
 
 class FanOutPlan(BaseModel):
     day: str
-    eligible: list[int]
-    skipped_free: int
-    skipped_contacted: int
+    as_of: str  # contacts before this instant count as recent: the tick's day, not today
+    counts: db.FanOutCounts
+
+
+class FanOutChunk(BaseModel):
+    sent: int
+    last_id: int  # the keyset cursor: the next chunk starts after this customer
+    more: bool
 
 
 class HealthGathered(BaseModel):
@@ -130,7 +135,13 @@ class Runtime:
 
     settings: Settings
     agent: Agent[worker.SupportContext]
+    client: inngest.Inngest | None = None
     pool: asyncpg.Pool | None = None
+
+    def require_client(self) -> inngest.Inngest:
+        if self.client is None:
+            raise RuntimeError("the Inngest client is not set; build the app with create_app()")
+        return self.client
 
     def require_pool(self) -> asyncpg.Pool:
         if self.pool is None:
@@ -508,42 +519,61 @@ def _scheduled_day(event: inngest.Event) -> str:
 
 
 async def plan_fan_out(ctx: inngest.Context) -> FanOutPlan:
-    rt = runtime()
-    pool = rt.require_pool()
+    settings = runtime().settings
     day = _scheduled_day(ctx.event)
-    customers = await db.list_customers(pool)
-    cooldown = rt.settings.health_check_contact_cooldown_days
     as_of = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
-    contacted = await db.recently_contacted(pool, days=cooldown, as_of=as_of) if cooldown else set()
-    paying = [c.id for c in customers if c.tier in health.CHECKED_TIERS]
-    return FanOutPlan(
-        day=day,
-        eligible=[cid for cid in paying if cid not in contacted],
-        skipped_free=len(customers) - len(paying),
-        skipped_contacted=sum(1 for cid in paying if cid in contacted),
+    counts = await db.health_check_counts(
+        runtime().require_pool(),
+        tiers=list(health.CHECKED_TIERS),
+        days=settings.health_check_contact_cooldown_days,
+        as_of=as_of,
     )
+    return FanOutPlan(day=day, as_of=as_of.isoformat(), counts=counts)
+
+
+async def send_chunk(plan: FanOutPlan, after_id: int) -> FanOutChunk:
+    """Load the next slice of eligible customers and send their events. The ids make the
+    engine drop a second send of the same customer-day, so a retried chunk is harmless."""
+    rt = runtime()
+    size = rt.settings.health_check_fanout_chunk
+    batch = await db.health_check_batch(
+        rt.require_pool(),
+        tiers=list(health.CHECKED_TIERS),
+        days=rt.settings.health_check_contact_cooldown_days,
+        as_of=datetime.fromisoformat(plan.as_of),
+        after_id=after_id,
+        limit=size,
+    )
+    events = [
+        inngest.Event(
+            name=HEALTH_CHECK_REQUESTED,
+            id=f"health-check-{customer_id}-{plan.day}",
+            data={"customer_id": customer_id, "day": plan.day},
+        )
+        for customer_id in batch
+    ]
+    if events:
+        await rt.require_client().send(events)
+    return FanOutChunk(sent=len(batch), last_id=batch[-1] if batch else after_id, more=len(batch) == size)
 
 
 async def daily_health_check(ctx: inngest.Context) -> dict[str, Any]:
-    """Fan out one health-check event per paying customer, keyed by customer and day."""
+    """Fan out one health-check event per paying customer not contacted lately, in chunks
+    whose steps each load their own slice: every step output stays a few bytes."""
     settings = runtime().settings
-    plan = await ctx.step.run("load-eligible-customers", partial(plan_fan_out, ctx), output_type=FanOutPlan)
-    chunk = settings.health_check_fanout_chunk
-    for start in range(0, len(plan.eligible), chunk):
-        events = [
-            # The id makes the engine drop a second send of the same customer-day.
-            inngest.Event(
-                name=HEALTH_CHECK_REQUESTED,
-                id=f"health-check-{customer_id}-{plan.day}",
-                data={"customer_id": customer_id, "day": plan.day},
-            )
-            for customer_id in plan.eligible[start : start + chunk]
-        ]
-        await ctx.step.send_event(f"fan-out-{start // chunk + 1}", events)
+    plan = await ctx.step.run("plan-fan-out", partial(plan_fan_out, ctx), output_type=FanOutPlan)
+    chunk = FanOutChunk(sent=0, last_id=0, more=plan.counts.eligible > 0)
+    scheduled, number = 0, 0
+    while chunk.more:
+        number += 1
+        chunk = await ctx.step.run(
+            f"fan-out-{number}", partial(send_chunk, plan, chunk.last_id), output_type=FanOutChunk
+        )
+        scheduled += chunk.sent
     return {
         "day": plan.day,
-        "scheduled": len(plan.eligible),
-        "skipped": {"free_tier": plan.skipped_free, "contacted_recently": plan.skipped_contacted},
+        "scheduled": scheduled,
+        "skipped": {"free_tier": plan.counts.skipped_free, "contacted_recently": plan.counts.skipped_contacted},
         "skipped_reasons": {
             "free_tier": "free-tier customers are not health-checked",
             "contacted_recently": (
@@ -649,8 +679,8 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             "or set INNGEST_DEV=1 to develop locally against the dev server."
         )
     agent = journal.journaled(worker.build_agent(model or worker.build_model(settings)))
-    rt = _runtime = Runtime(settings=settings, agent=agent)
     client = create_client(settings)
+    rt = _runtime = Runtime(settings=settings, agent=agent, client=client)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

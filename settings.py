@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     health_check_cron: str = "0 9 * * *"  # Inngest crons are UTC unless prefixed with TZ=
     health_check_concurrency: int = Field(default=2, ge=1)
     health_check_throttle_per_minute: int = Field(default=10, ge=1)
-    health_check_fanout_chunk: int = Field(default=100, ge=1, le=5000)
+    health_check_fanout_chunk: int = Field(default=1000, ge=1, le=5000)
     # Customers who got a reply or an outreach note this many days ago or less are not checked.
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
 
