@@ -149,7 +149,7 @@ def dump_model_response(response: ModelResponse) -> dict[str, Any]:
     """A model turn as plain JSON: output items by alias (what the Responses API itself uses),
     usage as numbers. Anything else would not survive the engine's round trip intact."""
     return {
-        "output": [item.model_dump(mode="json", by_alias=True) for item in response.output],
+        "output": [item.model_dump(mode="json", exclude_unset=True, by_alias=True) for item in response.output],
         "usage": {
             "requests": response.usage.requests,
             "input_tokens": response.usage.input_tokens,

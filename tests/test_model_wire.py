@@ -70,9 +70,6 @@ def rejections(fake: FakeOpenAI) -> list[str]:
     return [r.error.message for r in fake.rejected if r.error]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="dump_model_response stores unset fields; the replay carries keys the API rejects"
-)
 async def test_a_durable_refund_replays_only_what_the_responses_api_defines(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool, fake: FakeOpenAI
 ) -> None:
@@ -87,9 +84,6 @@ async def test_a_durable_refund_replays_only_what_the_responses_api_defines(
     fake.assert_script_used_up()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="dump_model_response stores unset fields; the replay carries keys the API rejects"
-)
 async def test_a_stored_turn_replays_to_the_wire_json_it_came_from(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool, fake: FakeOpenAI
 ) -> None:
@@ -110,16 +104,17 @@ async def test_a_stored_turn_replays_to_the_wire_json_it_came_from(
         assert loaded.to_input_items() == turn.to_input_items()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="dump_model_response stores unset fields; the replay carries keys the API rejects"
-)
 async def test_the_terminal_and_durable_paths_send_identical_requests(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
 ) -> None:
+    # Seeding stamps orders with now(); pin it so both runs read the same orders.
+    pin_order_dates = "UPDATE orders SET created_at = '2026-11-01T09:00:00Z'"
+    await pool.execute(pin_order_dates)
     with FakeOpenAI(refund_script()) as durable_fake:
         run = await approved_durable_run(settings, monkeypatch, pool, durable_fake)
     assert run.status == "completed", run.error
     await reset_data(pool)
+    await pool.execute(pin_order_dates)
 
     async def approve(request: db.RefundRequest) -> dict[str, Any]:
         return {"approved": True, "reviewer": "ops@example.com", "note": None}
