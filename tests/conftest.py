@@ -71,9 +71,16 @@ async def engine(settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyn
         yield served
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fake_openai: the test's OpenAI models talk HTTP to tests/fake_openai.py, so real calls are allowed"
+    )
+
+
 @pytest.fixture(autouse=True)
-def no_real_model_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Any call to a real OpenAI model fails the test: tests run offline and deterministic."""
+def no_real_model_calls(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[None]:
+    """Any call to a real OpenAI model fails the test: tests run offline and deterministic.
+    Tests marked ``fake_openai`` keep the real model classes, pointed at the loopback fake."""
 
     async def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a test tried to call a real OpenAI model")
@@ -81,8 +88,9 @@ def no_real_model_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
     from agents.models.openai_responses import OpenAIResponsesModel
 
-    monkeypatch.setattr(OpenAIResponsesModel, "get_response", refuse)
-    monkeypatch.setattr(OpenAIChatCompletionsModel, "get_response", refuse)
+    if request.node.get_closest_marker("fake_openai") is None:
+        monkeypatch.setattr(OpenAIResponsesModel, "get_response", refuse)
+        monkeypatch.setattr(OpenAIChatCompletionsModel, "get_response", refuse)
     for key in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DATABASE_URL"):
         monkeypatch.delenv(key, raising=False)
     get_settings.cache_clear()

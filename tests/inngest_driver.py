@@ -24,11 +24,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
+import celpy
 import httpx
+from celpy import celtypes
 from inngest._internal import net
 
 JSONDict = dict[str, Any]
-_MISSING = object()
 
 
 class DriverError(AssertionError):
@@ -158,74 +159,64 @@ def signed_headers(body: bytes, signing_key: str) -> dict[str, str]:
     return {"x-inngest-signature": sig}
 
 
-# --- wait_for_event matching: a tiny CEL subset, loud on anything else -------------------
+# --- CEL, evaluated by a real implementation (cel-python) ----------------------------------
+
+_CEL = celpy.Environment()
 
 
-def _split_and(expr: str) -> list[str]:
-    parts, buf, quote = [], "", ""
-    i = 0
-    while i < len(expr):
-        ch = expr[i]
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif expr.startswith("&&", i):
-            parts.append(buf)
-            buf, i = "", i + 2
-            continue
-        buf += ch
-        i += 1
-    return [*parts, buf]
+def cel_evaluate(expr: str, **variables: Any) -> Any:
+    """Evaluate a CEL expression with JSON ``variables`` (e.g. ``event=...``) bound, as the
+    engine does for priority, concurrency keys and wait matches. Returns the Python value;
+    raises ``celpy.CELParseError`` for text that is not CEL and ``celpy.CELEvalError`` when
+    evaluation fails (a missing key, a type mismatch)."""
+    program = _CEL.program(_CEL.compile(expr))
+    result = program.evaluate({name: celpy.json_to_cel(value) for name, value in variables.items()})
+    if isinstance(result, celpy.CELEvalError):
+        raise result
+    return _from_cel(result)
 
 
-def _operand(tok: str, candidate: Mapping[str, Any], trigger: Mapping[str, Any]) -> Any:
-    tok = tok.strip()
-    if not tok:
-        raise ValueError("empty CEL operand")
-    if len(tok) >= 2 and tok[0] in "'\"" and tok[-1] == tok[0]:
-        return tok[1:-1]
-    literals = {"true": True, "false": False, "null": None}
-    if tok in literals:
-        return literals[tok]
-    try:
-        return json.loads(tok) if tok[0].isdigit() or tok[0] == "-" else _path(tok, candidate, trigger)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"unsupported CEL operand {tok!r}") from err
-
-
-def _path(tok: str, candidate: Mapping[str, Any], trigger: Mapping[str, Any]) -> Any:
-    root, *keys = tok.split(".")
-    if root not in ("async", "event"):
-        raise ValueError(f"unsupported CEL operand {tok!r}")
-    obj: Any = candidate if root == "async" else trigger
-    for key in keys:
-        obj = obj.get(key, _MISSING) if isinstance(obj, Mapping) else _MISSING
-    return obj
+def _from_cel(value: Any) -> Any:
+    if isinstance(value, celtypes.BoolType):
+        return bool(value)
+    if isinstance(value, celtypes.IntType | celtypes.UintType):
+        return int(value)
+    if isinstance(value, celtypes.DoubleType):
+        return float(value)
+    if isinstance(value, celtypes.StringType):
+        return str(value)
+    if isinstance(value, celtypes.MapType):
+        return {_from_cel(k): _from_cel(v) for k, v in value.items()}
+    if isinstance(value, celtypes.ListType):
+        return [_from_cel(v) for v in value]
+    return value
 
 
 def cel_match(expr: str | None, *, candidate: Mapping[str, Any], trigger: Mapping[str, Any]) -> bool:
-    """Evaluate ``a == b`` / ``a != b`` clauses joined by ``&&``; operands are quoted strings,
-    numbers, true/false/null, ``async.<path>`` (candidate) or ``event.<path>`` (trigger).
-    A missing field makes its clause false, as a CEL evaluation error does in Inngest."""
+    """Inngest's ``waitForEvent`` match: ``async`` is the candidate event, ``event`` the run's
+    trigger. An empty expression matches; an evaluation error (a missing field, a type
+    mismatch) is no match, as in the engine. Text that does not parse raises: the engine
+    would refuse the wait, and a test should say so loudly.
+
+    One known difference: Inngest's evaluator reads a missing attribute as ``null`` where
+    CEL errors, so ``async.data.missing != "x"`` matches there and not here."""
     if not expr or not expr.strip():
         return True
-    for clause in _split_and(expr):
-        clause = clause.strip()
-        while clause.startswith("(") and clause.endswith(")"):
-            clause = clause[1:-1].strip()
-        op = "==" if "==" in clause else "!=" if "!=" in clause else None
-        if op is None:
-            raise ValueError(f"unsupported CEL clause {clause!r}")
-        left, right = (_operand(s, candidate, trigger) for s in clause.split(op, 1))
-        if left is _MISSING or right is _MISSING or (left == right) != (op == "=="):
-            return False
-    return True
+    try:
+        return cel_evaluate(expr, event=dict(trigger), **{"async": dict(candidate)}) is True
+    except celpy.CELEvalError:
+        return False
+    except Exception as error:  # celpy's parse errors come from lark
+        if isinstance(error, celpy.CELParseError):
+            raise ValueError(f"not a CEL expression: {expr!r}: {error}") from error
+        raise
 
 
 @dataclasses.dataclass
 class WaitOp:
-    """A ``WaitForEvent`` op as reported by the SDK, plus the run's trigger (for ``event.`` refs)."""
+    """A ``WaitForEvent`` op as reported by the SDK, plus the run's trigger (for ``event.`` refs)
+    and how many events the stub had captured when the wait began (the engine never looks
+    back: only events sent after that can resume it)."""
 
     id: str
     display_name: str
@@ -233,6 +224,7 @@ class WaitOp:
     if_exp: str | None
     timeout: str | None
     trigger: JSONDict
+    events_before: int = 0
 
 
 Resolver = Callable[[WaitOp], Awaitable[JSONDict | None]]
@@ -242,15 +234,33 @@ def pool_resolver(
     pool: Iterable[Mapping[str, Any] | CapturedEvent] | Callable[[], Iterable[Mapping[str, Any] | CapturedEvent]],
 ) -> Resolver:
     """Resolve a wait with the first pool event of the right name whose data matches ``if``;
-    None (timeout) if none does. A callable pool is read at wait time (e.g. ``lambda: stub.events``).
-    Inngest only matches events that arrive after the wait starts, so give it only those.
-    Events Inngest would drop as duplicates never match."""
+    None (timeout) if none does. A callable pool is read at wait time. The pool stands for
+    events sent after the wait began (the engine never looks back); ``stub_resolver`` is the
+    engine's own behaviour over what the app really sent."""
 
     async def resolve(op: WaitOp) -> JSONDict | None:
         for item in pool() if callable(pool) else pool:
-            if isinstance(item, CapturedEvent) and item.duplicate:
-                continue
             ev = normalize_event(item)
+            if ev["name"] == op.event and cel_match(op.if_exp, candidate=ev, trigger=op.trigger):
+                return ev
+        return None
+
+    return resolve
+
+
+def stub_resolver(stub: StubInngestServer, *, when_waiting: Callable[[WaitOp], Any] | None = None) -> Resolver:
+    """The engine's wait: the first event of the right name sent to the stub after the wait
+    began whose data matches ``if``; None (timeout) if none. An event whose id was already
+    seen (dropped as a duplicate for starting runs) still resumes a wait. ``when_waiting``
+    runs once the wait has begun: the place for a test to send its decision."""
+
+    async def resolve(op: WaitOp) -> JSONDict | None:
+        if when_waiting is not None:
+            maybe = when_waiting(op)
+            if inspect.isawaitable(maybe):
+                await maybe
+        for item in list(stub.events[op.events_before :]):
+            ev = item.as_event()
             if ev["name"] == op.event and cel_match(op.if_exp, candidate=ev, trigger=op.trigger):
                 return ev
         return None
@@ -427,8 +437,7 @@ class InngestDriver:
         run = Run(fid, run_id or _new_id(), normalize_event(event))
         max_attempts = self.max_attempts(fid)
         if resolver is None:
-            stub = self.stub
-            resolver = pool_resolver(lambda: stub.events if stub else [])
+            resolver = stub_resolver(self.stub) if self.stub else timeout_resolver
         disable = False
         queue: collections.deque[tuple[str, int]] = collections.deque([("step", 0)])
         while queue:
@@ -497,7 +506,8 @@ class InngestDriver:
             memo = None
         elif code == "WaitForEvent":
             opts = op.get("opts") or {}
-            wait = WaitOp(hid, name, op["name"], opts.get("if"), opts.get("timeout"), run.event)
+            began = len(self.stub.events) if self.stub else 0
+            wait = WaitOp(hid, name, op["name"], opts.get("if"), opts.get("timeout"), run.event, began)
             memo = await resolver(wait)
             run.waits.append((wait, memo))
         elif code == "InvokeFunction":

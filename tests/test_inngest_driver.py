@@ -23,9 +23,12 @@ from inngest_driver import (  # tests/ is on sys.path: pytest's rootdir-less "pr
     CallRecord,
     InngestDriver,
     StubInngestServer,
+    WaitOp,
+    cel_evaluate,
     cel_match,
     pool_resolver,
     signed_headers,
+    stub_resolver,
     timeout_resolver,
 )
 
@@ -323,14 +326,49 @@ async def test_wait_for_event_matches_ignores_and_times_out(driver: InngestDrive
     assert run.status == "completed" and run.output is None and run.waits[0][1] is None
 
 
-def test_cel_subset() -> None:
-    cand = {"data": {"id": "x", "n": 3, "ok": True}}
+def test_cel_is_real_cel() -> None:
+    cand = {"data": {"id": "x", "n": 3, "ok": True, "tags": ["a", "b"]}}
     trig = {"data": {"id": "x"}}
     assert cel_match("async.data.id == event.data.id && async.data.n == 3", candidate=cand, trigger=trig)
     assert cel_match("(async.data.ok == true) && async.data.id != 'y'", candidate=cand, trigger=trig)
-    assert not cel_match("async.data.missing == 'x'", candidate=cand, trigger=trig)
-    with pytest.raises(ValueError):
-        cel_match("async.data.n > 2", candidate=cand, trigger=trig)
+    # What the old hand-written subset refused or got wrong, CEL decides.
+    assert cel_match("async.data.n > 2 && 'b' in async.data.tags", candidate=cand, trigger=trig)
+    assert cel_match("async.data.id == 'x' || async.data.missing == 1", candidate=cand, trigger=trig)
+    assert not cel_match("async.data.id == 'a && b'", candidate=cand, trigger=trig)
+    assert cel_match('async.data.id == "x" && has(async.data.n)', candidate=cand, trigger=trig)
+    assert cel_match(None, candidate=cand, trigger=trig) and cel_match("  ", candidate=cand, trigger=trig)
+
+
+def test_cel_evaluation_errors_are_no_match_and_bad_syntax_is_loud() -> None:
+    cand = {"data": {"id": "x", "n": 3}}
+    assert not cel_match("async.data.missing == 'x'", candidate=cand, trigger={})  # no such key
+    assert not cel_match("async.data.n == 'three'", candidate=cand, trigger={})  # no overload int == string
+    assert not cel_match("event.data.id == async.data.id", candidate=cand, trigger={"data": {}})
+    assert not cel_match("async.data.n", candidate=cand, trigger={})  # not a bool: no match
+    with pytest.raises(ValueError, match="not a CEL expression"):
+        cel_match("async.data.id ==", candidate=cand, trigger={})
+    assert cel_evaluate("has(event.data.tier) ? 1 : 0", event={"data": {}}) == 0
+
+
+@pytest.mark.asyncio
+async def test_the_default_wait_only_sees_events_sent_after_it_began(
+    driver: InngestDriver, stub: StubInngestServer
+) -> None:
+    trigger = {"name": "toy/wait", "data": {"request_id": "r1"}}
+    approve = {"name": "toy/approval", "data": {"request_id": "r1", "decision": "approve"}}
+    async with httpx.AsyncClient(base_url=stub.url) as sender:
+        await sender.post("/e/key", json={**approve, "id": "early"})  # before the run even starts
+        run = await driver.run("waiter", trigger)
+        assert run.status == "completed" and run.output is None  # the engine never looks back
+
+        async def send_while_waiting(op: WaitOp) -> None:
+            assert op.events_before == len(stub.events)
+            await sender.post("/e/key", json={**approve, "id": "early"})  # a reused id: a duplicate
+
+        run = await driver.run("waiter", trigger, resolver=stub_resolver(stub, when_waiting=send_while_waiting))
+    assert stub.events[-1].duplicate  # dropped for starting runs, yet it resumes the wait
+    assert run.status == "completed" and run.output == approve["data"]
+    assert run.waits[0][1] is not None and run.waits[0][1]["id"] == stub.events[-1].id
 
 
 @pytest.mark.asyncio
