@@ -121,7 +121,7 @@ async def test_a_url_with_libpq_only_options_still_connects(database_url: str) -
 
 
 def test_worker_and_db_never_import_inngest() -> None:
-    code = "import sys, worker, db, settings, offline_model; print('inngest' in sys.modules)"
+    code = "import sys, worker, db, settings, offline_model, migrate, sample_data; print('inngest' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
