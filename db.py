@@ -268,7 +268,8 @@ def direct_url(database_url: str) -> str:
     parts = urlsplit(database_url)
     if "-pooler." not in (parts.hostname or ""):
         return database_url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace("-pooler.", ".", 1)))
+    credentials, at, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=credentials + at + host.replace("-pooler.", ".", 1)))
 
 
 # --------------------------------------------------------------------------- schema

@@ -101,8 +101,10 @@ def test_neon_pooled_url_turns_off_the_statement_cache_and_drops_channel_binding
 
 
 def test_migrations_use_neons_direct_endpoint_because_pgbouncer_drops_session_locks() -> None:
-    pooled = "postgresql://u:p@ep-cool-darkness-a1b2c3d4-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require"
-    assert db.direct_url(pooled) == pooled.replace("-pooler.", ".")
+    pooled = "postgresql://u:x-pooler.y@ep-cool-darkness-a1b2c3d4-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require"
+    assert db.direct_url(pooled) == (
+        "postgresql://u:x-pooler.y@ep-cool-darkness-a1b2c3d4.us-east-2.aws.neon.tech/neondb?sslmode=require"
+    )
     assert db.direct_url("postgresql://u:p@localhost/app") == "postgresql://u:p@localhost/app"
 
 

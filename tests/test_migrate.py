@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +16,8 @@ import pytest
 import db
 import migrate
 from settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -154,3 +159,47 @@ async def test_a_database_from_the_old_in_code_migrations_gets_told_to_recreate(
     await empty_db.execute("CREATE TABLE schema_migrations (version int PRIMARY KEY, applied_at timestamptz)")
     with pytest.raises(migrate.MigrationError, match=r"no upgrade path.*support-worker migrate"):
         await migrate.check_current(empty_db)
+
+
+async def test_migrate_and_seed_commands_on_a_fresh_database(
+    empty_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cli
+
+    settings = Settings(_env_file=None, database_url=empty_database_url)  # type: ignore[call-arg]
+    production = settings.model_copy(update={"environment": "production"})
+
+    async def run(argv: list[str], with_settings: Settings = settings) -> tuple[int, str]:
+        code = await cli.run_async(cli.parser().parse_args(argv), with_settings)
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    with pytest.raises(migrate.SchemaNotCurrentError, match="Run: support-worker migrate"):
+        await run(["seed"])
+    assert await run(["migrate"]) == (0, "migrated: applied 0001_baseline.sql\n")
+    assert await run(["migrate"]) == (0, "migrated: nothing to apply, the schema is current\n")
+    code, said = await run(["seed"], production)
+    assert code == 1 and "ENVIRONMENT is production" in said
+    assert await run(["seed"]) == (0, "seeded: 5 sample customers (ids from 1) with orders (ids from 1001)\n")
+    code, said = await run(["seed"])
+    assert code == 0 and said.startswith("seed: nothing to do")
+    async with db.open_pool(settings, max_size=1) as pool:
+        assert [c.id for c in await db.list_customers(pool)] == [1, 2, 3, 4, 5]
+        assert [o.id for o in await db.list_orders(pool, customer_id=1)] == [1001, 1002]
+
+
+
+def test_a_command_on_an_unmigrated_database_prints_what_to_run_not_a_traceback(empty_database_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "INNGEST"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "pending"],
+        cwd=ROOT,
+        env=env | {"DATABASE_URL": empty_database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "The database schema is not current (not applied: 0001_baseline.sql). Run: support-worker migrate"
+    )
