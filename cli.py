@@ -2,6 +2,8 @@
 
     support-worker up                      # database, host and (when it can) the dev server
     support-worker answer --customer 2 "I was charged twice for order 1003"   # no engine
+    support-worker migrate                 # apply pending migrations/*.sql (the only thing that migrates)
+    support-worker seed                    # five sample customers, into an empty database
     support-worker send-email --customer 2 "I was charged twice for order 1003"
     support-worker list                    # customers and their orders
     support-worker pending                 # refunds waiting for a reviewer
@@ -37,7 +39,9 @@ import db
 import desk
 import events
 import inngest_app
+import migrate
 import refunds
+import sample_data
 from money import format_money
 from settings import Settings, get_settings
 
@@ -62,6 +66,33 @@ async def _send(settings: Settings, name: str, event_id: str, data: dict[str, An
 
 
 # --------------------------------------------------------------------------- commands
+
+
+async def migrate_database(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await db.connect(settings)
+    try:
+        applied = await db.migrate_database(conn)
+    finally:
+        await conn.close()
+    print(f"migrated: applied {', '.join(applied)}" if applied else "migrated: nothing to apply, the schema is current")
+    return 0
+
+
+async def seed(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.environment != "development":
+        print(
+            "Not seeding: the sample customers are made up, and ENVIRONMENT is production. "
+            "Seed a development database (ENVIRONMENT=development) instead.",
+            file=sys.stderr,
+        )
+        return 1
+    async with db.open_pool(settings, max_size=1) as pool:
+        seeded = await sample_data.seed(pool)
+    if seeded:
+        print(f"seeded: {len(sample_data.CUSTOMERS)} sample customers (ids from 1) with orders (ids from 1001)")
+    else:
+        print("seed: nothing to do, customers already has rows (sample data only goes into an empty database)")
+    return 0
 
 
 async def send_email(settings: Settings, args: argparse.Namespace) -> int:
@@ -223,16 +254,19 @@ async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:
 
 
 def up(settings: Settings, args: argparse.Namespace) -> int:
-    """Database, migrations and seed; the host; the dev server when it can be fetched."""
+    """Database, migrations and (in development) seed; the host; the dev server when it can be fetched."""
     dev_url = _dev_server_url(settings)
     env = os.environ | {"INNGEST_DEV": dev_url}
 
     async def prepare() -> str:
         where = "DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.embedded_pg_dir}"
-        async with db.open_pool(settings, max_size=1):
-            return where
+        await migrate_database(settings, args)
+        if settings.environment != "development":
+            return f"{where} (migrated; no sample data outside ENVIRONMENT=development)"
+        await seed(settings, args)
+        return f"{where} (migrated, sample data seeded if empty)"
 
-    print(f"database: {asyncio.run(prepare())} (migrated, sample data seeded if empty)")
+    print(f"database: {asyncio.run(prepare())}")
     host_url = f"http://127.0.0.1:{args.port}"
     host = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "inngest_app:app", "--port", str(args.port)], env=env, text=True
@@ -343,6 +377,8 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     customers = commands.add_parser("list", help="list customers and their orders")
     customers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    commands.add_parser("migrate", help="apply pending database migrations (migrations/*.sql)")
+    commands.add_parser("seed", help="insert sample customers and orders into an empty database (development only)")
 
     trail = commands.add_parser("audit", help="print the audit trail")
     trail.add_argument("--customer", type=int)
@@ -369,7 +405,14 @@ async def run_async(args: argparse.Namespace, settings: Settings) -> int:
         return await send_email(settings, args)
     if args.command in ("approve", "reject"):
         return await decide(settings, args, approved=args.command == "approve")
-    commands = {"pending": pending, "audit": audit, "list": list_customers, "answer": answer}
+    commands = {
+        "pending": pending,
+        "audit": audit,
+        "list": list_customers,
+        "answer": answer,
+        "migrate": migrate_database,
+        "seed": seed,
+    }
     return await commands[args.command](settings, args)
 
 
@@ -382,7 +425,12 @@ def run(argv: Sequence[str], settings: Settings | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    try:
+        sys.exit(run(sys.argv[1:]))
+    except migrate.MigrationError as error:
+        # Its message already says what to run; a traceback would bury it.
+        print(error, file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ class Settings(BaseSettings):
     embedded_pg_dir: Path = PROJECT_ROOT / ".pgdata"
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=10, ge=1)
-    seed_sample_data: bool = True
 
     # Model. No key and no base URL means the deterministic offline model.
     openai_api_key: SecretStr | None = None

@@ -1,13 +1,19 @@
-"""Shared fixtures: one real PostgreSQL for the session (embedded unless TEST_DATABASE_URL is
-set), a clean seeded dataset for every test, and a guard that fails any real model call."""
+"""Shared fixtures: a real PostgreSQL database per xdist worker (on the embedded server unless
+TEST_DATABASE_URL names a server), a clean seeded dataset for every test, and a guard that
+fails any real model call."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import agents
 import asyncpg
@@ -15,25 +21,127 @@ import pytest
 from tests_support import Engine, serve
 
 import db
+import migrate
+import sample_data
 from settings import Settings, get_settings
 
 # Tracing would upload prompts when a key is set; tests never trace.
 agents.set_tracing_disabled(True)
 
-# One embedded server per checkout: two checkouts testing at once must not truncate each
-# other's tables.
+# One embedded server per checkout, and database names carrying the checkout: two checkouts
+# testing at once (or sharing TEST_DATABASE_URL) never touch each other's databases.
 _CHECKOUT = hashlib.sha1(str(Path(__file__).resolve().parent.parent).encode()).hexdigest()[:10]
 _EMBEDDED_DIR = Path(tempfile.gettempdir()) / f"support-worker-test-pg-{_CHECKOUT}"
+# "gw0", "gw1", ... under pytest-xdist; one name when run without it.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+# Workers starting together queue here: one builds the template, and nobody copies a
+# template while another session is connected to it (CREATE DATABASE ... TEMPLATE refuses).
+_TEMPLATE_LOCK_KEY = 7262613
+
+T = TypeVar("T")
 
 
-def _test_database_url() -> str:
-    """TEST_DATABASE_URL (a throwaway database: tests truncate it) or the embedded server."""
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run setup code outside pytest-asyncio's session loop, which must stay the current one."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
+
+
+def _server_url() -> str:
+    """TEST_DATABASE_URL (a server where the tests may create databases) or the embedded one."""
     return os.environ.get("TEST_DATABASE_URL") or db.start_embedded_postgres(_EMBEDDED_DIR / "data")
 
 
+def with_database(server_url: str, name: str) -> str:
+    """The same server and credentials, another database."""
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+async def _admin(server_url: str) -> asyncpg.Connection:
+    dsn, options = db.connect_options(server_url)
+    return await asyncpg.connect(dsn, **options)
+
+
+def _template_name() -> str:
+    """Named after what it holds, so a new migration or audit action builds a new template."""
+    digest = hashlib.sha256()
+    for migration in migrate.load_migrations():
+        digest.update(migration.checksum.encode())
+    digest.update(",".join(a.value for a in db.AuditAction).encode())
+    return f"sw_template_{_CHECKOUT}_{digest.hexdigest()[:10]}"
+
+
+async def _build_template(admin: asyncpg.Connection, server_url: str, template: str) -> None:
+    """Migrate a fresh database, then rename it: a crash midway never leaves a half template."""
+    building = f"{template}_building"
+    await admin.execute(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{building}"')
+    conn = await _admin(with_database(server_url, building))
+    try:
+        await db.migrate_database(conn)
+    finally:
+        await conn.close()
+    # Templates of older migration files are no use to anyone; only this checkout's are dropped.
+    stale = await admin.fetch(
+        "SELECT datname FROM pg_database WHERE datname LIKE $1 AND datname <> $2",
+        f"sw_template_{_CHECKOUT}_%",
+        building,
+    )
+    for row in stale:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+    await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{template}"')
+
+
+async def _create_worker_database(server_url: str, name: str) -> None:
+    template = _template_name()
+    admin = await _admin(server_url)
+    try:
+        await admin.execute("SELECT pg_advisory_lock($1)", _TEMPLATE_LOCK_KEY)
+        if not await admin.fetchval("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", template):
+            await _build_template(admin, server_url, template)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await admin.close()  # also releases the advisory lock
+
+
+async def _drop_database(server_url: str, name: str) -> None:
+    admin = await _admin(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
-def database_url() -> str:
-    return _test_database_url()
+def server_url() -> str:
+    return _server_url()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """This worker's own database, copied from the migrated template (fast: a file copy)."""
+    name = f"sw_test_{_CHECKOUT}_{_WORKER}"
+    _run(_create_worker_database(server_url, name))
+    yield with_database(server_url, name)
+    _run(_drop_database(server_url, name))
+
+
+@pytest.fixture
+def empty_database_url(server_url: str) -> Iterator[str]:
+    """A brand-new database with no tables at all, for tests of migrating itself."""
+    name = f"sw_empty_{_CHECKOUT}_{_WORKER}_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        admin = await _admin(server_url)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+
+    _run(create())
+    yield with_database(server_url, name)
+    _run(_drop_database(server_url, name))
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +165,7 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 async def reset_data(pool: asyncpg.Pool) -> None:
     await pool.execute("TRUNCATE audit_log, refunds, refund_requests, orders, customers RESTART IDENTITY CASCADE")
-    await db.seed_sample_data(pool)
+    await sample_data.seed(pool)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The store: migrations, seed, the closed audit vocabulary, Neon URLs, idempotent writes."""
+"""The store: the closed audit vocabulary, seed, Neon URLs, idempotent writes (migrations: test_migrate.py)."""
 
 from __future__ import annotations
 
@@ -10,25 +10,59 @@ import asyncpg
 import pytest
 
 import db
+import sample_data
 from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def test_audit_vocabulary_in_python_equals_the_database_constraint(pool: asyncpg.Pool) -> None:
-    assert await db.audit_action_constraint_values(pool) == {a.value for a in db.AuditAction}
+async def test_audit_vocabulary_in_python_equals_the_database_table(pool: asyncpg.Pool) -> None:
+    assert await db.audit_action_names(pool) == {a.value for a in db.AuditAction}
 
 
 async def test_an_unknown_audit_action_fails_loudly_in_both_places(pool: asyncpg.Pool) -> None:
     with pytest.raises(ValueError):
         db.AuditAction("refund_isued")
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
         await pool.execute("INSERT INTO audit_log (action) VALUES ('refund_isued')")
 
 
-async def test_migrations_are_idempotent_and_seed_never_lands_on_existing_data(pool: asyncpg.Pool) -> None:
-    assert await db.migrate(pool) == []
-    assert await db.seed_sample_data(pool) is False
+async def test_adding_an_audit_action_takes_no_lock_that_blocks_audit_writers(pool: asyncpg.Pool) -> None:
+    """A run is mid-transaction with an audit row written; a new action still goes in at once."""
+    writer = await pool.acquire()
+    syncer = await pool.acquire()
+    writing = writer.transaction()
+    await writing.start()
+    try:
+        await writer.execute("INSERT INTO audit_log (action) VALUES ('reply_sent')")
+        await syncer.execute("SET lock_timeout = '1s'")
+        # The control: what the old CHECK constraint needed cannot get its lock right now.
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await syncer.execute(
+                "ALTER TABLE audit_log ADD CONSTRAINT audit_log_action_probe CHECK (action <> '') NOT VALID"
+            )
+        adding = syncer.transaction()
+        await adding.start()
+        try:
+            await db.sync_audit_actions(syncer, names=[*db.AuditAction, "refund_reconsidered"])
+            assert "refund_reconsidered" in await db.audit_action_names(syncer)
+            await syncer.execute("INSERT INTO audit_log (action) VALUES ('refund_reconsidered')")
+            # And the other way round: with the new action uncommitted, the writer goes on writing.
+            await writer.execute("SET LOCAL lock_timeout = '1s'")
+            await writer.execute("INSERT INTO audit_log (action) VALUES ('message_received')")
+        finally:
+            # Rolled back, so the table keeps equalling the enum for the tests after this one.
+            await adding.rollback()
+    finally:
+        await writing.rollback()
+        await syncer.execute("RESET lock_timeout")
+        await pool.release(syncer)
+        await pool.release(writer)
+    assert await db.audit_action_names(pool) == {a.value for a in db.AuditAction}
+
+
+async def test_seed_never_lands_on_existing_data(pool: asyncpg.Pool) -> None:
+    assert await sample_data.seed(pool) is False
     tiers = [c.tier for c in await db.list_customers(pool)]
     assert len(tiers) == 5 and set(tiers) == {"free", "pro", "enterprise"}
     for customer in await db.list_customers(pool):
@@ -66,6 +100,14 @@ def test_neon_pooled_url_turns_off_the_statement_cache_and_drops_channel_binding
     assert options == {"statement_cache_size": 0}
 
 
+def test_migrations_use_neons_direct_endpoint_because_pgbouncer_drops_session_locks() -> None:
+    pooled = "postgresql://u:x-pooler.y@ep-cool-darkness-a1b2c3d4-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require"
+    assert db.direct_url(pooled) == (
+        "postgresql://u:x-pooler.y@ep-cool-darkness-a1b2c3d4.us-east-2.aws.neon.tech/neondb?sslmode=require"
+    )
+    assert db.direct_url("postgresql://u:p@localhost/app") == "postgresql://u:p@localhost/app"
+
+
 def test_neon_direct_url_keeps_the_statement_cache() -> None:
     url = "postgresql://u:p@ep-cool-darkness-a1b2c3d4.us-east-2.aws.neon.tech/neondb?sslmode=require&channel_binding=require"
     dsn, options = db.connect_options(url)
@@ -81,7 +123,7 @@ async def test_a_url_with_libpq_only_options_still_connects(database_url: str) -
 
 
 def test_worker_and_db_never_import_inngest() -> None:
-    code = "import sys, worker, db, settings, offline_model; print('inngest' in sys.modules)"
+    code = "import sys, worker, db, settings, offline_model, migrate, sample_data; print('inngest' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

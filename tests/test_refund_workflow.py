@@ -21,7 +21,7 @@ import refunds
 import worker
 from settings import Settings
 
-GRACE, ADA, LINUS = 2, 1, 5  # seeded customers (see db.SAMPLE_CUSTOMERS)
+GRACE, ADA, LINUS = 2, 1, 5  # seeded customers (see sample_data.CUSTOMERS)
 
 
 def approve(reviewer: str = "tester") -> conversation.Decider:

@@ -1,0 +1,76 @@
+"""Five sample customers with orders, for development and tests; never seeded by a migration.
+
+`support-worker seed` (and `support-worker up` when ENVIRONMENT=development) inserts them, only
+into an empty `customers` table. They are inserted in this order so the ids are stable:
+customers 1..5, orders from 1001 (README walkthroughs and tests name them).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from db import Tier
+
+# (email, name, tier, [(order description, amount in cents, order status), ...])
+CUSTOMERS: list[tuple[str, str, Tier, list[tuple[str, int, str]]]] = [
+    (
+        "ada@example.com",
+        "Ada Lovelace",
+        "enterprise",
+        [("Analytical engine support plan", 129_900, "paid"), ("Punch card refills", 4_999, "delivered")],
+    ),
+    (
+        "grace@example.com",
+        "Grace Hopper",
+        "pro",
+        [
+            ("Compiler license", 49_900, "paid"),
+            ("Debugging moth kit", 1_999, "shipped"),
+            ("Nanosecond wire bundle", 2_500, "failed"),
+        ],
+    ),
+    ("alan@example.com", "Alan Turing", "pro", [("Enigma rotor set", 15_000, "delivered"), ("Tape reel", 899, "paid")]),
+    (
+        "katherine@example.com",
+        "Katherine Johnson",
+        "free",
+        [("Orbital mechanics handbook", 3_450, "delivered"), ("Slide rule", 2_200, "paid")],
+    ),
+    (
+        "linus@example.com",
+        "Linus Torvalds",
+        "free",
+        [("Mechanical keyboard", 11_900, "delivered"), ("Penguin plush", 1_500, "failed")],
+    ),
+]
+
+# Seeders in several processes at once queue here; the first inserts, the rest find rows.
+SEED_LOCK_KEY = 7262612
+
+
+async def seed(pool: asyncpg.Pool) -> bool:
+    """Insert the sample customers and orders when there are no customers at all.
+
+    Returns whether it inserted anything. Never touches a database that has customers, so
+    running it against real data is harmless.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", SEED_LOCK_KEY)
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM customers)"):
+            return False
+        for email, name, tier, orders in CUSTOMERS:
+            customer_id = await conn.fetchval(
+                "INSERT INTO customers (email, name, tier) VALUES ($1, $2, $3) RETURNING id",
+                email,
+                name,
+                tier,
+            )
+            for description, amount_cents, status in orders:
+                await conn.execute(
+                    "INSERT INTO orders (customer_id, description, amount_cents, status) VALUES ($1, $2, $3, $4)",
+                    customer_id,
+                    description,
+                    amount_cents,
+                    status,
+                )
+    return True
