@@ -1,15 +1,15 @@
 """`support-worker`: the one command line for people running the service.
 
     support-worker up                      # database, host and (when it can) the dev server
-    support-worker answer --customer 2 "I was charged twice for order 1003"   # no engine
+    support-worker answer --customer c-4429 "I was charged twice for order 1003"   # no engine
     support-worker migrate                 # apply pending migrations/*.sql (the only thing that migrates)
     support-worker seed                    # five sample customers, into an empty database
-    support-worker send-email --customer 2 "I was charged twice for order 1003"
+    support-worker send-email --customer c-4429 "I was charged twice for order 1003"
     support-worker list                    # customers and their orders
     support-worker pending                 # refunds waiting for a reviewer
     support-worker approve rr_... --reviewer you@example.com [--note ...]
     support-worker reject rr_... --reviewer you@example.com [--note ...]
-    support-worker audit [--customer 2] [--action refund_issued] [--run RUN_ID]
+    support-worker audit [--customer c-4429] [--action refund_issued] [--run RUN_ID]
 
 `list`, `pending` and `audit` print a table, or JSON with `--json`. `python worker.py ...`
 is the same program (its old flags map onto these commands).
@@ -349,7 +349,7 @@ def parser() -> argparse.ArgumentParser:
 
     email = commands.add_parser("send-email", help="send a customer/email.received event")
     who = email.add_mutually_exclusive_group(required=True)
-    who.add_argument("--customer", type=int)
+    who.add_argument("--customer")
     who.add_argument("--from", dest="from_email")
     email.add_argument("--subject")
     email.add_argument("body")
@@ -366,7 +366,7 @@ def parser() -> argparse.ArgumentParser:
             decision.set_defaults(amount=None)
 
     ask = commands.add_parser("answer", help="answer one email here, without the durable engine")
-    ask.add_argument("--customer", type=int, required=True, help="customer id (see: support-worker list)")
+    ask.add_argument("--customer", required=True, help="customer id (see: support-worker list)")
     ask.add_argument("--subject")
     ask.add_argument("body", help="the customer's email text")
     verdict = ask.add_mutually_exclusive_group()
@@ -381,7 +381,7 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("seed", help="insert sample customers and orders into an empty database (development only)")
 
     trail = commands.add_parser("audit", help="print the audit trail")
-    trail.add_argument("--customer", type=int)
+    trail.add_argument("--customer")
     trail.add_argument("--action", choices=[a.value for a in db.AuditAction])
     trail.add_argument("--run")
     trail.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -132,7 +132,7 @@ async def send_reply(
 
 
 async def record_message_once(
-    pool: asyncpg.Pool, *, run_id: str, message_key: str, customer_id: int, detail: dict[str, Any]
+    pool: asyncpg.Pool, *, run_id: str, message_key: str, customer_id: db.CustomerId, detail: dict[str, Any]
 ) -> str:
     """Write `message_received` once per message; return the run that owns the message.
 
@@ -168,7 +168,7 @@ async def _decide_here(
     item: ToolApprovalItem,
     *,
     run_id: str,
-    customer_id: int,
+    customer_id: db.CustomerId,
     body: str,
     decide: Decider,
     settings: Settings,
@@ -204,7 +204,7 @@ class EmailOutcome(BaseModel):
 async def answer_email(
     pool: asyncpg.Pool,
     *,
-    customer_id: int,
+    customer_id: db.CustomerId,
     body: str,
     subject: str | None = None,
     decide: Decider,

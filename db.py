@@ -60,12 +60,14 @@ Tier = Literal["free", "pro", "enterprise"]
 # Anything that can run a query: the pool, or a connection acquired from it (for transactions).
 Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 RequestStatus = Literal["pending", "approved", "rejected", "expired", "withdrawn"]
+# Customers are named by text ids ("c-4429"), as the systems that send our events name them.
+CustomerId = str
 
 # --------------------------------------------------------------------------- models
 
 
 class Customer(BaseModel):
-    id: int
+    id: CustomerId
     email: str
     name: str
     tier: Tier
@@ -73,7 +75,7 @@ class Customer(BaseModel):
 
 class Order(BaseModel):
     id: int
-    customer_id: int
+    customer_id: CustomerId
     description: str
     amount_cents: int
     status: str
@@ -87,7 +89,7 @@ class Order(BaseModel):
 
 class RefundRequest(BaseModel):
     id: str
-    customer_id: int
+    customer_id: CustomerId
     order_id: int
     amount_cents: int
     reason: str
@@ -113,7 +115,7 @@ class RefundRequest(BaseModel):
 class Refund(BaseModel):
     id: int
     request_id: str | None
-    customer_id: int
+    customer_id: CustomerId
     order_id: int
     amount_cents: int
     reason: str
@@ -123,7 +125,7 @@ class AuditEntry(BaseModel):
     id: int
     at: str
     run_id: str | None
-    customer_id: int | None
+    customer_id: CustomerId | None
     action: AuditAction
     detail: dict[str, Any]
     idempotency_key: str | None
@@ -307,7 +309,7 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy]:
         yield conn
 
 
-async def get_customer(pool: Executor, *, customer_id: int) -> Customer | None:
+async def get_customer(pool: Executor, *, customer_id: CustomerId) -> Customer | None:
     row = await pool.fetchrow("SELECT id, email, name, tier FROM customers WHERE id = $1", customer_id)
     return Customer(**dict(row)) if row else None
 
@@ -342,7 +344,7 @@ def _order(row: asyncpg.Record) -> Order:
     return Order(**data)
 
 
-async def list_orders(pool: Executor, *, customer_id: int) -> list[Order]:
+async def list_orders(pool: Executor, *, customer_id: CustomerId) -> list[Order]:
     rows = await pool.fetch(_ORDER_SELECT + " WHERE o.customer_id = $1 ORDER BY o.id", customer_id)
     return [_order(r) for r in rows]
 
@@ -389,7 +391,7 @@ async def lock_refund_request_for_call(conn: Executor, *, run_id: str, tool_call
     return _request(row) if row else None
 
 
-async def find_pending_request(pool: Executor, *, customer_id: int, order_id: int) -> RefundRequest | None:
+async def find_pending_request(pool: Executor, *, customer_id: CustomerId, order_id: int) -> RefundRequest | None:
     row = await pool.fetchrow(
         f"SELECT {_REQUEST_COLUMNS} FROM refund_requests WHERE customer_id = $1 AND order_id = $2"
         " AND status = 'pending' ORDER BY created_at DESC LIMIT 1",
@@ -424,14 +426,14 @@ async def refund_for_request(conn: Executor, *, request_id: str) -> Refund | Non
 async def list_audit(
     pool: Executor,
     *,
-    customer_id: int | None = None,
+    customer_id: CustomerId | None = None,
     run_id: str | None = None,
     action: AuditAction | None = None,
     after_id: int = 0,
 ) -> list[AuditEntry]:
     rows = await pool.fetch(
         "SELECT id, at, run_id, customer_id, action, detail, idempotency_key FROM audit_log"
-        " WHERE ($1::bigint IS NULL OR customer_id = $1) AND ($2::text IS NULL OR run_id = $2)"
+        " WHERE ($1::text IS NULL OR customer_id = $1) AND ($2::text IS NULL OR run_id = $2)"
         " AND ($3::text IS NULL OR action = $3) AND id > $4 ORDER BY id",
         customer_id,
         run_id,
@@ -460,7 +462,7 @@ async def run_has_action(pool: Executor, *, run_id: str, action: AuditAction) ->
     )
 
 
-async def recently_contacted(pool: Executor, *, days: int, as_of: datetime | None = None) -> set[int]:
+async def recently_contacted(pool: Executor, *, days: int, as_of: datetime | None = None) -> set[CustomerId]:
     """Customers who got a reply or an outreach note in the `days` days before `as_of`
     (default now), so a late or replayed tick for a past day gives the same answer."""
     rows = await pool.fetch(
@@ -470,7 +472,7 @@ async def recently_contacted(pool: Executor, *, days: int, as_of: datetime | Non
         days,
         as_of,
     )
-    return {int(r["customer_id"]) for r in rows}
+    return {str(r["customer_id"]) for r in rows}
 
 
 # --------------------------------------------------------------------------- writes
@@ -481,7 +483,7 @@ async def record_audit(
     *,
     action: AuditAction,
     run_id: str | None,
-    customer_id: int | None,
+    customer_id: CustomerId | None,
     detail: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
 ) -> bool:
@@ -505,7 +507,7 @@ async def record_audit(
 async def insert_refund_request(
     conn: Executor,
     *,
-    customer_id: int,
+    customer_id: CustomerId,
     order_id: int,
     amount_cents: int,
     reason: str,
@@ -653,7 +655,7 @@ async def list_pending_reviews(pool: Executor) -> list[PendingReview]:
 class Activity(BaseModel):
     """A customer's recent history, as the health check reads it."""
 
-    customer_id: int
+    customer_id: CustomerId
     since: str
     emails: int
     replies: int
@@ -664,7 +666,7 @@ class Activity(BaseModel):
     last_email_at: str | None
 
 
-async def customer_activity(pool: Executor, *, customer_id: int, days: int = 30) -> Activity:
+async def customer_activity(pool: Executor, *, customer_id: CustomerId, days: int = 30) -> Activity:
     """Counts over the last `days` days of the audit trail and the refunds table.
 
     An email is unanswered when its run wrote `message_received` more than an hour ago and
@@ -754,8 +756,8 @@ async def health_check_counts(pool: Executor, *, tiers: list[str], days: int, as
 
 
 async def health_check_batch(
-    pool: Executor, *, tiers: list[str], days: int, as_of: datetime, after_id: int, limit: int
-) -> list[int]:
+    pool: Executor, *, tiers: list[str], days: int, as_of: datetime, after_id: CustomerId, limit: int
+) -> list[CustomerId]:
     """The next `limit` eligible customer ids after `after_id` (keyset pagination: each
     chunk loads its own slice, so no list of ids ever rides in the memo)."""
     rows = await pool.fetch(
@@ -767,4 +769,4 @@ async def health_check_batch(
         after_id,
         limit,
     )
-    return [int(r["id"]) for r in rows]
+    return [str(r["id"]) for r in rows]

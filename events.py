@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 import refunds
+from fields import MAX_ID, CustomerIdText, StorableText
 
 EMAIL_RECEIVED = "customer/email.received"
 APPROVAL_DECIDED = "refund/approval.decided"
@@ -22,10 +23,10 @@ class EmailReceived(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    customer_id: StrictInt | None = Field(default=None, gt=0, le=refunds.MAX_ID)
-    from_email: str | None = Field(default=None, min_length=3, max_length=320)
-    subject: str | None = Field(default=None, max_length=500)
-    body: str = Field(min_length=1)
+    customer_id: CustomerIdText | None = None
+    from_email: StorableText | None = Field(default=None, min_length=3, max_length=320)
+    subject: StorableText | None = Field(default=None, max_length=500)
+    body: StorableText = Field(min_length=1)
 
     @model_validator(mode="after")
     def _needs_a_sender(self) -> EmailReceived:
@@ -45,10 +46,10 @@ class RefundWithdrawn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    request_id: str | None = Field(default=None, min_length=1, max_length=100)
-    customer_id: StrictInt | None = Field(default=None, le=refunds.MAX_ID)
-    order_id: StrictInt | None = Field(default=None, le=refunds.MAX_ID)
-    reason: str | None = Field(default=None, max_length=500)
+    request_id: StorableText | None = Field(default=None, min_length=1, max_length=100)
+    customer_id: CustomerIdText | None = None
+    order_id: StrictInt | None = Field(default=None, gt=0, le=MAX_ID)
+    reason: StorableText | None = Field(default=None, max_length=500)
 
     @model_validator(mode="after")
     def _names_a_request(self) -> RefundWithdrawn:
@@ -62,5 +63,5 @@ class HealthCheckRequested(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    customer_id: StrictInt = Field(gt=0, le=refunds.MAX_ID)
+    customer_id: CustomerIdText
     day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")

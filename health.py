@@ -23,7 +23,7 @@ QUIET_DAYS = 30  # no email at all in the window
 
 
 class HealthSummary(BaseModel):
-    customer_id: int
+    customer_id: db.CustomerId
     day: str
     status: Literal["healthy", "watch", "at_risk"]
     signals: list[Signal]

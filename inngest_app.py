@@ -49,6 +49,7 @@ from events import (
     HealthCheckRequested,
     RefundWithdrawn,
 )
+from fields import customer_id_or_none
 from settings import Settings, get_settings
 
 logger = logging.getLogger("support_worker.inngest")
@@ -58,7 +59,14 @@ APP_ID = "support-worker"
 # may start up to 10 minutes ahead of queued free-tier runs, pro up to 5. Events without a
 # `tier` (e.g. typed into the dashboard) run at normal priority.
 PRIORITY_BY_TIER = (
-    'has(event.data.tier) ? (event.data.tier == "enterprise" ? 600 : (event.data.tier == "pro" ? 300 : 0)) : 0'
+    "has(event.data.tier) && type(event.data.tier) == string"
+    ' ? (event.data.tier == "enterprise" ? 600 : (event.data.tier == "pro" ? 300 : 0)) : 0'
+)
+# One customer's concurrency share, whether the event names them by id (2 and "2" are one
+# customer) or only by the address they wrote from.
+CUSTOMER_KEY = (
+    "has(event.data.customer_id) ? string(event.data.customer_id)"
+    ' : (has(event.data.from_email) ? "from:" + string(event.data.from_email) : "unknown")'
 )
 REJECTION_PREFIX = "rejected "
 # Malformed or refused decisions a waiting run will hear out before it stops listening early.
@@ -115,7 +123,7 @@ class FanOutPlan(BaseModel):
 
 class FanOutChunk(BaseModel):
     sent: int
-    last_id: int  # the keyset cursor: the next chunk starts after this customer
+    last_id: str  # the keyset cursor: the next chunk starts after this customer
     more: bool
 
 
@@ -225,7 +233,7 @@ def describe_validation_error(error: ValidationError) -> str:
 async def reject(ctx: inngest.Context, why: str) -> NoReturn:
     """Audit why an event was refused, then end the run without burning retries."""
     raw = ctx.event.data.get("customer_id") if isinstance(ctx.event.data, dict) else None
-    customer_id = raw if isinstance(raw, int) and not isinstance(raw, bool) and 0 < raw <= refunds.MAX_ID else None
+    customer_id = customer_id_or_none(raw)
     await db.record_audit(
         runtime().require_pool(),
         action=db.AuditAction.EVENT_REJECTED,
@@ -256,7 +264,7 @@ async def audit_run_failure(ctx: inngest.Context) -> None:
             runtime().require_pool(),
             action=db.AuditAction.RUN_FAILED,
             run_id=failed_run,
-            customer_id=customer_id if isinstance(customer_id, int) and customer_id <= refunds.MAX_ID else None,
+            customer_id=customer_id_or_none(customer_id),
             detail={"function_id": data.get("function_id"), "error": error, "event_name": original.get("name")},
             idempotency_key=f"run_failed:{failed_run}",
         )
@@ -368,6 +376,12 @@ async def refund_gate(
     return await _await_decision(step, pool, request_id)
 
 
+def decision_match(request_id: str) -> str:
+    """The wait's CEL match: a decision about this request. The id is quoted as JSON, which is
+    a valid CEL string literal for any text (astral characters written as themselves)."""
+    return f"async.data.request_id == {json.dumps(request_id, ensure_ascii=False)}"
+
+
 async def _check_decision(pool: asyncpg.Pool, request_id: str) -> DecisionCheck:
     request = await db.get_refund_request(pool, request_id=request_id)
     if request is None:
@@ -393,7 +407,7 @@ async def _await_decision(step: inngest.Step, pool: asyncpg.Pool, request_id: st
         event = await step.wait_for_event(
             f"await-approval-{request_id}-{round_no}",
             event=APPROVAL_DECIDED,
-            if_exp=f"async.data.request_id == {json.dumps(request_id)}",
+            if_exp=decision_match(request_id),
             timeout=timedelta(seconds=wait_seconds),
         )
         if event is None:
@@ -531,7 +545,7 @@ async def plan_fan_out(ctx: inngest.Context) -> FanOutPlan:
     return FanOutPlan(day=day, as_of=as_of.isoformat(), counts=counts)
 
 
-async def send_chunk(plan: FanOutPlan, after_id: int) -> FanOutChunk:
+async def send_chunk(plan: FanOutPlan, after_id: str) -> FanOutChunk:
     """Load the next slice of eligible customers and send their events. The ids make the
     engine drop a second send of the same customer-day, so a retried chunk is harmless."""
     rt = runtime()
@@ -562,7 +576,7 @@ async def daily_health_check(ctx: inngest.Context) -> dict[str, Any]:
     whose steps each load their own slice: every step output stays a few bytes."""
     settings = runtime().settings
     plan = await ctx.step.run("plan-fan-out", partial(plan_fan_out, ctx), output_type=FanOutPlan)
-    chunk = FanOutChunk(sent=0, last_id=0, more=plan.counts.eligible > 0)
+    chunk = FanOutChunk(sent=0, last_id="", more=plan.counts.eligible > 0)
     scheduled, number = 0, 0
     while chunk.more:
         number += 1
@@ -620,7 +634,7 @@ def create_functions(client: inngest.Inngest, settings: Settings) -> list[innges
             # All email runs at once: each in-flight step holds at most one pool connection.
             inngest.Concurrency(limit=settings.email_concurrency),
             # One customer's share, so a noisy sender cannot starve everyone else.
-            inngest.Concurrency(limit=settings.email_concurrency_per_customer, key="event.data.customer_id"),
+            inngest.Concurrency(limit=settings.email_concurrency_per_customer, key=CUSTOMER_KEY),
         ],
         # Run starts per minute, matched to the model's rate limit (a few model calls a run).
         throttle=inngest.Throttle(limit=settings.email_throttle_per_minute, period=timedelta(minutes=1)),

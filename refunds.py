@@ -24,11 +24,10 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 import db
+from fields import MAX_ID, StorableText
 
 logger = logging.getLogger("support_worker.refunds")
 
-# Postgres bigint: ids beyond it are refused as input, never sent to the database.
-MAX_ID = 2**63 - 1
 
 GateStatus = Literal["approved", "rejected", "expired", "blocked", "withdrawn", "pending"]
 BlockedStage = Literal["request", "review", "payment"]
@@ -39,16 +38,16 @@ class Decision(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    request_id: str = Field(min_length=1, max_length=100)
+    request_id: StorableText = Field(min_length=1, max_length=100)
     approved: StrictBool
-    reviewer: str = Field(min_length=1, max_length=200)
-    note: str | None = Field(default=None, max_length=2000)
+    reviewer: StorableText = Field(min_length=1, max_length=200)
+    note: StorableText | None = Field(default=None, max_length=2000)
     # Set by whoever records the decision before announcing it (desk, CLI), so every path
     # that sees the same decision recognises it as one.
-    decision_id: str | None = Field(default=None, max_length=200)
+    decision_id: StorableText | None = Field(default=None, max_length=200)
     # Approve with edits: a lower amount and/or a reply written by the reviewer.
     amount_cents: StrictInt | None = None
-    reply: str | None = Field(default=None, max_length=20_000)
+    reply: StorableText | None = Field(default=None, max_length=20_000)
     # Set when the customer called the request off (announced like a decision).
     withdrawn: StrictBool = False
 
@@ -96,7 +95,7 @@ def _refused(explanation: str, *, order_id: int | None, amount_cents: int, refun
     )
 
 
-def refund_policy(order: db.Order | None, *, customer_id: int, order_id: Any, amount_cents: Any) -> PolicyVerdict:
+def refund_policy(order: db.Order | None, *, customer_id: db.CustomerId, order_id: Any, amount_cents: Any) -> PolicyVerdict:
     """The refund policy, in code: an order of this customer's, a positive whole number of
     cents, no more than what was paid minus what was already refunded. Every refund the
     policy allows is asked of a human first."""
@@ -136,7 +135,7 @@ def refund_policy(order: db.Order | None, *, customer_id: int, order_id: Any, am
     )
 
 
-async def check_policy(conn: db.Executor, *, customer_id: int, order_id: Any, amount_cents: Any) -> PolicyVerdict:
+async def check_policy(conn: db.Executor, *, customer_id: db.CustomerId, order_id: Any, amount_cents: Any) -> PolicyVerdict:
     """`refund_policy` against the order as the database has it now."""
     in_range = isinstance(order_id, int) and not isinstance(order_id, bool) and 0 < order_id <= MAX_ID
     order = await db.get_order(conn, order_id=order_id) if in_range else None
@@ -152,7 +151,7 @@ async def _audit_blocked(
     stage: BlockedStage,
     key: str,
     run_id: str,
-    customer_id: int,
+    customer_id: db.CustomerId,
     why: str,
     **detail: Any,
 ) -> None:
@@ -175,7 +174,7 @@ async def audit_decision_ignored(
     request_id: str | None,
     why: str,
     request: db.RefundRequest | None = None,
-    customer_id: int | None = None,
+    customer_id: db.CustomerId | None = None,
     run_id: str | None = None,
     **detail: Any,
 ) -> None:
@@ -213,7 +212,7 @@ async def open_request(
     pool: asyncpg.Pool,
     *,
     run_id: str,
-    customer_id: int,
+    customer_id: db.CustomerId,
     customer_message: str,
     call_id: str,
     raw_arguments: str | None,
@@ -260,7 +259,7 @@ async def _insert_request(
     verdict: PolicyVerdict,
     *,
     run_id: str,
-    customer_id: int,
+    customer_id: db.CustomerId,
     customer_message: str,
     call_id: str,
     reason: str,
@@ -467,7 +466,7 @@ class Payment(BaseModel):
     explanation: str
 
 
-async def pay_for_call(pool: asyncpg.Pool, *, run_id: str, customer_id: int, tool_call_id: str) -> Payment:
+async def pay_for_call(pool: asyncpg.Pool, *, run_id: str, customer_id: db.CustomerId, tool_call_id: str) -> Payment:
     """Pay the request a reviewer approved for this tool call, exactly once.
 
     Server-owned values win: the approved request fixes the order and the amount, whatever

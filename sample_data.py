@@ -1,8 +1,9 @@
 """Five sample customers with orders, for development and tests; never seeded by a migration.
 
 `support-worker seed` (and `support-worker up` when ENVIRONMENT=development) inserts them, only
-into an empty `customers` table. They are inserted in this order so the ids are stable:
-customers 1..5, orders from 1001 (README walkthroughs and tests name them).
+into an empty `customers` table. Customer ids are text, in the shape the course's events use
+("c-4429" is Grace); orders are numbered from 1001 in this order (README walkthroughs and
+tests name them).
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import asyncpg
 
 from db import Tier
 
-# (email, name, tier, [(order description, amount in cents, order status), ...])
-CUSTOMERS: list[tuple[str, str, Tier, list[tuple[str, int, str]]]] = [
+# (id, email, name, tier, [(order description, amount in cents, order status), ...])
+CUSTOMERS: list[tuple[str, str, str, Tier, list[tuple[str, int, str]]]] = [
     (
+        "c-4428",
         "ada@example.com",
         "Ada Lovelace",
         "enterprise",
         [("Analytical engine support plan", 129_900, "paid"), ("Punch card refills", 4_999, "delivered")],
     ),
     (
+        "c-4429",
         "grace@example.com",
         "Grace Hopper",
         "pro",
@@ -29,20 +32,30 @@ CUSTOMERS: list[tuple[str, str, Tier, list[tuple[str, int, str]]]] = [
             ("Nanosecond wire bundle", 2_500, "failed"),
         ],
     ),
-    ("alan@example.com", "Alan Turing", "pro", [("Enigma rotor set", 15_000, "delivered"), ("Tape reel", 899, "paid")]),
     (
+        "c-4430",
+        "alan@example.com",
+        "Alan Turing",
+        "pro",
+        [("Enigma rotor set", 15_000, "delivered"), ("Tape reel", 899, "paid")],
+    ),
+    (
+        "c-4431",
         "katherine@example.com",
         "Katherine Johnson",
         "free",
         [("Orbital mechanics handbook", 3_450, "delivered"), ("Slide rule", 2_200, "paid")],
     ),
     (
+        "c-4432",
         "linus@example.com",
         "Linus Torvalds",
         "free",
         [("Mechanical keyboard", 11_900, "delivered"), ("Penguin plush", 1_500, "failed")],
     ),
 ]
+
+ADA, GRACE, ALAN, KATHERINE, LINUS = (customer[0] for customer in CUSTOMERS)
 
 # Seeders in several processes at once queue here; the first inserts, the rest find rows.
 SEED_LOCK_KEY = 7262612
@@ -58,9 +71,10 @@ async def seed(pool: asyncpg.Pool) -> bool:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SEED_LOCK_KEY)
         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM customers)"):
             return False
-        for email, name, tier, orders in CUSTOMERS:
-            customer_id = await conn.fetchval(
-                "INSERT INTO customers (email, name, tier) VALUES ($1, $2, $3) RETURNING id",
+        for customer_id, email, name, tier, orders in CUSTOMERS:
+            await conn.execute(
+                "INSERT INTO customers (id, email, name, tier) VALUES ($1, $2, $3, $4)",
+                customer_id,
                 email,
                 name,
                 tier,

@@ -5,7 +5,7 @@ Nothing here knows about a durable engine or about what happens to a refund afte
 asks for one: the refund workflow lives in `refunds.py`, running the agent through its pauses
 in `conversation.py`, durability in `inngest_app.py`. Run it on one email from a terminal:
 
-    python worker.py --customer 2 "I was charged twice for order 1003"
+    python worker.py --customer c-4429 "I was charged twice for order 1003"
 
 (a thin entry point: the same as `support-worker answer ...`).
 """
@@ -50,7 +50,7 @@ class SupportContext:
     which run it belongs to, and the time (from the event, so a replay sees the same day)."""
 
     pool: asyncpg.Pool
-    customer_id: int
+    customer_id: db.CustomerId
     run_id: str
     now: datetime
     customer_message: str = ""

@@ -23,10 +23,10 @@ def args(*argv: str) -> argparse.Namespace:
     [
         ([], ["list"]),
         (["--list"], ["list"]),
-        (["--audit", "--customer", "2"], ["audit", "--customer", "2"]),
+        (["--audit", "--customer", GRACE], ["audit", "--customer", GRACE]),
         (
-            ["--customer", "2", "--approve", "charged twice"],
-            ["answer", "--customer", "2", "--approve", "charged twice"],
+            ["--customer", GRACE, "--approve", "charged twice"],
+            ["answer", "--customer", GRACE, "--approve", "charged twice"],
         ),
     ],
 )
@@ -36,7 +36,7 @@ def test_worker_py_flags_map_onto_the_one_cli(old: list[str], new: list[str]) ->
 
 def test_approve_and_reject_together_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        args("answer", "--customer", "2", "--approve", "--reject", "charged twice")
+        args("answer", "--customer", GRACE, "--approve", "--reject", "charged twice")
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
 

@@ -11,6 +11,7 @@ import pytest
 
 import db
 import sample_data
+from sample_data import ADA
 from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,10 +72,10 @@ async def test_seed_never_lands_on_existing_data(pool: asyncpg.Pool) -> None:
 
 async def test_audit_writes_with_the_same_key_land_once(pool: asyncpg.Pool) -> None:
     first = await db.record_audit(
-        pool, action=db.AuditAction.REPLY_SENT, run_id="r", customer_id=1, idempotency_key="k"
+        pool, action=db.AuditAction.REPLY_SENT, run_id="r", customer_id=ADA, idempotency_key="k"
     )
     again = await db.record_audit(
-        pool, action=db.AuditAction.REPLY_SENT, run_id="r", customer_id=1, idempotency_key="k"
+        pool, action=db.AuditAction.REPLY_SENT, run_id="r", customer_id=ADA, idempotency_key="k"
     )
     assert (first, again) == (True, False)
     assert len(await db.list_audit(pool, run_id="r")) == 1

@@ -84,7 +84,7 @@ async def wait_for_action(pool: asyncpg.Pool, action: db.AuditAction, *, count: 
 
 
 async def test_refund_email_waits_for_approval_and_pays_once(served_app: str, pool: asyncpg.Pool) -> None:
-    await send("customer/email.received", {"customer_id": 2, "body": "I was charged twice for order 1003"})
+    await send("customer/email.received", {"customer_id": "c-4429", "body": "I was charged twice for order 1003"})
     requested = await wait_for_action(pool, db.AuditAction.REFUND_REQUESTED)
     request_id = requested[0].detail["request_id"]
     await send("refund/approval.decided", {"request_id": request_id, "approved": True, "reviewer": "dev-test"})
@@ -94,7 +94,7 @@ async def test_refund_email_waits_for_approval_and_pays_once(served_app: str, po
 
 
 async def test_rejected_refund_pays_nothing(served_app: str, pool: asyncpg.Pool) -> None:
-    await send("customer/email.received", {"customer_id": 2, "body": "I was charged twice for order 1004"})
+    await send("customer/email.received", {"customer_id": "c-4429", "body": "I was charged twice for order 1004"})
     request_id = (await wait_for_action(pool, db.AuditAction.REFUND_REQUESTED))[0].detail["request_id"]
     await send("refund/approval.decided", {"request_id": request_id, "approved": False, "reviewer": "dev-test"})
     reply = (await wait_for_action(pool, db.AuditAction.REPLY_SENT))[0]

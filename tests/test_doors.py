@@ -16,6 +16,7 @@ from tests_support import EMAIL_FN, Engine, open_request, serve
 
 import cli
 import db
+from sample_data import GRACE
 from settings import Settings
 
 AUTH = ("postmark", "hook-secret")
@@ -58,7 +59,7 @@ async def test_a_postmark_email_becomes_one_event_keyed_by_its_message_id(doors:
     assert res.json() == {
         "status": "accepted",
         "event_id": "postmark-a8c1040e-2f6e-4c1c-9d5a-5c1f0e2c3b4a",
-        "customer_id": 2,
+        "customer_id": GRACE,
     }
     again = await http(doors).post("/webhooks/email", json=postmark(), auth=AUTH)  # the provider retries
     assert again.status_code == 202
@@ -71,7 +72,7 @@ async def test_a_postmark_email_becomes_one_event_keyed_by_its_message_id(doors:
         "body": "I was charged twice for order 1003",
         "message_id": postmark()["MessageID"],
         "received_at": "Mon, 23 Nov 2026 09:12:00 +0000",
-        "customer_id": 2,
+        "customer_id": GRACE,
         "tier": "pro",
     }
     run = await doors.driver.run(EMAIL_FN, first.as_event(), resolver=pool_resolver([]))
@@ -254,10 +255,10 @@ def args(*argv: str) -> argparse.Namespace:
 
 
 async def test_cli_send_email_sends_an_event_for_the_customer(doors: Engine, settings: Settings) -> None:
-    assert await cli.run_async(args("send-email", "--customer", "2", "Where is order 1004?"), settings) == 0
+    assert await cli.run_async(args("send-email", "--customer", GRACE, "Where is order 1004?"), settings) == 0
     [event] = doors.stub.events
     assert event.name == "customer/email.received"
-    assert event.data == {"body": "Where is order 1004?", "subject": None, "customer_id": 2, "tier": "pro"}
+    assert event.data == {"body": "Where is order 1004?", "subject": None, "customer_id": GRACE, "tier": "pro"}
     assert await cli.run_async(args("send-email", "--from", "nobody@example.org", "hi"), settings) == 1
 
 

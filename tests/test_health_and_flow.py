@@ -13,6 +13,8 @@ from tests_support import EMAIL_FN, Engine, pay_refund, serve
 import db
 import health
 import inngest_app
+import sample_data
+from sample_data import ADA, ALAN, GRACE
 from settings import Settings
 
 CRON_FN = "daily-health-check"
@@ -23,7 +25,7 @@ TICK = {
     "ts": int(datetime(2026, 11, 23, 9, 0, tzinfo=UTC).timestamp() * 1000),
     "data": {"cron": "0 9 * * *"},
 }
-ELIGIBLE = [1, 2, 3]  # Ada (enterprise), Grace and Alan (pro); Katherine and Linus are free
+ELIGIBLE = [ADA, GRACE, ALAN]  # Ada (enterprise), Grace and Alan (pro); Katherine and Linus are free
 
 
 def functions_by_id(payload: dict[str, object]) -> dict[str, dict[str, object]]:
@@ -46,7 +48,7 @@ async def test_registration_carries_the_cron_and_flow_control_as_configured(
     async with serve(tuned, monkeypatch, pool) as engine:
         fns = functions_by_id(engine.stub.registrations[-1])
     email = fns[EMAIL_FN]
-    assert email["concurrency"] == [{"limit": 7}, {"limit": 3, "key": "event.data.customer_id"}]
+    assert email["concurrency"] == [{"limit": 7}, {"limit": 3, "key": inngest_app.CUSTOMER_KEY}]
     assert email["throttle"] == {"limit": 42, "period": "1m", "burst": 1}
     assert email["priority"] == {"run": inngest_app.PRIORITY_BY_TIER}
     assert email["triggers"] == [{"event": "customer/email.received"}]
@@ -97,10 +99,10 @@ async def test_the_child_writes_one_health_row_per_customer_per_day(engine: Engi
 
 async def test_a_refund_heavy_customer_is_at_risk_and_gets_an_outreach_draft(engine: Engine) -> None:
     for order_id, cents in ((1003, 49_900), (1004, 1_999)):
-        await pay_refund(engine.pool, customer_id=2, order_id=order_id, cents=cents)
+        await pay_refund(engine.pool, customer_id=GRACE, order_id=order_id, cents=cents)
     child = await engine.driver.run(
         CHILD_FN,
-        {"name": inngest_app.HEALTH_CHECK_REQUESTED, "id": "h", "data": {"customer_id": 2, "day": "2026-11-23"}},
+        {"name": inngest_app.HEALTH_CHECK_REQUESTED, "id": "h", "data": {"customer_id": GRACE, "day": "2026-11-23"}},
     )
     assert child.output["status"] == "at_risk"
     assert "refund_heavy" in child.output["signals"]
@@ -114,9 +116,9 @@ async def test_a_malformed_health_check_event_is_rejected(engine: Engine) -> Non
 
 
 def test_health_rules_grade_unanswered_mail_as_at_risk() -> None:
-    customer = db.Customer(id=1, email="a@example.com", name="Ada Lovelace", tier="enterprise")
+    customer = db.Customer(id=ADA, email="a@example.com", name="Ada Lovelace", tier="enterprise")
     activity = db.Activity(
-        customer_id=1,
+        customer_id=ADA,
         since="",
         emails=3,
         replies=2,
@@ -135,11 +137,12 @@ async def test_a_burst_of_twenty_emails_through_a_small_pool_completes_exactly_o
 ) -> None:
     """Twenty runs across five customers at once, one host process, a pool of three."""
     bodies = ["Where is order {order}?", "Do you ship to Canada?", "Thanks for the quick help!"]
-    orders = {1: 1001, 2: 1004, 3: 1006, 4: 1008, 5: 1010}
+    customers = [c[0] for c in sample_data.CUSTOMERS]
+    orders = dict(zip(customers, (1001, 1004, 1006, 1008, 1010), strict=True))
     async with serve(settings.model_copy(update={"db_pool_max_size": 3}), monkeypatch, pool) as engine:
         emails = [
             engine.email(
-                {"customer_id": n % 5 + 1, "body": bodies[n % 3].format(order=orders[n % 5 + 1])},
+                {"customer_id": customers[n % 5], "body": bodies[n % 3].format(order=orders[customers[n % 5]])},
                 event_id=f"evt-burst-{n}",
             )
             for n in range(20)

@@ -15,6 +15,8 @@ import pytest
 
 import db
 import migrate
+import sample_data
+from sample_data import ADA
 from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,8 +186,8 @@ async def test_migrate_and_seed_commands_on_a_fresh_database(
     code, said = await run(["seed"])
     assert code == 0 and said.startswith("seed: nothing to do")
     async with db.open_pool(settings, max_size=1) as pool:
-        assert [c.id for c in await db.list_customers(pool)] == [1, 2, 3, 4, 5]
-        assert [o.id for o in await db.list_orders(pool, customer_id=1)] == [1001, 1002]
+        assert [c.id for c in await db.list_customers(pool)] == [c[0] for c in sample_data.CUSTOMERS]
+        assert [o.id for o in await db.list_orders(pool, customer_id=ADA)] == [1001, 1002]
 
 
 

@@ -8,9 +8,8 @@ import pytest
 import conversation
 import db
 import refunds
+from sample_data import ADA, ALAN, GRACE, KATHERINE, LINUS
 from settings import Settings
-
-ADA, GRACE, ALAN, KATHERINE, LINUS = 1, 2, 3, 4, 5
 
 # (customer, email, expected refund request as (order, cents) or None, words the reply must contain)
 EMAILS: list[tuple[int, str, tuple[int, int] | None, str]] = [

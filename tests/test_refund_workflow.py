@@ -19,9 +19,8 @@ import conversation
 import db
 import refunds
 import worker
+from sample_data import ADA, GRACE
 from settings import Settings
-
-GRACE, ADA, LINUS = 2, 1, 5  # seeded customers (see sample_data.CUSTOMERS)
 
 
 def approve(reviewer: str = "tester") -> conversation.Decider:
@@ -163,8 +162,8 @@ async def test_prompt_injection_gets_no_more_than_the_policy_allows(pool: asyncp
 
 
 async def test_unknown_customer_is_a_clear_error_and_writes_nothing(pool: asyncpg.Pool, settings: Settings) -> None:
-    with pytest.raises(LookupError, match="No customer with id 404"):
-        await conversation.answer_email(pool, customer_id=404, body="hello", decide=never_asked, settings=settings)
+    with pytest.raises(LookupError, match="No customer with id c-404"):
+        await conversation.answer_email(pool, customer_id="c-404", body="hello", decide=never_asked, settings=settings)
     assert await db.list_audit(pool) == []
 
 

@@ -19,6 +19,7 @@ from tests_support import GRACE, CaptureServer, CountingModel, Engine, open_requ
 import cli
 import db
 import inngest_app
+from sample_data import ADA, ALAN
 from settings import Settings
 
 CHARGED_TWICE = {"customer_id": GRACE, "body": "I was charged twice for order 1003"}
@@ -245,21 +246,21 @@ async def test_the_cron_skips_recently_contacted_customers_and_says_why(engine: 
     assert run.output["scheduled"] == 2
     assert run.output["skipped"] == {"free_tier": 2, "contacted_recently": 1}
     assert "in the last 7 days" in run.output["skipped_reasons"]["contacted_recently"]
-    assert sorted(e.data["customer_id"] for e in engine.stub.events) == [1, 3]
+    assert sorted(e.data["customer_id"] for e in engine.stub.events) == [ADA, ALAN]
 
 
 async def test_an_outreach_note_is_recorded_and_the_next_morning_leaves_the_customer_alone(engine: Engine) -> None:
     today = datetime.now(UTC).date().isoformat()
     next_day = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
     for order_id, cents in ((1006, 15_000), (1007, 899)):  # Alan: refund-heavy, so at risk
-        await pay_refund(engine.pool, customer_id=3, order_id=order_id, cents=cents)
+        await pay_refund(engine.pool, customer_id=ALAN, order_id=order_id, cents=cents)
     child = await engine.driver.run(
         "customer-health-check",
-        {"name": inngest_app.HEALTH_CHECK_REQUESTED, "id": "h3", "data": {"customer_id": 3, "day": today}},
+        {"name": inngest_app.HEALTH_CHECK_REQUESTED, "id": "h3", "data": {"customer_id": ALAN, "day": today}},
     )
     assert child.output["status"] == "at_risk"
     outreach = await db.list_audit(engine.pool, action=db.AuditAction.OUTREACH_RECORDED)
-    assert [(e.customer_id, e.detail["day"]) for e in outreach] == [(3, today)]
+    assert [(e.customer_id, e.detail["day"]) for e in outreach] == [(ALAN, today)]
     tomorrow = await engine.driver.run(
         "daily-health-check", {"name": "inngest/scheduled.timer", "data": {"day": next_day}}
     )

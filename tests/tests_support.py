@@ -20,9 +20,9 @@ import db
 import inngest_app
 import refunds
 from offline_model import OfflineSupportModel
+from sample_data import ADA, ALAN, GRACE, KATHERINE, LINUS  # noqa: F401  (re-exported for tests)
 from settings import Settings
 
-GRACE = 2
 EMAIL_FN = "handle-customer-email"
 DECISION_FN = "record-refund-decision"
 
