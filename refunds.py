@@ -95,7 +95,9 @@ def _refused(explanation: str, *, order_id: int | None, amount_cents: int, refun
     )
 
 
-def refund_policy(order: db.Order | None, *, customer_id: db.CustomerId, order_id: Any, amount_cents: Any) -> PolicyVerdict:
+def refund_policy(
+    order: db.Order | None, *, customer_id: db.CustomerId, order_id: Any, amount_cents: Any
+) -> PolicyVerdict:
     """The refund policy, in code: an order of this customer's, a positive whole number of
     cents, no more than what was paid minus what was already refunded. Every refund the
     policy allows is asked of a human first."""
@@ -135,7 +137,9 @@ def refund_policy(order: db.Order | None, *, customer_id: db.CustomerId, order_i
     )
 
 
-async def check_policy(conn: db.Executor, *, customer_id: db.CustomerId, order_id: Any, amount_cents: Any) -> PolicyVerdict:
+async def check_policy(
+    conn: db.Executor, *, customer_id: db.CustomerId, order_id: Any, amount_cents: Any
+) -> PolicyVerdict:
     """`refund_policy` against the order as the database has it now."""
     in_range = isinstance(order_id, int) and not isinstance(order_id, bool) and 0 < order_id <= MAX_ID
     order = await db.get_order(conn, order_id=order_id) if in_range else None
