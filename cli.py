@@ -44,6 +44,7 @@ import refunds
 import sample_data
 from money import format_money
 from settings import Settings, get_settings
+from store import reviews
 
 DEV_SERVER_PORT = 8288
 
@@ -167,7 +168,7 @@ def _cell(value: Any, limit: int = 100) -> str:
 
 async def pending(settings: Settings, args: argparse.Namespace) -> int:
     async with db.open_pool(settings, max_size=1) as pool:
-        reviews = await db.list_pending_reviews(pool)
+        waiting = await reviews.list_pending_reviews(pool)
     rows = [
         {
             "request": r.request.id,
@@ -178,7 +179,7 @@ async def pending(settings: Settings, args: argparse.Namespace) -> int:
             "left": f"{r.seconds_left // 60} min",
             "reason": r.request.reason,
         }
-        for r in reviews
+        for r in waiting
     ]
     print_rows(rows, as_json=args.json, empty="No refunds are waiting for review.")
     return 0

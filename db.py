@@ -20,7 +20,6 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -28,6 +27,7 @@ from pydantic import BaseModel
 
 import migrate
 from settings import Settings
+from store.urls import connect_options, direct_url
 
 logger = logging.getLogger("support_worker.db")
 
@@ -134,37 +134,6 @@ class AuditEntry(BaseModel):
 # --------------------------------------------------------------------------- connection
 
 
-def _strip_query_params(url: str, names: set[str]) -> tuple[str, dict[str, str]]:
-    parts = urlsplit(url)
-    kept, removed = [], {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in names:
-            removed[key] = value
-        else:
-            kept.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(kept))), removed
-
-
-def connect_options(database_url: str) -> tuple[str, dict[str, Any]]:
-    """Turn a connection string as Neon's console prints it into asyncpg arguments.
-
-    - `channel_binding=require` is a libpq option asyncpg does not know; asyncpg would
-      forward it to the server as a run-time setting and the server refuses to start the
-      session. We drop it (asyncpg still authenticates with SCRAM-SHA-256 over TLS).
-    - `sslmode=require` is understood by asyncpg as it is.
-    - A `-pooler` host is PgBouncer in transaction mode, where a prepared statement made on
-      one server connection is gone on the next; asyncpg's statement cache must be off.
-    """
-    dsn, removed = _strip_query_params(database_url, {"channel_binding"})
-    if removed:
-        logger.info("ignoring libpq-only options asyncpg does not support: %s", sorted(removed))
-    options: dict[str, Any] = {}
-    host = urlsplit(dsn).hostname or ""
-    if "-pooler." in host:
-        options["statement_cache_size"] = 0
-    return dsn, options
-
-
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL under `data_dir` and return its URL.
 
@@ -233,20 +202,6 @@ async def connect(settings: Settings) -> asyncpg.Connection:
     return await asyncpg.connect(dsn, **options)
 
 
-def direct_url(database_url: str) -> str:
-    """Neon's direct endpoint for a pooled (`-pooler`) URL; any other URL as it is.
-
-    Migrating holds a session-level advisory lock across several transactions, which
-    PgBouncer's transaction mode cannot keep (each transaction may land on another server
-    connection). Neon's direct endpoint is the same host without `-pooler`.
-    """
-    parts = urlsplit(database_url)
-    if "-pooler." not in (parts.hostname or ""):
-        return database_url
-    credentials, at, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=credentials + at + host.replace("-pooler.", ".", 1)))
-
-
 # --------------------------------------------------------------------------- schema
 
 
@@ -298,7 +253,7 @@ async def check_schema_current(conn: migrate.Connection) -> None:
 # --------------------------------------------------------------------------- reads
 
 
-def _iso(value: datetime) -> str:
+def iso(value: datetime) -> str:
     return value.isoformat()
 
 
@@ -339,7 +294,7 @@ _ORDER_SELECT = """
 
 def _order(row: asyncpg.Record) -> Order:
     data = dict(row)
-    data["created_at"] = _iso(data["created_at"])
+    data["created_at"] = iso(data["created_at"])
     data["refunded_cents"] = int(data["refunded_cents"])
     return Order(**data)
 
@@ -363,23 +318,23 @@ async def lock_order(conn: Executor, *, order_id: int) -> None:
 _REQUEST_COLUMNS = "*, EXTRACT(EPOCH FROM expires_at - now())::float8 AS seconds_left"
 
 
-def _request(row: asyncpg.Record | dict[str, Any]) -> RefundRequest:
+def request_from_row(row: asyncpg.Record | dict[str, Any]) -> RefundRequest:
     data = dict(row)
-    data["created_at"] = _iso(data["created_at"])
-    data["expires_at"] = _iso(data["expires_at"])
+    data["created_at"] = iso(data["created_at"])
+    data["expires_at"] = iso(data["expires_at"])
     data.pop("decided_at", None)
     return RefundRequest(**data)
 
 
 async def get_refund_request(pool: Executor, *, request_id: str) -> RefundRequest | None:
     row = await pool.fetchrow(f"SELECT {_REQUEST_COLUMNS} FROM refund_requests WHERE id = $1", request_id)
-    return _request(row) if row else None
+    return request_from_row(row) if row else None
 
 
 async def lock_refund_request(conn: Executor, *, request_id: str) -> RefundRequest | None:
     """Read a request and hold its row until the transaction ends, so deciders queue up."""
     row = await conn.fetchrow(f"SELECT {_REQUEST_COLUMNS} FROM refund_requests WHERE id = $1 FOR UPDATE", request_id)
-    return _request(row) if row else None
+    return request_from_row(row) if row else None
 
 
 async def lock_refund_request_for_call(conn: Executor, *, run_id: str, tool_call_id: str) -> RefundRequest | None:
@@ -388,7 +343,7 @@ async def lock_refund_request_for_call(conn: Executor, *, run_id: str, tool_call
         run_id,
         tool_call_id,
     )
-    return _request(row) if row else None
+    return request_from_row(row) if row else None
 
 
 async def find_pending_request(pool: Executor, *, customer_id: CustomerId, order_id: int) -> RefundRequest | None:
@@ -398,7 +353,7 @@ async def find_pending_request(pool: Executor, *, customer_id: CustomerId, order
         customer_id,
         order_id,
     )
-    return _request(row) if row else None
+    return request_from_row(row) if row else None
 
 
 _REFUND_COLUMNS = "id, request_id, customer_id, order_id, amount_cents, reason"
@@ -443,7 +398,7 @@ async def list_audit(
     entries = []
     for r in rows:
         data = dict(r)
-        data["at"] = _iso(data["at"])
+        data["at"] = iso(data["at"])
         entries.append(AuditEntry(**data))
     return entries
 
@@ -460,19 +415,6 @@ async def run_has_action(pool: Executor, *, run_id: str, action: AuditAction) ->
             "SELECT EXISTS (SELECT 1 FROM audit_log WHERE run_id = $1 AND action = $2)", run_id, action.value
         )
     )
-
-
-async def recently_contacted(pool: Executor, *, days: int, as_of: datetime | None = None) -> set[CustomerId]:
-    """Customers who got a reply or an outreach note in the `days` days before `as_of`
-    (default now), so a late or replayed tick for a past day gives the same answer."""
-    rows = await pool.fetch(
-        "SELECT DISTINCT customer_id FROM audit_log WHERE action IN ('reply_sent', 'outreach_recorded')"
-        " AND customer_id IS NOT NULL AND at >= COALESCE($2, now()) - make_interval(days => $1)"
-        " AND at < COALESCE($2, now())",
-        days,
-        as_of,
-    )
-    return {str(r["customer_id"]) for r in rows}
 
 
 # --------------------------------------------------------------------------- writes
@@ -537,7 +479,7 @@ async def insert_refund_request(
         float(ttl_seconds),
     )
     if row is not None:
-        return _request(row), True
+        return request_from_row(row), True
     existing = await lock_refund_request_for_call(conn, run_id=run_id, tool_call_id=tool_call_id)
     if existing is None:
         raise RuntimeError(f"refund request for {run_id}/{tool_call_id} conflicted but is missing")
@@ -569,7 +511,7 @@ async def set_refund_decision(
     )
     if row is None:
         raise RuntimeError(f"refund request {request_id} disappeared while locked")
-    return _request(row)
+    return request_from_row(row)
 
 
 async def expire_refund_request(pool: Executor, *, request_id: str) -> RefundRequest | None:
@@ -579,7 +521,7 @@ async def expire_refund_request(pool: Executor, *, request_id: str) -> RefundReq
         f" WHERE id = $1 AND status = 'pending' RETURNING {_REQUEST_COLUMNS}",
         request_id,
     )
-    return _request(row) if row else None
+    return request_from_row(row) if row else None
 
 
 async def insert_refund(conn: Executor, *, request: RefundRequest) -> Refund:
@@ -617,156 +559,6 @@ async def mark_notification_sent(pool: Executor, *, request_id: str, channel: st
     return inserted is not None
 
 
-class PendingReview(BaseModel):
-    """One refund request waiting for a reviewer, with what the desk shows beside it."""
-
-    request: RefundRequest
-    customer_name: str
-    customer_email: str
-    order_description: str
-    order_amount_cents: int
-    seconds_left: int
-
-
-async def list_pending_reviews(pool: Executor) -> list[PendingReview]:
-    rows = await pool.fetch(
-        """
-        SELECT rr.*, c.name AS customer_name, c.email AS customer_email,
-               o.description AS order_description, o.amount_cents AS order_amount_cents,
-               GREATEST(0, floor(EXTRACT(EPOCH FROM rr.expires_at - now())))::int AS seconds_left
-        FROM refund_requests rr
-        JOIN customers c ON c.id = rr.customer_id
-        JOIN orders o ON o.id = rr.order_id
-        WHERE rr.status = 'pending' AND rr.expires_at > now()
-        ORDER BY rr.expires_at
-        """
-    )
-    reviews = []
-    for row in rows:
-        data = dict(row)
-        extra = {
-            k: data.pop(k)
-            for k in ("customer_name", "customer_email", "order_description", "order_amount_cents", "seconds_left")
-        }
-        reviews.append(PendingReview(request=_request(data), **extra))
-    return reviews
-
-
-class Activity(BaseModel):
-    """A customer's recent history, as the health check reads it."""
-
-    customer_id: CustomerId
-    since: str
-    emails: int
-    replies: int
-    unanswered: int
-    refunds_issued: int
-    refunded_cents: int
-    refunds_blocked: int
-    last_email_at: str | None
-
-
-async def customer_activity(pool: Executor, *, customer_id: CustomerId, days: int = 30) -> Activity:
-    """Counts over the last `days` days of the audit trail and the refunds table.
-
-    An email is unanswered when its run wrote `message_received` more than an hour ago and
-    neither a reply nor a duplicate notice since.
-    """
-    row = await pool.fetchrow(
-        """
-        WITH recent AS (
-            SELECT * FROM audit_log
-            WHERE customer_id = $1 AND at >= now() - make_interval(days => $2)
-        )
-        SELECT now() - make_interval(days => $2) AS since,
-               count(*) FILTER (WHERE action = 'message_received') AS emails,
-               count(*) FILTER (WHERE action = 'reply_sent') AS replies,
-               count(*) FILTER (WHERE action = 'refund_blocked') AS refunds_blocked,
-               max(at) FILTER (WHERE action = 'message_received') AS last_email_at,
-               count(*) FILTER (
-                   WHERE action = 'message_received' AND at < now() - interval '1 hour'
-                   AND NOT EXISTS (
-                       SELECT 1 FROM audit_log done WHERE done.run_id = recent.run_id
-                       AND done.action IN ('reply_sent', 'event_duplicate', 'run_failed')
-                   )
-               ) AS unanswered,
-               (SELECT count(*) FROM refunds r WHERE r.customer_id = $1
-                    AND r.created_at >= now() - make_interval(days => $2)) AS refunds_issued,
-               (SELECT COALESCE(sum(amount_cents), 0) FROM refunds r WHERE r.customer_id = $1
-                    AND r.created_at >= now() - make_interval(days => $2)) AS refunded_cents
-        FROM recent
-        """,
-        customer_id,
-        days,
-    )
-    if row is None:
-        raise RuntimeError("the activity query returned no row")
-    return Activity(
-        customer_id=customer_id,
-        since=_iso(row["since"]),
-        emails=int(row["emails"]),
-        replies=int(row["replies"]),
-        unanswered=int(row["unanswered"]),
-        refunds_issued=int(row["refunds_issued"]),
-        refunded_cents=int(row["refunded_cents"]),
-        refunds_blocked=int(row["refunds_blocked"]),
-        last_email_at=_iso(row["last_email_at"]) if row["last_email_at"] else None,
-    )
-
-
 async def ping(pool: asyncpg.Pool, *, within_seconds: float) -> None:
     """`SELECT 1` within `within_seconds`, or an exception saying why not."""
     await pool.fetchval("SELECT 1", timeout=within_seconds)
-
-
-# --------------------------------------------------------------------------- the morning fan-out
-
-_NOT_CONTACTED = """
-    NOT EXISTS (
-        SELECT 1 FROM audit_log a
-        WHERE a.customer_id = c.id AND a.action IN ('reply_sent', 'outreach_recorded')
-          AND a.at >= $3::timestamptz - make_interval(days => $2) AND a.at < $3::timestamptz
-    )
-"""
-
-
-class FanOutCounts(BaseModel):
-    eligible: int
-    skipped_free: int
-    skipped_contacted: int
-
-
-async def health_check_counts(pool: Executor, *, tiers: list[str], days: int, as_of: datetime) -> FanOutCounts:
-    """How many customers the morning check covers and why the rest are left out, as of the
-    tick's day (contacts after `as_of` do not count, so a replayed tick answers the same)."""
-    row = await pool.fetchrow(
-        f"""
-        SELECT count(*) FILTER (WHERE c.tier = ANY($1::text[]) AND {_NOT_CONTACTED}) AS eligible,
-               count(*) FILTER (WHERE NOT c.tier = ANY($1::text[])) AS skipped_free,
-               count(*) FILTER (WHERE c.tier = ANY($1::text[]) AND NOT {_NOT_CONTACTED}) AS skipped_contacted
-        FROM customers c
-        """,
-        tiers,
-        days,
-        as_of,
-    )
-    if row is None:
-        raise RuntimeError("the fan-out count returned no row")
-    return FanOutCounts(**{k: int(v) for k, v in dict(row).items()})
-
-
-async def health_check_batch(
-    pool: Executor, *, tiers: list[str], days: int, as_of: datetime, after_id: CustomerId, limit: int
-) -> list[CustomerId]:
-    """The next `limit` eligible customer ids after `after_id` (keyset pagination: each
-    chunk loads its own slice, so no list of ids ever rides in the memo)."""
-    rows = await pool.fetch(
-        f"SELECT c.id FROM customers c WHERE c.tier = ANY($1::text[]) AND c.id > $4 AND {_NOT_CONTACTED}"
-        " ORDER BY c.id LIMIT $5",
-        tiers,
-        days,
-        as_of,
-        after_id,
-        limit,
-    )
-    return [str(r["id"]) for r in rows]

@@ -29,6 +29,7 @@ import refunds
 from ingress import basic_auth_matches
 from money import format_money
 from settings import Settings
+from store import reviews
 
 logger = logging.getLogger("support_worker.desk")
 
@@ -142,9 +143,11 @@ PAGE = """<!doctype html>
 </body></html>"""
 
 
-def render_desk(reviews: list[db.PendingReview], *, reviewer: str, flash: str, token_for: Callable[[str], str]) -> str:
+def render_desk(
+    waiting: list[reviews.PendingReview], *, reviewer: str, flash: str, token_for: Callable[[str], str]
+) -> str:
     items = []
-    for review in reviews:
+    for review in waiting:
         r = review.request
         esc = html.escape
         items.append(f"""
@@ -201,9 +204,9 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
         reviewer = signed_in(request)
         if isinstance(reviewer, Response):
             return reviewer
-        reviews = await db.list_pending_reviews(get_pool())
+        waiting = await reviews.list_pending_reviews(get_pool())
         return HTMLResponse(
-            render_desk(reviews, reviewer=reviewer, flash=msg[:300], token_for=lambda rid: token_for(reviewer, rid))
+            render_desk(waiting, reviewer=reviewer, flash=msg[:300], token_for=lambda rid: token_for(reviewer, rid))
         )
 
     @router.get("/runs/{run_id}/status")

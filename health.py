@@ -1,6 +1,6 @@
 """The daily health check's judgement: from a customer's recent activity to a short summary.
 
-`summarize` is a pure function over `db.Activity`, so the rules are testable without a
+`summarize` is a pure function over `activity.Activity`, so the rules are testable without a
 database or an engine; `record_summary`/`record_outreach` are the two audit writes the
 durable layer runs as steps.
 """
@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 import db
 from money import format_money
+from store import activity
 
 Signal = Literal["refund_heavy", "unanswered", "quiet", "blocked_refunds"]
 
@@ -31,7 +32,7 @@ class HealthSummary(BaseModel):
     outreach_note: str | None
 
 
-def summarize(customer: db.Customer, activity: db.Activity, *, day: str) -> HealthSummary:
+def summarize(customer: db.Customer, activity: activity.Activity, *, day: str) -> HealthSummary:
     """Name the signals, grade the customer, and draft an outreach note for at-risk ones.
 
     The note is a template, not a model call: the morning fan-out must not compete with live

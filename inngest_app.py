@@ -51,6 +51,7 @@ from events import (
 )
 from fields import customer_id_or_none
 from settings import Settings, get_settings
+from store import activity
 
 logger = logging.getLogger("support_worker.inngest")
 
@@ -118,7 +119,7 @@ class WithdrawalResult(BaseModel):
 class FanOutPlan(BaseModel):
     day: str
     as_of: str  # contacts before this instant count as recent: the tick's day, not today
-    counts: db.FanOutCounts
+    counts: activity.FanOutCounts
 
 
 class FanOutChunk(BaseModel):
@@ -129,7 +130,7 @@ class FanOutChunk(BaseModel):
 
 class HealthGathered(BaseModel):
     customer: db.Customer
-    activity: db.Activity
+    activity: activity.Activity
     day: str
 
 
@@ -536,7 +537,7 @@ async def plan_fan_out(ctx: inngest.Context) -> FanOutPlan:
     settings = runtime().settings
     day = _scheduled_day(ctx.event)
     as_of = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
-    counts = await db.health_check_counts(
+    counts = await activity.health_check_counts(
         runtime().require_pool(),
         tiers=list(health.CHECKED_TIERS),
         days=settings.health_check_contact_cooldown_days,
@@ -550,7 +551,7 @@ async def send_chunk(plan: FanOutPlan, after_id: str) -> FanOutChunk:
     engine drop a second send of the same customer-day, so a retried chunk is harmless."""
     rt = runtime()
     size = rt.settings.health_check_fanout_chunk
-    batch = await db.health_check_batch(
+    batch = await activity.health_check_batch(
         rt.require_pool(),
         tiers=list(health.CHECKED_TIERS),
         days=rt.settings.health_check_contact_cooldown_days,
@@ -603,8 +604,8 @@ async def gather_activity(ctx: inngest.Context) -> HealthGathered:
     customer = await db.get_customer(pool, customer_id=request.customer_id)
     if customer is None:
         await reject(ctx, f"unknown customer: customer_id {request.customer_id}")
-    activity = await db.customer_activity(pool, customer_id=customer.id)
-    return HealthGathered(customer=customer, activity=activity, day=request.day)
+    recent = await activity.customer_activity(pool, customer_id=customer.id)
+    return HealthGathered(customer=customer, activity=recent, day=request.day)
 
 
 async def customer_health_check(ctx: inngest.Context) -> dict[str, Any]:

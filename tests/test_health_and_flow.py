@@ -16,6 +16,7 @@ import inngest_app
 import sample_data
 from sample_data import ADA, ALAN, GRACE
 from settings import Settings
+from store import activity
 
 CRON_FN = "daily-health-check"
 CHILD_FN = "customer-health-check"
@@ -117,7 +118,7 @@ async def test_a_malformed_health_check_event_is_rejected(engine: Engine) -> Non
 
 def test_health_rules_grade_unanswered_mail_as_at_risk() -> None:
     customer = db.Customer(id=ADA, email="a@example.com", name="Ada Lovelace", tier="enterprise")
-    activity = db.Activity(
+    recent = activity.Activity(
         customer_id=ADA,
         since="",
         emails=3,
@@ -128,7 +129,7 @@ def test_health_rules_grade_unanswered_mail_as_at_risk() -> None:
         refunds_blocked=0,
         last_email_at=None,
     )
-    summary = health.summarize(customer, activity, day="2026-11-23")
+    summary = health.summarize(customer, recent, day="2026-11-23")
     assert summary.status == "at_risk" and summary.signals == ["unanswered"]
 
 

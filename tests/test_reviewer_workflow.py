@@ -21,6 +21,7 @@ import db
 import inngest_app
 from sample_data import ADA, ALAN
 from settings import Settings
+from store import reviews
 
 CHARGED_TWICE = {"customer_id": GRACE, "body": "I was charged twice for order 1003"}
 ALICE = ("alice", "alice-pw")
@@ -209,7 +210,7 @@ async def test_a_withdrawal_ends_the_waiting_run_without_a_refund(engine: Engine
         "reply_sent",
     ]
     assert "cancelled your refund request" in run.output["reply"]
-    assert await db.list_pending_reviews(engine.pool) == []
+    assert await reviews.list_pending_reviews(engine.pool) == []
     late = await engine.driver.run(
         "withdraw-refund-request", {"name": inngest_app.REFUND_WITHDRAWN, "id": "w2", "data": {"request_id": "rr_x"}}
     )
