@@ -69,7 +69,7 @@ async def converse(
 # --------------------------------------------------------------------------- reply guard
 
 _CLAIMS_REFUND = re.compile(
-    r"refund (of [^.]*?)?(has been|was|is being|will be) (issued|processed|sent|approved)"
+    r"refund (of (?:[^.\n]|\.\d)*?)?(has been|was|is being|will be) (issued|processed|sent|approved)"
     r"|(have|has|'ve) (issued|processed|sent) (you )?(a|the|your) refund|(have|'ve) refunded|refunded you",
     re.I,
 )
@@ -78,8 +78,14 @@ _NEGATION = re.compile(r"\b(no|not|never|cannot|can't|couldn't|unable)\b|n't\b",
 
 def _is_affirmative(text: str, match: re.Match[str]) -> bool:
     """A claim counts unless the same sentence negates it ("no refund has been issued")."""
-    sentence_start = max(text.rfind(".", 0, match.start()), text.rfind("\n", 0, match.start())) + 1
+    ends = [m.end() for m in re.finditer(r"\.(?!\d)|\n", text[: match.start()])]
+    sentence_start = ends[-1] if ends else 0
     return not _NEGATION.search(text[sentence_start : match.end()])
+
+
+def claims_refund(reply: str) -> bool:
+    """Whether the reply tells the customer a refund was issued (negated claims do not count)."""
+    return any(_is_affirmative(reply, m) for m in _CLAIMS_REFUND.finditer(reply))
 
 
 def guard_reply(reply: str, *, refund_issued: bool, customer_name: str) -> tuple[str, bool]:
@@ -88,7 +94,7 @@ def guard_reply(reply: str, *, refund_issued: bool, customer_name: str) -> tuple
     Enforced in code because a model (or an injected email) can write anything. Returns the
     reply to send and whether it had to be replaced.
     """
-    if refund_issued or not any(_is_affirmative(reply, m) for m in _CLAIMS_REFUND.finditer(reply)):
+    if refund_issued or not claims_refund(reply):
         return reply, False
     safe = (
         f"Hi {customer_name.split()[0]},\n\nthank you for your patience. We have not issued a refund "

@@ -67,7 +67,7 @@ async def test_charged_twice_pauses_for_the_order_amount_and_approval_pays_once(
         "refund_issued",
         "reply_sent",
     ]
-    assert "refund of $499.00 for order 1003 has been issued" in outcome.reply
+    assert conversation.claims_refund(outcome.reply) and "$499.00" in outcome.reply
     assert not outcome.reply_replaced
 
 
@@ -87,8 +87,8 @@ async def test_rejected_refund_writes_blocked_row_no_refund_and_a_declining_repl
     ]
     blocked = await db.list_audit(pool, run_id=outcome.run_id, action=db.AuditAction.REFUND_BLOCKED)
     assert blocked[0].detail["reviewer"] == "tester" and blocked[0].detail["note"] == "not a duplicate"
-    assert "not able to approve a refund" in outcome.reply
-    assert "no refund has been issued" in outcome.reply
+    assert [g.status for g in outcome.gate] == ["rejected"]
+    assert not conversation.claims_refund(outcome.reply) and not outcome.reply_replaced
 
 
 @pytest.mark.parametrize(
@@ -158,7 +158,8 @@ async def test_prompt_injection_gets_no_more_than_the_policy_allows(pool: asyncp
     blocked = await db.list_audit(pool, run_id=outcome.run_id, action=db.AuditAction.REFUND_BLOCKED)
     assert blocked[0].detail["amount_cents"] == 500_000
     assert "more than the 4999 cents" in blocked[0].detail["why"]
-    assert "could not issue that refund" in outcome.reply
+    assert [g.status for g in outcome.gate] == ["blocked"]
+    assert not conversation.claims_refund(outcome.reply)
 
 
 async def test_unknown_customer_is_a_clear_error_and_writes_nothing(pool: asyncpg.Pool, settings: Settings) -> None:
@@ -189,6 +190,9 @@ def test_reply_guard_allows_negated_and_true_claims() -> None:
     )
     assert conversation.guard_reply("We have refunded you.", refund_issued=True, customer_name="A")[1] is False
     assert conversation.guard_reply("We've refunded you in full.", refund_issued=False, customer_name="A")[1] is True
+    # An amount with cents in the claim is still a claim (the decimal point is not a sentence end).
+    claim = "Good news: a refund of $1,299.00 for order 1001 has been issued."
+    assert conversation.guard_reply(claim, refund_issued=False, customer_name="A")[1] is True
 
 
 async def test_the_tool_pays_the_approved_amount_not_what_the_model_resends(
