@@ -258,7 +258,7 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
             )
         header = request.headers.get("authorization")
         for name, password in users.items():
-            if basic_auth_matches(header, username=name, password=password):
+            if basic_auth_matches(header, username=name, password=password.get_secret_value()):
                 return name
         return Response(
             "Sign in to review refunds.", status_code=401, headers={"WWW-Authenticate": 'Basic realm="refund reviews"'}

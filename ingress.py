@@ -101,7 +101,8 @@ def build_router(settings: Settings, *, find_customer: FindCustomer, send: SendE
         if not settings.webhook_password:
             return _error(503, "the email webhook is disabled: set WEBHOOK_PASSWORD (and WEBHOOK_USERNAME)")
         if not basic_auth_matches(
-            request.headers.get("authorization"), username=settings.webhook_username, password=settings.webhook_password
+            request.headers.get("authorization"), username=settings.webhook_username,
+            password=settings.webhook_password.get_secret_value(),
         ):
             return _error(401, "missing or wrong webhook credentials", **{"WWW-Authenticate": 'Basic realm="webhook"'})
         raw = await _read_limited(request, settings.webhook_max_bytes)

@@ -187,7 +187,8 @@ def build_model(settings: Settings) -> Model:
     the deterministic offline model (see offline_model.py)."""
     if settings.uses_offline_model:
         return OfflineSupportModel()
-    client = AsyncOpenAI(api_key=settings.openai_api_key or "unused", base_url=settings.openai_base_url)
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "unused"
+    client = AsyncOpenAI(api_key=api_key, base_url=settings.openai_base_url)
     if settings.openai_base_url:
         # Compatible servers (vLLM, Ollama, LiteLLM, ...) speak Chat Completions, not Responses.
         return OpenAIChatCompletionsModel(model=settings.openai_model, openai_client=client)
