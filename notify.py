@@ -14,13 +14,10 @@ import asyncpg
 import httpx
 
 import db
+from money import format_money
 from settings import Settings
 
 CHANNEL = "webhook"
-
-
-def _money(cents: int) -> str:
-    return f"${cents / 100:,.2f}"
 
 
 async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, request_id: str) -> dict[str, Any]:
@@ -35,7 +32,7 @@ async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, request_id
     who = f"{customer.name} <{customer.email}>" if customer else f"customer {request.customer_id}"
     desk_link = f"{settings.public_url.rstrip('/')}/reviews#{request.id}"
     text = (
-        f"Refund waiting for review: {_money(request.amount_cents)} on order {request.order_id} for {who}.\n"
+        f"Refund waiting for review: {format_money(request.amount_cents)} on order {request.order_id} for {who}.\n"
         f"Reason: {request.reason}\nDecide by {request.expires_at} (UTC) at {desk_link}"
     )
     async with httpx.AsyncClient(timeout=10) as http:
