@@ -153,7 +153,7 @@ def start_embedded_postgres(data_dir: Path) -> str:
 def resolve_database_url(settings: Settings) -> str:
     """The configured DATABASE_URL, or the embedded server's when none is configured."""
     if settings.database_url:
-        return settings.database_url
+        return settings.database_url.get_secret_value()
     return start_embedded_postgres(settings.embedded_pg_dir)
 
 

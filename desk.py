@@ -1,9 +1,12 @@
 """The reviewers' approval desk: a small server-rendered page to approve or reject refunds.
 
-Reviewers sign in with HTTP basic auth against REVIEW_DESK_USERS; the user name is the
-reviewer identity recorded with each decision. A decision is recorded in Postgres first (the
-first decision on a live request wins) and then announced through `announce`, which the host
-wires to the engine's `refund/approval.decided` event. This module knows nothing about Inngest.
+Reviewers sign in with HTTP basic auth (FastAPI's `HTTPBasic`) against REVIEW_DESK_USERS;
+the user name is the reviewer identity recorded with each decision. A decision is recorded in
+Postgres first (the first decision on a live request wins) and then announced through
+`announce`, which the host wires to the engine's `refund/approval.decided` event. Pages come
+from Jinja2 templates in `templates/` with autoescaping, so customer text can never become
+markup; every response carries a Content-Security-Policy without 'unsafe-inline' (the page's
+script and styles are files in `static/`). This module knows nothing about Inngest.
 """
 
 from __future__ import annotations
@@ -11,24 +14,30 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import html
 import json
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import asyncpg
-from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+import jinja2
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
 import refunds
-from ingress import basic_auth_matches
+from ingress import credentials_match
 from money import format_money
-from settings import Settings
+from settings import PROJECT_ROOT, Settings
 from store import reviews
 
 logger = logging.getLogger("support_worker.desk")
@@ -102,9 +111,8 @@ def describe_outcome(outcome: refunds.DecisionOutcome, announced: bool) -> str:
         verb = "Approved" if request.status == "approved" else "Rejected"
         edit = ""
         if request.approved_amount_cents is not None:
-            edit = (
-                f" at {format_money(request.approved_amount_cents)} (lowered from {format_money(request.amount_cents)})"
-            )
+            lowered, requested = format_money(request.approved_amount_cents), format_money(request.amount_cents)
+            edit = f" at {lowered} (lowered from {requested})"
         if request.edited_reply:
             edit += " with your reply"
         tail = "" if announced else " (recorded; the waiting run will pick it up when it next checks)"
@@ -115,106 +123,127 @@ def describe_outcome(outcome: refunds.DecisionOutcome, announced: bool) -> str:
     return message
 
 
-def _time_left(seconds: int) -> str:
+def time_left(seconds: int) -> str:
+    """What a reviewer reads for the time a request has left: "3h 59m left", "59m left"."""
     hours, rest = divmod(max(seconds, 0), 3600)
     return f"{hours}h {rest // 60:02d}m left" if hours else f"{rest // 60}m left"
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Refund reviews · support-worker</title>
-<style>
- body {{ font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; padding: 0 1rem; }}
- .flash {{ padding: .6rem .9rem; background: #eef6ff; border: 1px solid #9cc3f0; border-radius: 6px; }}
- article {{ border: 1px solid #ccc; border-radius: 8px; padding: 1rem; margin: 1rem 0; }}
- blockquote {{ margin: .5rem 0; padding-left: .8rem; border-left: 3px solid #ddd; white-space: pre-wrap; }}
- .meta {{ color: #555; }} button {{ margin-right: .5rem; }}
-</style></head><body>
-<h1>Refund reviews</h1>
-<p class="meta">Signed in as <strong>{reviewer}</strong>.</p>
-{flash}
-{body}
-<script>
-  // Each pending request's run reports its progress live (server-sent events from the audit trail).
-  for (const el of document.querySelectorAll(".live-status")) {{
-    const events = new EventSource("/runs/" + encodeURIComponent(el.dataset.run) + "/status");
-    events.onmessage = (message) => {{ el.textContent = JSON.parse(message.data).line; }};
-  }}
-</script>
-</body></html>"""
+# Every desk response carries these, refusals included: the desk is a page that decides
+# money, so it may not be framed (clickjacking), leak its URLs, or run any inline script.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+STATIC_FILES = {"desk.js": "text/javascript", "desk.css": "text/css"}
+REFUSAL_TITLES = {
+    401: "Sign in to review refunds",
+    403: "This form cannot be used",
+    503: "The review desk is closed",
+}
+REALM = "refund reviews"
+# Module level, not inside a factory: FastAPI resolves these postponed annotations from the
+# module's globals. auto_error=False so the closed desk answers 503 before asking to sign in.
+basic_credentials = HTTPBasic(realm=REALM, auto_error=False)
+
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.FileSystemLoader(PROJECT_ROOT / "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+    )
+)
+templates.env.filters["money"] = format_money
+templates.env.filters["time_left"] = time_left
 
 
-def render_desk(
-    waiting: list[reviews.PendingReview], *, reviewer: str, flash: str, token_for: Callable[[str], str]
-) -> str:
-    items = []
-    for review in waiting:
-        r = review.request
-        esc = html.escape
-        items.append(f"""
-<article id="{esc(r.id)}">
-  <h2>{esc(format_money(r.amount_cents))} on order {r.order_id} <small class="meta">({esc(review.order_description)},
-  paid {esc(format_money(review.order_amount_cents))})</small></h2>
-  <p class="meta">{esc(review.customer_name)} &lt;{esc(review.customer_email)}&gt; · request {esc(r.id)} ·
-  <span class="time-left">{esc(_time_left(review.seconds_left))}</span></p>
-  <p><strong>Agent's reason:</strong> {esc(r.reason)}</p>
-  <p><strong>Customer wrote:</strong></p><blockquote>{esc(r.customer_message)}</blockquote>
-  <p class="meta">Live: <span class="live-status" data-run="{esc(r.run_id)}">connecting…</span></p>
-  <form method="post" action="/reviews/{esc(r.id)}">
-    <input type="hidden" name="csrf" value="{esc(token_for(r.id))}">
-    <p><label>Note <input name="note" maxlength="2000" size="50"></label>
-    <label>Approve a lower amount <input name="amount" inputmode="decimal" size="10"
-      placeholder="{esc(f"{r.amount_cents / 100:.2f}")}"></label></p>
-    <p><label>Reply to the customer instead of the agent's (optional)<br>
-    <textarea name="reply" rows="3" cols="70" maxlength="20000"></textarea></label></p>
-    <button name="decision" value="approve">Approve</button>
-    <button name="decision" value="reject">Reject</button>
-  </form>
-</article>""")
-    body = "\n".join(items) if items else "<p>No refunds are waiting for review.</p>"
-    flash_html = f'<p class="flash" role="status">{html.escape(flash)}</p>' if flash else ""
-    return PAGE.format(reviewer=html.escape(reviewer), flash=flash_html, body=body)
+def refusal_page(request: Request, error: StarletteHTTPException) -> Response:
+    """An HTML page for a refused desk request, keeping the error's headers (WWW-Authenticate)."""
+    context = {"title": REFUSAL_TITLES.get(error.status_code, "Refused"), "detail": error.detail}
+    return templates.TemplateResponse(
+        request, "refusal.html", context, status_code=error.status_code, headers=error.headers
+    )
+
+
+class DeskRoute(APIRoute):
+    """A route whose every response, a refusal raised by a dependency included, carries the
+    security headers. App-level exception handlers run outside the router, too late to add them."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def secured(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except StarletteHTTPException as error:
+                response = refusal_page(request, error)
+            except RequestValidationError as error:
+                response = await request_validation_exception_handler(request, error)
+            response.headers.update(SECURITY_HEADERS)
+            return response
+
+        return secured
+
+
+def form_token(settings: Settings, *, reviewer: str, request_id: str) -> str:
+    """The token a desk form carries, bound to the reviewer and the request.
+
+    Basic-auth credentials are sent by the browser automatically, so without it another site
+    could post a decision. Signed with DESK_FORM_SECRET, so any process sharing the setting
+    accepts a form another one rendered.
+    """
+    secret = settings.desk_form_secret.get_secret_value().encode()
+    return hmac.new(secret, f"{reviewer}:{request_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def signed_in_reviewer(settings: Settings) -> Callable[..., str]:
+    """A dependency: the signed-in reviewer's name, or a 503 (desk closed) or 401 refusal."""
+
+    def reviewer(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic_credentials)]) -> str:
+        users = settings.reviewers
+        if not users:
+            raise HTTPException(503, "Set REVIEW_DESK_USERS (e.g. alice:a-long-password) to open it.")
+        # Every pair is compared, so the time taken does not say which names exist.
+        matches = [
+            name
+            for name, password in users.items()
+            if credentials is not None and credentials_match(credentials, username=name, password=password)
+        ]
+        if not matches:
+            raise HTTPException(
+                401, "Sign in with your desk name and password.", {"WWW-Authenticate": f'Basic realm="{REALM}"'}
+            )
+        return matches[0]
+
+    return reviewer
 
 
 def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], announce: Announce) -> APIRouter:
-    router = APIRouter()
-    # Forms carry a token bound to the reviewer and the request: basic-auth credentials are
-    # sent by the browser automatically, so without it another site could post a decision.
-    form_secret = secrets.token_bytes(32)
+    """The desk's routes: the page, its static files, the live status stream and decisions."""
+    router = APIRouter(route_class=DeskRoute)
+    signed_in = signed_in_reviewer(settings)
 
-    def token_for(reviewer: str, request_id: str) -> str:
-        return hmac.new(form_secret, f"{reviewer}:{request_id}".encode(), hashlib.sha256).hexdigest()
+    @router.get("/reviews")
+    async def reviews_page(request: Request, reviewer: str = Depends(signed_in), msg: str = "") -> Response:
+        context = {
+            "reviews": await reviews.list_pending_reviews(get_pool()),
+            "reviewer": reviewer,
+            "flash": msg[:300],
+            "token_for": lambda request_id: form_token(settings, reviewer=reviewer, request_id=request_id),
+        }
+        return templates.TemplateResponse(request, "desk.html", context)
 
-    def signed_in(request: Request) -> str | Response:
-        users = settings.reviewers
-        if not users:
-            return HTMLResponse(
-                "<h1>The review desk is closed</h1><p>Set REVIEW_DESK_USERS (e.g. alice:secret) to open it.</p>",
-                status_code=503,
-            )
-        header = request.headers.get("authorization")
-        for name, password in users.items():
-            if basic_auth_matches(header, username=name, password=password):
-                return name
-        return Response(
-            "Sign in to review refunds.", status_code=401, headers={"WWW-Authenticate": 'Basic realm="refund reviews"'}
-        )
-
-    @router.get("/reviews", response_class=HTMLResponse)
-    async def reviews_page(request: Request, msg: str = "") -> Response:
-        reviewer = signed_in(request)
-        if isinstance(reviewer, Response):
-            return reviewer
-        waiting = await reviews.list_pending_reviews(get_pool())
-        return HTMLResponse(
-            render_desk(waiting, reviewer=reviewer, flash=msg[:300], token_for=lambda rid: token_for(reviewer, rid))
-        )
+    @router.get("/reviews/static/{name}")
+    async def static_file(name: str) -> Response:
+        """The page's script and stylesheet (files, so the CSP needs no 'unsafe-inline')."""
+        if name not in STATIC_FILES:
+            raise HTTPException(404, "No such file.")
+        return FileResponse(PROJECT_ROOT / "static" / name, media_type=STATIC_FILES[name])
 
     @router.get("/runs/{run_id}/status")
-    async def run_status(request: Request, run_id: str) -> Response:
+    async def run_status(run_id: str, reviewer: str = Depends(signed_in)) -> Response:
         """Live status lines for one run, as server-sent events (reviewers only)."""
-        reviewer = signed_in(request)
-        if isinstance(reviewer, Response):
-            return reviewer
         return StreamingResponse(
             status_events(get_pool(), run_id),
             media_type="text/event-stream",
@@ -223,21 +252,22 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
 
     @router.post("/reviews/{request_id}")
     async def decide(
-        request: Request,
         request_id: str,
-        decision: str = Form(...),
-        csrf: str = Form(""),
-        note: str = Form(""),
-        amount: str = Form(""),
-        reply: str = Form(""),
+        decision: Annotated[str, Form()],
+        # A default, not Annotated: `signed_in` is local, and annotations here are strings
+        # FastAPI resolves from the module's globals.
+        reviewer: str = Depends(signed_in),
+        csrf: Annotated[str, Form()] = "",
+        note: Annotated[str, Form()] = "",
+        amount: Annotated[str, Form()] = "",
+        reply: Annotated[str, Form()] = "",
     ) -> Response:
-        reviewer = signed_in(request)
-        if isinstance(reviewer, Response):
-            return reviewer
-        if not hmac.compare_digest(csrf, token_for(reviewer, request_id)):
-            return HTMLResponse("<p>This form is stale or was not sent from the desk. Reload the desk.</p>", 403)
+        expected = form_token(settings, reviewer=reviewer, request_id=request_id)
+        # Bytes, so a token with non-ASCII characters is a mismatch (403), not a TypeError.
+        if not secrets.compare_digest(csrf.encode(), expected.encode()):
+            raise HTTPException(403, "This form is stale or was not sent from the desk. Reload the desk.")
         if decision not in ("approve", "reject"):
-            return HTMLResponse("<p>Choose Approve or Reject.</p>", 400)
+            raise HTTPException(400, "Choose Approve or Reject.")
         try:
             amount_cents = parse_dollars(amount) if decision == "approve" else None
         except ValueError:

@@ -8,18 +8,19 @@ is injected as `send`, so this module knows nothing about Inngest.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine
 from email.utils import parseaddr
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
 from settings import Settings
@@ -62,15 +63,15 @@ class PostmarkInbound(BaseModel):
         return (self.StrippedTextReply or self.TextBody).strip()
 
 
-def basic_auth_matches(header: str | None, *, username: str, password: str) -> bool:
-    if not header or not header.lower().startswith("basic "):
-        return False
-    try:
-        given = base64.b64decode(header[6:].strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    given_user, _, given_password = given.partition(":")
-    return hmac.compare_digest(given_user, username) & hmac.compare_digest(given_password, password)
+def credentials_match(given: HTTPBasicCredentials, *, username: str, password: SecretStr) -> bool:
+    """Whether basic-auth credentials are these, compared in constant time.
+
+    Compared as UTF-8 bytes: `compare_digest` raises on non-ASCII `str` (a 500 for anyone
+    who types an umlaut), and both halves are always compared so timing says nothing.
+    """
+    user_ok = secrets.compare_digest(given.username.encode(), username.encode())
+    password_ok = secrets.compare_digest(given.password.encode(), password.get_secret_value().encode())
+    return user_ok & password_ok
 
 
 def _error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -91,19 +92,50 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def build_router(settings: Settings, *, find_customer: FindCustomer, send: SendEvent, event_name: str) -> APIRouter:
-    router = APIRouter()
+class WebhookRoute(APIRoute):
+    """Refusals raised by the auth dependency answer in the webhook's JSON shape, {"error": …}."""
 
-    @router.post("/webhooks/email", status_code=202)
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answered(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StarletteHTTPException as error:
+                # HTTPBasic's own refusal of a malformed header says "Not authenticated".
+                message = WRONG_CREDENTIALS if error.status_code == 401 else str(error.detail)
+                return _error(error.status_code, message, **(error.headers or {}))
+
+        return answered
+
+
+WRONG_CREDENTIALS = "missing or wrong webhook credentials"
+# Module level: FastAPI resolves the postponed annotation below from the module's globals.
+# auto_error=False so an unconfigured webhook answers 503 before asking for credentials.
+provider_credentials = HTTPBasic(realm="webhook", auto_error=False)
+
+
+def webhook_caller(settings: Settings) -> Callable[..., None]:
+    """A dependency that lets only the configured provider in: 503 when no password is set."""
+
+    def authorized(credentials: Annotated[HTTPBasicCredentials | None, Depends(provider_credentials)]) -> None:
+        if not settings.webhook_password:
+            raise HTTPException(503, "the email webhook is disabled: set WEBHOOK_PASSWORD (and WEBHOOK_USERNAME)")
+        if credentials is None or not credentials_match(
+            credentials, username=settings.webhook_username, password=settings.webhook_password
+        ):
+            raise HTTPException(401, WRONG_CREDENTIALS, {"WWW-Authenticate": 'Basic realm="webhook"'})
+
+    return authorized
+
+
+def build_router(settings: Settings, *, find_customer: FindCustomer, send: SendEvent, event_name: str) -> APIRouter:
+    router = APIRouter(route_class=WebhookRoute)
+
+    @router.post("/webhooks/email", status_code=202, dependencies=[Depends(webhook_caller(settings))])
     async def inbound_email(request: Request) -> JSONResponse:
         """Postmark inbound webhook. Configure the provider's URL with basic auth:
         https://<WEBHOOK_USERNAME>:<WEBHOOK_PASSWORD>@your-host/webhooks/email"""
-        if not settings.webhook_password:
-            return _error(503, "the email webhook is disabled: set WEBHOOK_PASSWORD (and WEBHOOK_USERNAME)")
-        if not basic_auth_matches(
-            request.headers.get("authorization"), username=settings.webhook_username, password=settings.webhook_password
-        ):
-            return _error(401, "missing or wrong webhook credentials", **{"WWW-Authenticate": 'Basic realm="webhook"'})
         raw = await _read_limited(request, settings.webhook_max_bytes)
         if raw is None:
             return _error(413, f"body is larger than {settings.webhook_max_bytes} bytes")

@@ -171,8 +171,8 @@ def create_client(settings: Settings) -> inngest.Inngest:
     return inngest.Inngest(
         app_id=APP_ID,
         is_production=not settings.inngest_dev_mode,
-        signing_key=_secret(settings.inngest_signing_key),
-        event_key=_secret(settings.inngest_event_key),
+        signing_key=settings.inngest_signing_key.get_secret_value() if settings.inngest_signing_key else None,
+        event_key=settings.inngest_event_key.get_secret_value() if settings.inngest_event_key else None,
         serializer=inngest.PydanticSerializer(),
         logger=logger,
         middleware=_error_monitoring(settings),
@@ -197,7 +197,7 @@ def _error_monitoring(settings: Settings) -> list[Any]:
             "SENTRY_DSN is set but sentry-sdk is not installed: pip install 'support-worker[sentry]'"
         ) from error
     if not sentry_sdk.is_initialized():
-        sentry_sdk.init(dsn=_secret(settings.sentry_dsn))
+        sentry_sdk.init(dsn=settings.sentry_dsn.get_secret_value())
     return [SentryMiddleware]
 
 
@@ -709,7 +709,9 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     app = FastAPI(title="support-worker", lifespan=lifespan)
     app.state.runtime = rt
     app.state.inngest_client = client
-    inngest.fast_api.serve(app, client, create_functions(client, settings))
+    inngest.fast_api.serve(
+        app, client, create_functions(client, settings), serve_origin=settings.inngest_serve_origin
+    )
 
     async def send(name: str, event_id: str, data: dict[str, Any]) -> None:
         await client.send(inngest.Event(name=name, id=event_id, data=data))

@@ -2,24 +2,46 @@
 
 Every module reads configuration from here and nowhere else, so a key is named, typed and
 documented once (`.env.example` mirrors this file). Values come from the environment, then
-from a `.env` file in the working directory.
+from a `.env` file in the working directory, read once by `get_settings`. Secrets are
+`SecretStr`, so they never show in a repr, a log line or a traceback. With
+`ENVIRONMENT=production` the object refuses to exist while a secret is a placeholder or a
+production requirement is missing, so a misconfigured deploy fails at startup, not later.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
-from dotenv import load_dotenv
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
+# Signs the desk's form tokens in development only; production refuses it (see below).
+DEV_DESK_FORM_SECRET = "dev-only-desk-form-secret"
+# Values people leave in a config file meaning "fill me in"; compared case-insensitively.
+PLACEHOLDERS = frozenset({"", "change-me", "changeme", "secret", "password"})
+# Every setting that holds a secret, by field name; production checks each for placeholders.
+SECRET_FIELDS = (
+    "database_url",
+    "openai_api_key",
+    "inngest_signing_key",
+    "inngest_event_key",
+    "webhook_password",
+    "review_desk_users",
+    "sentry_dsn",
+    "desk_form_secret",
+)
+
 
 class Settings(BaseSettings):
-    """Configuration for the database, the model and the durable layer."""
+    """Configuration for the database, the model, the durable layer and the doors."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -28,7 +50,7 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
 
     # Database. Unset means: start the embedded PostgreSQL under `embedded_pg_dir`.
-    database_url: str | None = None
+    database_url: SecretStr | None = None  # a URL with a password in it
     embedded_pg_dir: Path = PROJECT_ROOT / ".pgdata"
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=10, ge=1)
@@ -36,20 +58,24 @@ class Settings(BaseSettings):
     # Model. No key and no base URL means the deterministic offline model.
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
-    # Which OpenAI API the agent speaks; Responses unless told otherwise, also with a base URL.
+    # Which OpenAI API the agent speaks; most compatible servers now serve Responses too.
     openai_api: Literal["responses", "chat_completions"] = "responses"
     openai_model: str = "gpt-5-mini"
-    openai_timeout_seconds: float = Field(default=60, gt=0)
-    openai_max_retries: int = Field(default=2, ge=0)
-    agent_max_turns: int = Field(default=10, ge=1)
+    openai_timeout_seconds: float = Field(default=60, gt=0)  # one model request
+    openai_max_retries: int = Field(default=2, ge=0)  # the OpenAI client's own retries per request
+    agent_max_turns: int = Field(default=10, ge=1)  # model turns in one run before it stops
     # Tracing uploads prompts (customer emails) to OpenAI; it is opt-in.
     openai_agents_tracing: bool = False
 
     # Durable layer (inngest_app.py).
     inngest_dev: str | None = None
-    inngest_signing_key: str | None = None
-    inngest_event_key: str | None = None
-    refund_approval_timeout_hours: float = Field(default=4.0, gt=0)
+    inngest_signing_key: SecretStr | None = None
+    inngest_event_key: SecretStr | None = None
+    # The public origin Inngest calls (https://support.example.com); the SDK's serve_origin.
+    inngest_serve_origin: str | None = None
+    # How old a signed request from Inngest may be before it is refused (replay window).
+    signature_max_age_seconds: int = Field(default=300, ge=1)
+    refund_approval_timeout_hours: float = 4.0
     max_email_body_chars: int = Field(default=20_000, ge=1)
     # A waiting refund run re-reads Postgres this often, so a decision whose announcement
     # was lost (or that landed just before the wait began) still settles within minutes.
@@ -57,20 +83,16 @@ class Settings(BaseSettings):
 
     # The doors (README "Doors"): the inbound-email webhook and the reviewers' desk.
     webhook_username: str = "postmark"
-    webhook_password: str | None = None  # unset: the webhook refuses everything
+    webhook_password: SecretStr | None = None  # unset: the webhook refuses everything
     webhook_max_bytes: int = Field(default=1_000_000, ge=1_000)
-    review_desk_users: str | None = None  # "alice:secret,bob:secret"; unset: the desk is closed
+    review_desk_users: SecretStr | None = None  # "alice:pw1,bob:pw2"; unset: the desk is closed
+    # Signs the desk's form tokens; every process serving the desk must share it.
+    desk_form_secret: SecretStr = SecretStr(DEV_DESK_FORM_SECRET)
     public_url: str = "http://127.0.0.1:8000"  # where reviewers reach the host (links in notifications)
     # Slack-compatible incoming webhook told about each refund waiting for review; unset: skipped.
     reviewer_webhook_url: str | None = None
     # Sentry DSN; when set, function failures are reported through the SDK's Sentry middleware.
-    sentry_dsn: str | None = None
-
-    @property
-    def reviewers(self) -> dict[str, str]:
-        """Desk sign-ins from REVIEW_DESK_USERS, name -> password."""
-        pairs = [p.strip() for p in (self.review_desk_users or "").split(",") if p.strip()]
-        return dict(p.split(":", 1) for p in pairs if ":" in p)
+    sentry_dsn: SecretStr | None = None
 
     # Flow control for the email function (see README "Flow control"). In-flight steps each
     # hold at most one pool connection, so the two concurrency caps together should not
@@ -86,6 +108,49 @@ class Settings(BaseSettings):
     # Customers who got a reply or an outreach note this many days ago or less are not checked.
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
 
+    @field_validator("refund_approval_timeout_hours")
+    @classmethod
+    def _whole_seconds(cls, hours: float) -> float:
+        """The engine waits in whole seconds; refuse a value it would silently round."""
+        seconds = hours * 3600
+        whole = math.isfinite(seconds) and abs(seconds - round(seconds)) <= 1e-6
+        if not whole or round(seconds) < 1:
+            raise ValueError(
+                f"REFUND_APPROVAL_TIMEOUT_HOURS={hours} comes to {seconds:g} seconds; it must be a whole number "
+                "of seconds and at least one second: use e.g. 0.25 (15 minutes) or 4"
+            )
+        return hours
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Self:
+        problems = [] if self.environment == "development" else production_problems(self)
+        if problems:
+            listed = "\n  - ".join(problems)
+            raise ValueError(f"Refusing to start with ENVIRONMENT=production:\n  - {listed}")
+        return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy whose changes are validated like a fresh read.
+
+        pydantic's own `model_copy(update=...)` skips validation, which would let a plain
+        `str` stand where a `SecretStr` is promised and skip the production checks.
+        """
+        if not update:
+            return super().model_copy(deep=deep)
+        return self.model_validate(dict(self) | dict(update))
+
+    @property
+    def reviewers(self) -> dict[str, SecretStr]:
+        """Desk sign-ins from REVIEW_DESK_USERS, name -> password."""
+        raw = self.review_desk_users.get_secret_value() if self.review_desk_users else ""
+        pairs = [p.strip() for p in raw.split(",") if p.strip()]
+        return {name: SecretStr(password) for name, _, password in (p.partition(":") for p in pairs if ":" in p)}
+
+    @property
+    def refund_approval_timeout_seconds(self) -> int:
+        """How long a refund waits for a reviewer, in the whole seconds the engine counts."""
+        return round(self.refund_approval_timeout_hours * 3600)
+
     @property
     def inngest_dev_mode(self) -> bool:
         """Dev mode (unsigned calls accepted) when INNGEST_DEV is truthy or a dev server URL."""
@@ -93,22 +158,78 @@ class Settings(BaseSettings):
         return value not in ("", "0", "false", "no")
 
     @property
-    def refund_approval_timeout_seconds(self) -> int:
-        """The approval deadline in whole seconds (the engine's timeouts are whole seconds)."""
-        return max(1, round(self.refund_approval_timeout_hours * 3600))
-
-    @property
     def uses_offline_model(self) -> bool:
         """True when neither OpenAI nor an OpenAI-compatible server is configured."""
         return not (self.openai_api_key or self.openai_base_url)
 
 
+def _secret_values(settings: Settings, name: str) -> Iterator[tuple[str, str]]:
+    """(where, value) for each secret inside one setting: a reviewer's password, a URL's password."""
+    value: SecretStr | None = getattr(settings, name)
+    if value is None:
+        return
+    raw = value.get_secret_value()
+    if name == "review_desk_users" and raw.strip():
+        for reviewer, password in settings.reviewers.items():
+            yield f"REVIEW_DESK_USERS (reviewer {reviewer!r})", password.get_secret_value()
+    elif name == "database_url" and urlsplit(raw).password is not None:
+        yield "DATABASE_URL (its password)", urlsplit(raw).password or ""
+    else:
+        yield name.upper(), raw
+
+
+def _placeholder_problems(settings: Settings) -> list[str]:
+    problems = []
+    for name in SECRET_FIELDS:
+        default = Settings.model_fields[name].default
+        dev_default = default.get_secret_value() if isinstance(default, SecretStr) else None
+        for where, value in _secret_values(settings, name):
+            if value.strip().lower() in PLACEHOLDERS or value == dev_default:
+                problems.append(
+                    f"{where} is a placeholder ({value.strip()!r}); set a real secret, "
+                    f"or remove the line if you do not use this feature"
+                )
+    return problems
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """Everything that makes these settings unsafe to serve the public with, one line each."""
+    problems = _placeholder_problems(settings)
+    required = {
+        "inngest_signing_key": "copy it from the Inngest dashboard (Manage > Signing key)",
+        "inngest_event_key": "create one in the Inngest dashboard (Manage > Event keys)",
+        "inngest_serve_origin": "set it to the public origin Inngest calls, e.g. https://support.example.com",
+    }
+    for name, how in required.items():
+        if not getattr(settings, name):
+            problems.append(f"{name.upper()} is not set; {how}")
+    if settings.desk_form_secret.get_secret_value() == DEV_DESK_FORM_SECRET:
+        problems.append(
+            "DESK_FORM_SECRET is the development placeholder; set a random value shared by every process, "
+            'e.g. python3 -c "import secrets; print(secrets.token_hex(32))"'
+        )
+    if settings.inngest_dev_mode:
+        problems.append(
+            f"INNGEST_DEV={settings.inngest_dev} turns on dev mode, which accepts unsigned calls; "
+            "unset it in production"
+        )
+    return problems
+
+
+def export_for_inngest(settings: Settings) -> None:
+    """Put INNGEST_DEV where the Inngest SDK looks for it: the process environment.
+
+    The SDK reads the dev server's URL from os.environ itself; everything else it needs is
+    passed in code from these settings. A value already in the environment is left alone.
+    """
+    if settings.inngest_dev:
+        os.environ.setdefault("INNGEST_DEV", settings.inngest_dev)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Read the settings once per process; tests call `get_settings.cache_clear()`.
-
-    `.env` is also loaded into the process environment (without overriding it) because the
-    Inngest SDK reads INNGEST_DEV and its keys from the environment itself.
-    """
-    load_dotenv(override=False)
-    return Settings()
+    """Read the settings once per process (environment, then `.env`); tests call
+    `get_settings.cache_clear()`."""
+    settings = Settings()
+    export_for_inngest(settings)
+    return settings

@@ -300,3 +300,95 @@ async def test_a_malformed_amount_on_the_desk_changes_nothing_and_says_how_to_wr
     assert "is not an amount; write it like 12.34. Nothing was changed." in res.text
     stored = await db.get_refund_request(doors.pool, request_id=request.id)
     assert stored is not None and stored.status == "pending" and doors.stub.events == []
+
+
+# --------------------------------------------------------------------------- auth and headers
+
+NON_ASCII = [("alice", "pässwörd"), ("älice", ALICE[1]), ("alice", ALICE[1] + "é")]
+
+
+@pytest.mark.parametrize("auth", NON_ASCII)
+async def test_non_ascii_desk_credentials_get_401_not_an_error(doors: Engine, auth: tuple[str, str]) -> None:
+    res = await http(doors).get("/reviews", auth=auth)
+    assert res.status_code == 401 and res.headers["www-authenticate"].startswith("Basic")
+
+
+@pytest.mark.parametrize("auth", [("postmark", "hoök-secret"), ("pöstmark", AUTH[1])])
+async def test_non_ascii_webhook_credentials_get_401_and_send_nothing(doors: Engine, auth: tuple[str, str]) -> None:
+    res = await http(doors).post("/webhooks/email", json=postmark(), auth=auth)
+    assert res.status_code == 401 and "credentials" in res.json()["error"]
+    assert doors.stub.events == []
+
+
+async def test_a_non_ascii_form_token_gets_403_and_changes_nothing(doors: Engine) -> None:
+    request = await pending_request(doors.pool)
+    res = await http(doors).post(f"/reviews/{request.id}", data={"decision": "approve", "csrf": "tökén"}, auth=ALICE)
+    assert res.status_code == 403 and "Reload the desk" in res.text
+    stored = await db.get_refund_request(doors.pool, request_id=request.id)
+    assert stored is not None and stored.status == "pending" and doors.stub.events == []
+
+
+async def test_a_form_rendered_by_one_process_is_accepted_by_another(settings: Settings, pool: asyncpg.Pool) -> None:
+    import fastapi
+
+    import desk
+
+    shared = settings.model_copy(update={"review_desk_users": "alice:alice-pw", "desk_form_secret": "shared-secret-1"})
+    announced: list[dict[str, Any]] = []
+
+    async def announce(data: dict[str, Any]) -> None:
+        announced.append(data)
+
+    def process() -> httpx.AsyncClient:
+        app = fastapi.FastAPI()
+        app.include_router(desk.build_router(shared, get_pool=lambda: pool, announce=announce))
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://desk")
+
+    request = await pending_request(pool)
+    async with process() as first, process() as second:
+        token = csrf_for((await first.get("/reviews", auth=ALICE)).text, request.id)
+        res = await second.post(f"/reviews/{request.id}", data={"decision": "approve", "csrf": token}, auth=ALICE)
+    assert res.status_code == 303 and [a["request_id"] for a in announced] == [request.id]
+
+
+DESK_HEADERS = {
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+}
+
+
+def assert_desk_headers(res: httpx.Response) -> None:
+    for name, value in DESK_HEADERS.items():
+        assert res.headers.get(name) == value, (res.status_code, name, res.headers)
+    policy = res.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy
+
+
+async def test_every_desk_response_carries_the_security_headers(doors: Engine, engine: Engine) -> None:
+    request = await pending_request(doors.pool)
+    page = await http(doors).get("/reviews", auth=ALICE)
+    assert page.status_code == 200 and "<script>" not in page.text and "<style>" not in page.text
+    responses = [
+        page,
+        await http(doors).get("/reviews"),  # 401
+        await http(doors).get("/reviews", auth=("alice", "pässwörd")),  # 401 from a malformed header
+        await http(doors).post(f"/reviews/{request.id}", data={"decision": "approve", "csrf": "x"}, auth=ALICE),
+        await http(doors).post(f"/reviews/{request.id}", data={"csrf": "x"}, auth=ALICE),  # 422: no decision
+        await http(doors).post(
+            f"/reviews/{request.id}", data={"decision": "reject", "csrf": csrf_for(page.text, request.id)}, auth=ALICE
+        ),  # 303
+        await http(engine).get("/reviews", auth=ALICE),  # 503 closed
+    ]
+    for script in re.findall(r'<(?:script src|link rel="stylesheet" href)="([^"]+)"', page.text):
+        responses.append(await http(doors).get(script, auth=ALICE))
+    assert [r.status_code for r in responses][:7] == [200, 401, 401, 403, 422, 303, 503]
+    assert len(responses) == 9, "the page links one script and one stylesheet"
+    for res in responses:
+        assert_desk_headers(res)
+    # The test client reads a stream to its end, so the run ends first: the stream stops there.
+    await db.record_audit(doors.pool, action=db.AuditAction.REPLY_SENT, run_id=request.run_id, customer_id=GRACE)
+    stream = await http(doors).get(f"/runs/{request.run_id}/status", auth=ALICE)
+    assert stream.status_code == 200 and '"line": "reply sent"' in stream.text
+    assert_desk_headers(stream)

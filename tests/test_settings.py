@@ -1,0 +1,202 @@
+"""Settings: the defaults a fresh checkout runs on, and what production refuses at startup."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+import settings as settings_module
+from settings import DEV_DESK_FORM_SECRET, Settings
+
+SAFE_PRODUCTION: dict[str, Any] = {
+    "environment": "production",
+    "inngest_dev": None,
+    "inngest_signing_key": "signkey-prod-0123456789abcdef",
+    "inngest_event_key": "evtkey-0123456789abcdef",
+    "inngest_serve_origin": "https://support.example.com",
+    "desk_form_secret": "8f3c1a9e5b7d2f4a6c8e0b1d3f5a7c9e",
+}
+
+
+def fresh(**values: Any) -> Settings:
+    """Settings from these values only: no `.env` file, whatever the working directory holds."""
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def production(**overrides: Any) -> Settings:
+    return fresh(**(SAFE_PRODUCTION | overrides))
+
+
+def refusal(**overrides: Any) -> str:
+    with pytest.raises(ValidationError) as error:
+        production(**overrides)
+    return str(error.value)
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_development_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("OPENAI_API", "OPENAI_MODEL", "INNGEST_DEV", "ENVIRONMENT", "DESK_FORM_SECRET"):
+        monkeypatch.delenv(key, raising=False)
+    s = fresh()
+    assert s.environment == "development"
+    assert (s.openai_api, s.openai_model) == ("responses", "gpt-5-mini")
+    assert (s.openai_timeout_seconds, s.openai_max_retries, s.agent_max_turns) == (60, 2, 10)
+    assert s.signature_max_age_seconds == 300
+    assert s.refund_approval_timeout_hours == 4 and s.refund_approval_timeout_seconds == 14_400
+    assert s.inngest_serve_origin is None
+    assert s.desk_form_secret.get_secret_value() == DEV_DESK_FORM_SECRET
+
+
+def test_the_responses_api_stays_the_default_with_a_compatible_server() -> None:
+    assert fresh(openai_base_url="http://127.0.0.1:11434/v1").openai_api == "responses"
+    assert fresh(openai_api="chat_completions").openai_api == "chat_completions"
+    with pytest.raises(ValidationError, match=r"OPENAI_API|openai_api"):
+        fresh(openai_api="completions")
+
+
+def test_every_secret_is_a_secret_str_and_never_printed() -> None:
+    s = fresh(
+        openai_api_key="sk-live-abc",
+        inngest_signing_key="signkey-x",
+        inngest_event_key="evt-x",
+        webhook_password="hook-pw",
+        review_desk_users="alice:alice-pw",
+        sentry_dsn="https://key@o0.ingest.sentry.io/1",
+        database_url="postgresql://u:db-pw@localhost/db",
+        desk_form_secret="form-secret-x",
+    )
+    for name in settings_module.SECRET_FIELDS:
+        assert isinstance(getattr(s, name), SecretStr), name
+    shown = repr(s) + str(s.model_dump())
+    for value in ("sk-live-abc", "signkey-x", "hook-pw", "alice-pw", "db-pw", "form-secret-x"):
+        assert value not in shown
+    assert s.reviewers["alice"].get_secret_value() == "alice-pw"
+
+
+def test_a_copy_with_changes_is_validated_like_a_fresh_read() -> None:
+    copied = fresh().model_copy(update={"webhook_password": "hook-pw", "refund_approval_timeout_hours": 0.5})
+    assert isinstance(copied.webhook_password, SecretStr)
+    assert copied.refund_approval_timeout_seconds == 1800
+    with pytest.raises(ValidationError, match="REFUND_APPROVAL_TIMEOUT_HOURS"):
+        fresh().model_copy(update={"refund_approval_timeout_hours": 1 / 7})
+
+
+def test_a_safe_production_configuration_starts() -> None:
+    s = production()
+    assert s.environment == "production" and not s.inngest_dev_mode
+
+
+# --------------------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize("hours", [1 / 7, 0.0001, 1 / 3600 / 2])
+def test_a_timeout_that_is_not_a_whole_number_of_seconds_is_refused(hours: float) -> None:
+    with pytest.raises(ValidationError) as error:
+        fresh(refund_approval_timeout_hours=hours)
+    message = str(error.value)
+    assert "REFUND_APPROVAL_TIMEOUT_HOURS" in message and "whole number of seconds" in message
+
+
+@pytest.mark.parametrize(("hours", "seconds"), [(1 / 3600, 1), (0.1, 360), (0.25, 900), (72, 259_200)])
+def test_timeouts_in_whole_seconds_are_accepted(hours: float, seconds: int) -> None:
+    assert fresh(refund_approval_timeout_hours=hours).refund_approval_timeout_seconds == seconds
+
+
+def test_a_zero_or_negative_timeout_is_refused() -> None:
+    for hours in (0, -1):
+        with pytest.raises(ValidationError, match="at least one second"):
+            fresh(refund_approval_timeout_hours=hours)
+
+
+# --------------------------------------------------------------------------- production refusals
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("openai_api_key", "change-me"),
+        ("inngest_signing_key", "changeme"),
+        ("inngest_event_key", "secret"),
+        ("webhook_password", "password"),
+        ("sentry_dsn", ""),
+        ("desk_form_secret", "Change-Me"),
+        ("desk_form_secret", DEV_DESK_FORM_SECRET),
+        ("webhook_password", "  "),
+    ],
+)
+def test_production_refuses_placeholder_secrets_naming_the_variable(name: str, value: str) -> None:
+    message = refusal(**{name: value})
+    assert name.upper() in message and "placeholder" in message
+    assert "Refusing to start with ENVIRONMENT=production" in message
+
+
+def test_production_refuses_a_placeholder_reviewer_password_naming_the_reviewer() -> None:
+    message = refusal(review_desk_users="alice:Str0ng-pass-1,bob:change-me")
+    assert "REVIEW_DESK_USERS" in message and "bob" in message and "alice" not in message
+
+
+def test_production_refuses_a_placeholder_database_password() -> None:
+    message = refusal(database_url="postgresql://app:password@db.example.com/app")
+    assert "DATABASE_URL" in message and "placeholder" in message
+    assert production(database_url="postgresql://app:Xk2-9fq@db.example.com/app").database_url is not None
+
+
+@pytest.mark.parametrize(
+    "missing", ["inngest_signing_key", "inngest_event_key", "inngest_serve_origin", "desk_form_secret"]
+)
+def test_production_requires_the_inngest_keys_the_serve_origin_and_a_form_secret(missing: str) -> None:
+    values = {k: v for k, v in SAFE_PRODUCTION.items() if k != missing}
+    with pytest.raises(ValidationError) as error:
+        fresh(**values)
+    assert missing.upper() in str(error.value)
+
+
+@pytest.mark.parametrize("dev", ["1", "true", "http://127.0.0.1:8288"])
+def test_production_refuses_inngest_dev_mode(dev: str) -> None:
+    message = refusal(inngest_dev=dev)
+    assert "INNGEST_DEV" in message and "unset" in message
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    message = refusal(inngest_signing_key=None, webhook_password="secret", inngest_dev="1")
+    for name in ("INNGEST_SIGNING_KEY", "WEBHOOK_PASSWORD", "INNGEST_DEV"):
+        assert name in message
+
+
+def test_development_accepts_placeholders_and_dev_mode() -> None:
+    s = fresh(webhook_password="change-me", inngest_dev="1", review_desk_users="alice:secret")
+    assert s.inngest_dev_mode and s.reviewers["alice"].get_secret_value() == "secret"
+
+
+# --------------------------------------------------------------------------- one read of .env
+
+
+def test_env_file_is_read_once_and_only_inngest_dev_is_exported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("INNGEST_DEV=http://127.0.0.1:9999\nWEBHOOK_PASSWORD=from-dotenv\n")
+    monkeypatch.chdir(tmp_path)
+    for key in ("INNGEST_DEV", "WEBHOOK_PASSWORD"):
+        monkeypatch.setenv(key, "")  # so that monkeypatch restores whatever get_settings exports
+        monkeypatch.delenv(key)
+    settings_module.get_settings.cache_clear()
+    s = settings_module.get_settings()
+    assert s.webhook_password is not None and s.webhook_password.get_secret_value() == "from-dotenv"
+    # The Inngest SDK reads INNGEST_DEV from the environment itself; nothing else is exported.
+    assert os.environ["INNGEST_DEV"] == "http://127.0.0.1:9999"
+    assert "WEBHOOK_PASSWORD" not in os.environ
+
+
+def test_the_real_environment_wins_over_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("INNGEST_DEV=1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("INNGEST_DEV", "http://127.0.0.1:7777")
+    settings_module.get_settings.cache_clear()
+    assert settings_module.get_settings().inngest_dev == "http://127.0.0.1:7777"
+    assert os.environ["INNGEST_DEV"] == "http://127.0.0.1:7777"
