@@ -62,8 +62,48 @@ def _event_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"inngest_dev": os.environ["INNGEST_DEV"]})
 
 
-async def _send(settings: Settings, name: str, event_id: str, data: dict[str, Any]) -> None:
-    await inngest_app.send_event(_event_settings(settings), name, event_id, data)
+async def _send(settings: Settings, name: str, event_id: str, data: dict[str, Any]) -> list[str]:
+    return await inngest_app.send_event(_event_settings(settings), name, event_id, data)
+
+
+# How long `send-email` waits for the dev server to start a run, and how often it asks.
+RUN_WAIT_SECONDS = 2.0
+RUN_POLL_SECONDS = 0.2
+
+
+async def _runs_started_by(base_url: str, event_ids: Sequence[str]) -> list[str] | None:
+    """The ids of the runs the dev server started for these events (its REST API,
+    `GET /v1/events/{id}/runs`), asked again until one appears or RUN_WAIT_SECONDS pass.
+    None when the REST API does not answer, so the caller can say so instead of guessing."""
+    deadline = time.monotonic() + RUN_WAIT_SECONDS
+    async with httpx.AsyncClient(base_url=base_url, timeout=RUN_WAIT_SECONDS) as client:
+        while True:
+            runs: list[str] = []
+            for event_id in event_ids:
+                try:
+                    res = await client.get(f"/v1/events/{event_id}/runs")
+                    res.raise_for_status()
+                    runs += [str(run["run_id"]) for run in res.json().get("data") or [] if run.get("run_id")]
+                except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+                    return None
+            if runs or time.monotonic() >= deadline:
+                return runs
+            await asyncio.sleep(RUN_POLL_SECONDS)
+
+
+async def _print_runs(settings: Settings, event_ids: Sequence[str]) -> None:
+    """Where to watch the email's run: its id and dashboard link, when a dev server answers."""
+    if settings.inngest_event_key and not settings.inngest_dev_mode:
+        print("  runs      see the Inngest Cloud dashboard (run ids are looked up on a dev server only)")
+        return
+    url = _dev_server_url(settings)
+    runs = await _runs_started_by(url, event_ids)
+    if runs is None:
+        print(f"  runs      the dev server at {url} took the event but its REST API did not answer")
+    elif not runs:
+        print(f"  runs      none started within {RUN_WAIT_SECONDS:g} s; is the app synced? See {url}/runs")
+    for run_id in runs or []:
+        print(f"  run       {run_id}  {url}/run?runID={run_id}")
 
 
 # --------------------------------------------------------------------------- commands
@@ -109,16 +149,19 @@ async def send_email(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     data |= {"customer_id": customer.id, "tier": customer.tier}
     event_id = f"cli-{uuid.uuid4().hex}"
+    target = _event_settings(settings)  # the dev server's URL as the send will use it
     try:
-        await _send(settings, events.EMAIL_RECEIVED, event_id, data)
+        internal_ids = await _send(target, events.EMAIL_RECEIVED, event_id, data)
     except Exception as error:
         print(
-            f"Could not send the event to {_dev_server_url(settings)}: {error}\n"
-            "Is the Inngest dev server running? Start everything with: support-worker up",
+            f"Not sent: event {event_id}. No dev server answered at {_dev_server_url(target)} ({error}).\n"
+            "Start everything with: support-worker up (or set INNGEST_DEV to the dev server's URL)",
             file=sys.stderr,
         )
         return 1
     print(f"sent {events.EMAIL_RECEIVED} {event_id} for {customer.name} (customer {customer.id})")
+    print(f"  event id  {', '.join(internal_ids) or '(the event API returned none)'}")
+    await _print_runs(target, internal_ids)
     return 0
 
 

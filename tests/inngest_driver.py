@@ -62,6 +62,12 @@ class StubInngestServer:
     def __init__(self) -> None:
         self.registrations: list[JSONDict] = []
         self.events: list[CapturedEvent] = []
+        # The REST API's view of runs, by the internal event id that started them
+        # (`GET /v1/events/{id}/runs`, as the dev server answers it). Tests fill it through
+        # `on_event`, standing in for the executor starting a function.
+        self.runs: dict[str, list[JSONDict]] = {}
+        self.run_lookups: list[str] = []
+        self.on_event: Callable[[CapturedEvent], None] | None = None
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -106,7 +112,19 @@ class StubInngestServer:
                     seen.add(idem)
                 self.events.append(ev)
                 ids.append(ev.id)
+        if self.on_event is not None:
+            for ev in [e for e in self.events if e.id in ids]:
+                self.on_event(ev)
         return ids
+
+    def start_run(self, event_id: str, function_id: str) -> str:
+        """Record a run of `function_id` started by the event, as the REST API will list it."""
+        run_id = _new_id()
+        with self._lock:
+            self.runs.setdefault(event_id, []).append(
+                {"run_id": run_id, "event_id": event_id, "function_id": function_id, "status": "Running"}
+            )
+        return run_id
 
     def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
         stub = self
@@ -124,6 +142,16 @@ class StubInngestServer:
                     self._reply(200, {"ids": stub._capture_events(body), "status": 200})
                 else:
                     self._reply(404, {"error": f"stub has no route {path}"})
+
+            def do_GET(self) -> None:  # http.server's naming
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if len(parts) == 4 and parts[:2] == ["v1", "events"] and parts[3] == "runs":
+                    with stub._lock:
+                        stub.run_lookups.append(parts[2])
+                        runs = list(stub.runs.get(parts[2], []))
+                    self._reply(200, {"data": runs, "metadata": {"fetched_at": _new_id()}})
+                else:
+                    self._reply(404, {"error": f"stub has no route {self.path}"})
 
             def _reply(self, status: int, payload: object) -> None:
                 data = json.dumps(payload).encode()

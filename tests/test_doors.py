@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 from inngest_driver import pool_resolver
-from tests_support import EMAIL_FN, Engine, open_request, serve
+from tests_support import EMAIL_FN, Engine, free_port, open_request, serve
 
 import cli
 import db
@@ -392,3 +392,44 @@ async def test_every_desk_response_carries_the_security_headers(doors: Engine, e
     stream = await http(doors).get(f"/runs/{request.run_id}/status", auth=ALICE)
     assert stream.status_code == 200 and '"line": "reply sent"' in stream.text
     assert_desk_headers(stream)
+
+
+async def test_cli_send_email_prints_the_event_id_and_the_run_with_its_dashboard_link(
+    doors: Engine, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started: list[str] = []
+    doors.stub.on_event = lambda event: started.append(doors.stub.start_run(event.id, "support-worker-handle-email"))
+    command = args("send-email", "--customer", GRACE, "I was charged twice for order 1003")
+    assert await cli.run_async(command, settings) == 0
+    out = capsys.readouterr().out
+    [event] = doors.stub.events
+    [run_id] = started
+    assert f"event id  {event.id}" in out
+    assert f"run       {run_id}  {doors.stub.url}/run?runID={run_id}" in out
+    assert doors.stub.run_lookups == [event.id]
+
+
+async def test_cli_send_email_says_when_the_dev_server_started_no_run_in_time(
+    doors: Engine, settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "RUN_WAIT_SECONDS", 0.3)
+    assert await cli.run_async(args("send-email", "--customer", GRACE, "Where is order 1004?"), settings) == 0
+    out = capsys.readouterr().out
+    [event] = doors.stub.events
+    assert f"event id  {event.id}" in out
+    assert f"none started within 0.3 s; is the app synced? See {doors.stub.url}/runs" in out
+    assert len(doors.stub.run_lookups) >= 2  # it asked again before giving up
+
+
+async def test_cli_send_email_names_the_url_where_no_dev_server_answered(
+    settings: Settings, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("INNGEST_DEV", nowhere)  # set through monkeypatch, so it is restored
+    for key in ("INNGEST_BASE_URL", "INNGEST_API_BASE_URL", "INNGEST_EVENT_API_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    unreachable = settings.model_copy(update={"inngest_dev": nowhere, "inngest_event_key": None})
+    assert await cli.run_async(args("send-email", "--customer", GRACE, "Where is order 1004?"), unreachable) == 1
+    err = capsys.readouterr().err
+    assert "Not sent: event cli-" in err
+    assert f"No dev server answered at {nowhere}" in err
