@@ -241,7 +241,7 @@ async def answer_email(
         _decide_here, pool, run_id=run_id, customer_id=customer.id, body=body, decide=decide, settings=settings
     )
     conversation = await converse(
-        worker.build_agent(model or worker.build_model(settings)),
+        worker.build_agent(model or worker.build_model(settings), store=settings.openai_store),
         worker.format_email(customer, subject=subject, body=body),
         context=context,
         run_config=worker.build_run_config(settings.openai_agents_tracing),

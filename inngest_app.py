@@ -693,7 +693,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             "accepts calls signed by Inngest: set INNGEST_SIGNING_KEY from the Inngest dashboard, "
             "or set INNGEST_DEV=1 to develop locally against the dev server."
         )
-    agent = journal.journaled(worker.build_agent(model or worker.build_model(settings)))
+    agent = journal.journaled(worker.build_agent(model or worker.build_model(settings), store=settings.openai_store))
     client = create_client(settings)
     rt = _runtime = Runtime(settings=settings, agent=agent, client=client)
 

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     agent_max_turns: int = Field(default=10, ge=1)  # model turns in one run before it stops
     # Tracing uploads prompts (customer emails) to OpenAI; it is opt-in.
     openai_agents_tracing: bool = False
+    # Whether OpenAI keeps each response (the Responses API keeps them 30 days by default, with
+    # the customer's email in them). Off: nothing is kept and reasoning travels encrypted.
+    openai_store: bool = False
 
     # Durable layer (inngest_app.py).
     inngest_dev: str | None = None

@@ -141,14 +141,22 @@ def build_model(settings: Settings) -> Model:
     return OpenAIResponsesModel(model=settings.openai_model, openai_client=client)
 
 
-def build_agent(model: Model) -> Agent[SupportContext]:
-    """The support agent. The durable layer builds it with a journaling model and tools."""
+def build_agent(model: Model, *, store: bool = False) -> Agent[SupportContext]:
+    """The support agent. The durable layer builds it with a journaling model and tools.
+
+    With `store` off, OpenAI keeps no copy of the conversation; reasoning items then come back
+    encrypted so later turns can still pass them along.
+    """
     return Agent[SupportContext](
         name=AGENT_NAME,
         instructions=_instructions,
         model=model,
         tools=[lookup_customer, lookup_orders, issue_refund],
-        model_settings=ModelSettings(parallel_tool_calls=False),
+        model_settings=ModelSettings(
+            parallel_tool_calls=False,
+            store=store,
+            response_include=None if store else ["reasoning.encrypted_content"],
+        ),
     )
 
 
