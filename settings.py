@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     # Customers who got a reply or an outreach note this many days ago or less are not checked.
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
 
+    # --- Performance (issue 12) ---
+    # Tries to reach the reviewer webhook inside the step that opens a refund request; a
+    # notifier still down after them is audited (`reviewer_notify_failed`), never retried by
+    # failing the step, so a dead notifier cannot cost the refund.
+    reviewer_notify_attempts: int = Field(default=3, ge=1, le=10)
+
     @property
     def inngest_dev_mode(self) -> bool:
         """Dev mode (unsigned calls accepted) when INNGEST_DEV is truthy or a dev server URL."""
