@@ -422,6 +422,8 @@ def parser() -> argparse.ArgumentParser:
     customers = commands.add_parser("list", help="list customers and their orders")
     customers.add_argument("--json", action="store_true", help="print JSON instead of a table")
     commands.add_parser("migrate", help="apply pending database migrations (migrations/*.sql)")
+    bench = commands.add_parser("bench", help="measure engine calls, bytes and latency against a bare endpoint")
+    bench.add_argument("--quick", action="store_true", help="fewer samples (CI): the same counts and sizes")
     commands.add_parser("seed", help="insert sample customers and orders into an empty database (development only)")
 
     trail = commands.add_parser("audit", help="print the audit trail")
@@ -465,6 +467,10 @@ def run(argv: Sequence[str], settings: Settings | None = None) -> int:
     settings = settings or get_settings()
     if args.command == "up":
         return up(settings, args)
+    if args.command == "bench":
+        import bench  # a development tool: it needs the `dev` extra (the test driver)
+
+        return bench.main(quick=args.quick)
     return asyncio.run(run_async(args, settings))
 
 

@@ -126,15 +126,16 @@ async def send_reply(
     sent = SentReply(
         reply=reply, replaced_unsafe_reply=replaced, refund_ids=refund_ids, edited_by_reviewer=bool(edited)
     )
-    await db.record_audit(
-        pool,
-        action=db.AuditAction.REPLY_SENT,
-        run_id=run_id,
-        customer_id=customer.id,
-        detail=sent.model_dump(),
-        idempotency_key=f"reply_sent:{run_id}",
-    )
-    return sent
+    key = f"reply_sent:{run_id}"
+    detail = sent.model_dump()
+    action = db.AuditAction.REPLY_SENT
+    if await db.record_audit(
+        pool, action=action, run_id=run_id, customer_id=customer.id, detail=detail, idempotency_key=key
+    ):
+        return sent
+    # A repeated call (a redelivery, a retried final call) answers with what was sent first.
+    stored = await db.audit_detail(pool, idempotency_key=key)
+    return SentReply.model_validate(stored) if stored is not None else sent
 
 
 async def record_message_once(

@@ -54,6 +54,7 @@ class AuditAction(StrEnum):
     REVIEWER_NOTIFIED = "reviewer_notified"
     REFUND_WITHDRAWN = "refund_withdrawn"
     OUTREACH_RECORDED = "outreach_recorded"
+    REVIEWER_NOTIFY_FAILED = "reviewer_notify_failed"
 
 
 Tier = Literal["free", "pro", "enterprise"]
@@ -562,3 +563,9 @@ async def mark_notification_sent(pool: Executor, *, request_id: str, channel: st
 async def ping(pool: asyncpg.Pool, *, within_seconds: float) -> None:
     """`SELECT 1` within `within_seconds`, or an exception saying why not."""
     await pool.fetchval("SELECT 1", timeout=within_seconds)
+
+
+async def audit_detail(pool: Executor, *, idempotency_key: str) -> dict[str, Any] | None:
+    """The detail of the row written under this key, if any: what a repeated write stored."""
+    value = await pool.fetchval("SELECT detail FROM audit_log WHERE idempotency_key = $1", idempotency_key)
+    return dict(value) if value is not None else None

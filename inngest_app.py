@@ -93,6 +93,15 @@ class DecisionCheck(BaseModel):
     seconds_left: float
 
 
+class OpenedRefund(BaseModel):
+    """One step's work for a paused refund: the request opened (or refused), reviewers told,
+    and the request's status read once, so an early decision skips the wait."""
+
+    outcome: refunds.GateOutcome
+    notified: dict[str, Any] | None = None
+    check: DecisionCheck | None = None
+
+
 class EmailRunResult(BaseModel):
     """The run's output in the dashboard: the reply as sent and each refund's fate."""
 
@@ -337,10 +346,12 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
             gate=partial(refund_gate, ctx.step, context),
             max_turns=rt.settings.agent_max_turns,
         )
-    send = partial(
-        conversation.send_reply, pool, run_id=ctx.run_id, customer=customer, draft=talk.draft, gate=talk.gate
+    # Not a step: only the call that finds every step memoized gets here, and it ends the run.
+    # The reply is written once per run by its key, and a repeated final call (a redelivery, a
+    # retry) answers with the reply stored first: one engine call saved per email.
+    sent = await conversation.send_reply(
+        pool, run_id=ctx.run_id, customer=customer, draft=talk.draft, gate=talk.gate
     )
-    sent = await ctx.step.run("send-reply", send, output_type=conversation.SentReply)
     return EmailRunResult(status="replied", gate=talk.gate, **sent.model_dump())
 
 
@@ -363,18 +374,28 @@ async def refund_gate(
         raw_arguments=item.arguments,
         ttl_seconds=rt.settings.refund_approval_timeout_seconds,
     )
-    opened = await step.run(f"open-refund-{call_id}", open_request, output_type=refunds.GateOutcome)
-    if opened.status != "pending" or opened.request_id is None:
-        return opened
-    request_id = opened.request_id
-    try:
-        await step.run(
-            f"notify-reviewers-{request_id}", partial(notify.notify_reviewers, pool, rt.settings, request_id=request_id)
-        )
-    except inngest.StepError as error:
-        # The request is stored and on the desk; a dead notifier must not cost the refund.
-        logger.warning("could not notify reviewers about %s: %s", request_id, error)
-    return await _await_decision(step, pool, request_id)
+    opened = await step.run(
+        f"open-refund-{call_id}",
+        partial(_open_refund, pool, rt.settings, open_request),
+        output_type=OpenedRefund,
+    )
+    if opened.outcome.status != "pending" or opened.outcome.request_id is None or opened.check is None:
+        return opened.outcome
+    return await _await_decision(step, pool, opened.outcome.request_id, first_check=opened.check)
+
+
+async def _open_refund(
+    pool: asyncpg.Pool, settings: Settings, open_request: partial[Any]
+) -> OpenedRefund:
+    """Open the request, tell reviewers, read its status: each side effect idempotent by key
+    (the request by run and call, the notice by request and channel), so a retried step
+    repeats none. A notifier failure is audited and returned, never raised."""
+    outcome: refunds.GateOutcome = await open_request()
+    if outcome.status != "pending" or outcome.request_id is None:
+        return OpenedRefund(outcome=outcome)
+    notified = await notify.notify_or_record_failure(pool, settings, request_id=outcome.request_id)
+    check = await _check_decision(pool, outcome.request_id)
+    return OpenedRefund(outcome=outcome, notified=notified, check=check)
 
 
 def decision_match(request_id: str) -> str:
@@ -390,17 +411,24 @@ async def _check_decision(pool: asyncpg.Pool, request_id: str) -> DecisionCheck:
     return DecisionCheck(status=request.status, seconds_left=request.seconds_left)
 
 
-async def _await_decision(step: inngest.Step, pool: asyncpg.Pool, request_id: str) -> refunds.GateOutcome:
+async def _await_decision(
+    step: inngest.Step, pool: asyncpg.Pool, request_id: str, *, first_check: DecisionCheck
+) -> refunds.GateOutcome:
+    """Round 1 uses the check the opening step made; later rounds re-read Postgres."""
     settings = runtime().settings
     settle = partial(refunds.settle, pool, request_id=request_id)
     slice_seconds = settings.decision_recheck_minutes * 60
     # Each round either uses up a slice of time or hears one decision; both are bounded.
     max_rounds = math.ceil(settings.refund_approval_timeout_seconds / slice_seconds) + MAX_IGNORED_DECISIONS + 1
     for round_no in range(1, max_rounds + 1):
-        check = await step.run(
-            f"check-decision-{request_id}-{round_no}",
-            partial(_check_decision, pool, request_id),
-            output_type=DecisionCheck,
+        check = (
+            first_check
+            if round_no == 1
+            else await step.run(
+                f"check-decision-{request_id}-{round_no}",
+                partial(_check_decision, pool, request_id),
+                output_type=DecisionCheck,
+            )
         )
         if check.status != "pending" or check.seconds_left <= 0:
             break

@@ -8,6 +8,8 @@ stored and stays on the desk either way.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import asyncpg
@@ -18,6 +20,7 @@ from money import format_money
 from settings import Settings
 
 CHANNEL = "webhook"
+logger = logging.getLogger("support_worker.notify")
 
 
 async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, request_id: str) -> dict[str, Any]:
@@ -48,3 +51,31 @@ async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, request_id
             idempotency_key=f"reviewer_notified:{request_id}:{CHANNEL}",
         )
     return {"sent": True, "why": "delivered"}
+
+
+async def notify_or_record_failure(pool: asyncpg.Pool, settings: Settings, *, request_id: str) -> dict[str, Any]:
+    """`notify_reviewers` for a step that also opens the request: a few quick tries, then
+    the failure is audited (`reviewer_notify_failed`) and returned instead of raised, so a
+    dead notifier never fails the step that holds the request. The request is stored and on
+    the desk either way; a database error still raises, so the engine retries the step."""
+    attempts = settings.reviewer_notify_attempts
+    failure: Exception | None = None
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(0.2 * 2 ** (attempt - 1))
+        try:
+            return await notify_reviewers(pool, settings, request_id=request_id)
+        except (httpx.HTTPError, OSError) as error:
+            failure = error
+    why = f"{type(failure).__name__}: {failure}"[:500]
+    logger.warning("could not notify reviewers about %s after %d tries: %s", request_id, attempts, why)
+    request = await db.get_refund_request(pool, request_id=request_id)
+    await db.record_audit(
+        pool,
+        action=db.AuditAction.REVIEWER_NOTIFY_FAILED,
+        run_id=request.run_id if request else None,
+        customer_id=request.customer_id if request else None,
+        detail={"request_id": request_id, "channel": CHANNEL, "tries": attempts, "error": why},
+        idempotency_key=f"reviewer_notify_failed:{request_id}:{CHANNEL}",
+    )
+    return {"sent": False, "why": f"not delivered after {attempts} tries: {why}"}

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # A waiting refund run re-reads Postgres this often, so a decision whose announcement
     # was lost (or that landed just before the wait began) still settles within minutes.
     decision_recheck_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    # Tries to reach the reviewer webhook inside the step that opens a refund request; a
+    # notifier still down after them is audited (`reviewer_notify_failed`), never retried by
+    # failing the step, so a dead notifier cannot cost the refund.
+    reviewer_notify_attempts: int = Field(default=3, ge=1, le=10)
 
     # The doors (README "Doors"): the inbound-email webhook and the reviewers' desk.
     webhook_username: str = "postmark"

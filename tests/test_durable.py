@@ -14,7 +14,6 @@ import asyncpg
 import httpx
 import pytest
 from inngest_driver import (
-    CallRecord,
     InngestDriver,
     StubInngestServer,
     WaitOp,
@@ -27,6 +26,8 @@ from tests_support import DECISION_FN, EMAIL_FN, GRACE, CountingModel, Engine, s
 import db
 import inngest_app
 import journal
+import notify
+import refunds
 from offline_model import OfflineSupportModel
 from sample_data import ADA
 from settings import Settings
@@ -39,11 +40,12 @@ CHARGED_TWICE = {"customer_id": GRACE, "subject": "Double charge", "body": "I wa
 # --------------------------------------------------------------------------- plain emails
 
 
-async def test_a_plain_email_is_answered_in_four_calls(engine: Engine) -> None:
+async def test_a_plain_email_is_answered_in_three_calls(engine: Engine) -> None:
     run = await engine.email({"customer_id": GRACE, "body": "Do you ship to Canada?"})
     assert run.status == "completed", run.error
-    assert run.trail == ["receive-message", "model-turn-1", "send-reply"]
-    assert len(run.calls) == 4
+    # The reply is written by the final call (idempotent by run), not a step of its own.
+    assert run.trail == ["receive-message", "model-turn-1"]
+    assert len(run.calls) == 3
     assert await engine.actions(run.run_id) == ["message_received", "reply_sent"]
     assert "received your message" in run.output["reply"]
 
@@ -57,7 +59,6 @@ async def test_an_email_can_name_the_customer_by_address(engine: Engine) -> None
         "model-turn-1",
         "tool-lookup_orders-call_offline_1_lookup_orders",
         "model-turn-2",
-        "send-reply",
     ]
 
 
@@ -96,8 +97,9 @@ async def test_approved_refund_is_issued_once_and_the_reply_confirms_it(engine: 
     assert wait.display_name == f"await-approval-{request_id}-1" and wait.timeout == "4h"
     assert wait.if_exp == f'async.data.request_id == "{request_id}"'
     assert matched is not None and matched["data"]["request_id"] == request_id
-    # receive, 3 model turns, 2 tools, request, notify, check, wait, settle, reply, the return.
-    assert len(run.calls) == 13
+    # receive, 3 model turns, 2 tools, open (request, notice, first check), wait, settle, and
+    # the final call that writes the reply and returns.
+    assert len(run.calls) == 10
 
 
 async def test_rejected_refund_pays_nothing_and_the_reply_declines(engine: Engine) -> None:
@@ -159,19 +161,28 @@ async def test_a_decision_for_another_request_does_not_resolve_the_wait(engine: 
     assert [(e.detail["why"], e.customer_id) for e in ignored] == [("unknown_request", None)]
 
 
-async def test_a_decision_recorded_before_the_wait_began_is_honoured(engine: Engine) -> None:
+async def test_a_decision_recorded_before_the_wait_began_is_honoured(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     decided: list[str] = []
+    notify_reviewers = notify.notify_or_record_failure
 
-    async def decide_early(call: CallRecord) -> None:
-        request_id = await engine.pool.fetchval("SELECT id FROM refund_requests WHERE status = 'pending'")
-        if request_id and not decided:
+    async def a_reviewer_decides_as_soon_as_told(pool: asyncpg.Pool, settings: Settings, *, request_id: str) -> Any:
+        # The opening step tells reviewers, then reads the request: a decision made in between
+        # (at the desk, prompted by the notice) must settle the refund without any wait.
+        told = await notify_reviewers(pool, settings, request_id=request_id)
+        if not decided:
             decided.append(request_id)
-            await engine.decide(request_id, approved=True, event_id="dec-early")
+            decision = refunds.Decision(request_id=request_id, approved=True, reviewer="ops@example.com")
+            await refunds.record_decision(pool, decision, decision_id="dec-early")
+        return told
+
+    monkeypatch.setattr(notify, "notify_or_record_failure", a_reviewer_decides_as_soon_as_told)
 
     async def nobody_waits(op: WaitOp) -> None:
         raise AssertionError("the run waited although the decision was already recorded")
 
-    run = await engine.email(CHARGED_TWICE, before_call=decide_early, resolver=nobody_waits)
+    run = await engine.email(CHARGED_TWICE, resolver=nobody_waits)
     assert run.status == "completed", run.error
     assert run.waits == []
     assert [r.request_id for r in await db.list_refunds(engine.pool)] == decided

@@ -1,0 +1,20 @@
+"""The benchmark's CI version: counts and sizes, never times (`support-worker bench --quick`)."""
+
+from __future__ import annotations
+
+import bench
+
+
+async def test_the_quick_benchmark_meets_the_count_and_size_goals(server_url: str) -> None:
+    results = await bench.run_bench(quick=True, server_url=server_url)
+    kinds = results["kinds"]
+    assert kinds["plain"][0] <= 4 and kinds["approved"][0] <= 10
+    assert kinds["rejected"][0] <= 10 and kinds["expired"][0] <= 10
+    assert all(largest < 8 * 1024 for calls, size, largest in (kinds[k] for k in ("plain", "approved")))
+    fan = results["fan_out"]
+    assert fan["scheduled"] >= 10_000  # every bench customer (and the paying sample ones)
+    assert fan["calls"] <= 15 and fan["largest"] <= 64 * 1024
+    burst = results["burst"]
+    assert burst["errors"] == 0 and burst["duplicates"] == 0
+    assert burst["pg_high"] <= 5
+    assert "| ratio host/bare (p50)" in bench.table(results)
