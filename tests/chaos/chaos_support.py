@@ -68,16 +68,20 @@ class Host:
 
     def env(self) -> dict[str, str]:
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("INNGEST_", "OPENAI_", "DATABASE_"))}
-        return keep | self.stub.env() | {
-            "PYTHONPATH": str(ROOT),
-            "DATABASE_URL": with_application_name(self.database_url, self.app_name),
-            "DB_POOL_MAX_SIZE": "5",
-            "DECISION_RECHECK_MINUTES": str(24 * 60),  # one slice per wait, as in tests/conftest.py
-            "REVIEW_DESK_USERS": ",".join(f"{u}:{p}" for u, p in DESK_USERS.items()),
-        }
+        return (
+            keep
+            | self.stub.env()
+            | {
+                "PYTHONPATH": str(ROOT),
+                "DATABASE_URL": with_application_name(self.database_url, self.app_name),
+                "DB_POOL_MAX_SIZE": "5",
+                "DECISION_RECHECK_MINUTES": str(24 * 60),  # one slice per wait, as in tests/conftest.py
+                "REVIEW_DESK_USERS": ",".join(f"{u}:{p}" for u, p in DESK_USERS.items()),
+            }
+        )
 
-    async def start(self) -> None:
-        """Start the host (from an empty folder: no developer .env) and wait for /readyz."""
+    def spawn(self) -> None:
+        """Start the host from an empty folder (no developer .env); `start` also waits for it."""
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "inngest_app:app", "--port", str(self.port), "--no-access-log"],
@@ -87,7 +91,12 @@ class Host:
                 stderr=subprocess.STDOUT,
             )
         self.starts += 1
-        await wait_until(self._ready, what=f"the host on port {self.port} (log: {self.log})", seconds=HOST_START_SECONDS)
+
+    async def start(self) -> None:
+        """Start the host and wait until /readyz says it reaches Postgres."""
+        self.spawn()
+        what = f"the host on port {self.port} (log: {self.log})"
+        await wait_until(self._ready, what=what, seconds=HOST_START_SECONDS)
 
     async def _ready(self) -> bool:
         if self.process is None or self.process.poll() is not None:
