@@ -9,10 +9,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from chaos_support import Host, Ledger
-from inngest_driver import InngestDriver, StubInngestServer
 
-import db
+pytest.register_assert_rewrite("chaos_support")
+
+from chaos_support import Host, Ledger  # noqa: E402  (after the rewrite hook)
+from inngest_driver import InngestDriver, StubInngestServer  # noqa: E402
+
+import db  # noqa: E402
 
 
 @pytest.fixture
