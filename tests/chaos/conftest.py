@@ -10,12 +10,12 @@ import asyncpg
 import httpx
 import pytest
 
-pytest.register_assert_rewrite("chaos_support")
+pytest.register_assert_rewrite("chaos.chaos_support")
 
-from chaos_support import Host, Ledger  # noqa: E402  (after the rewrite hook)
 from inngest_driver import InngestDriver, StubInngestServer  # noqa: E402
 
 import db  # noqa: E402
+from chaos.chaos_support import Host, Ledger  # noqa: E402  (after the rewrite hook)
 
 
 @pytest.fixture

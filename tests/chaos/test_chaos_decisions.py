@@ -11,13 +11,13 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from chaos_support import CHARGED_TWICE, DESK_USERS, Host, Ledger, assert_story
 from inngest_driver import InngestDriver, StubInngestServer, WaitOp, stub_resolver, timeout_resolver
 from tests_support import DECISION_FN, EMAIL_FN
 
 import cli
 import db
 import inngest_app
+from chaos.chaos_support import CHARGED_TWICE, DESK_USERS, Host, Ledger, assert_story
 from settings import Settings
 
 EVENT = {"name": inngest_app.EMAIL_RECEIVED, "id": "evt-chaos-2", "data": CHARGED_TWICE, "ts": 1_790_000_000_000}

@@ -8,7 +8,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from chaos_support import (
+from inngest_driver import UNREACHABLE, CallRecord, InngestDriver, StubInngestServer
+from tests_support import EMAIL_FN, Engine
+
+import inngest_app
+from chaos.chaos_support import (
     CHARGED_TWICE,
     Host,
     Ledger,
@@ -18,10 +22,6 @@ from chaos_support import (
     terminate_host_backends,
     wait_until,
 )
-from inngest_driver import UNREACHABLE, CallRecord, InngestDriver, StubInngestServer
-from tests_support import EMAIL_FN, Engine
-
-import inngest_app
 
 EVENT = {"name": inngest_app.EMAIL_RECEIVED, "id": "evt-chaos-1", "data": CHARGED_TWICE, "ts": 1_790_000_000_000}
 

@@ -13,13 +13,13 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from chaos_support import CHARGED_TWICE, Host, Ledger, assert_story
 from inngest_driver import CallRecord, InngestDriver, StubInngestServer
 from tests_support import EMAIL_FN, CountingModel, Engine, serve
 
 import db
 import inngest_app
 import sample_data
+from chaos.chaos_support import CHARGED_TWICE, Host, Ledger, assert_story
 from settings import Settings
 
 EVENT = {"name": inngest_app.EMAIL_RECEIVED, "id": "evt-chaos-3", "data": CHARGED_TWICE, "ts": 1_790_000_000_000}
