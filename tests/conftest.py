@@ -204,3 +204,21 @@ def no_real_model_calls(monkeypatch: pytest.MonkeyPatch, request: pytest.Fixture
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line per chaos scenario (faults injected, runs, money moved). The lines travel in
+    the reports' user_properties, so they reach this summary from xdist workers too, and
+    are printed whether or not output is captured."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", [])
+        if name == "chaos"
+    ]
+    if lines:
+        terminalreporter.section("chaos")
+        for line in sorted(lines):
+            terminalreporter.write_line(line)

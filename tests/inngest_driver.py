@@ -13,6 +13,7 @@ product logic and must stay small enough to audit against the SDK.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import http.server
@@ -30,6 +31,8 @@ from celpy import celtypes
 from inngest._internal import net
 
 JSONDict = dict[str, Any]
+# The status a call records when the host could not be reached (killed, restarting).
+UNREACHABLE = 599
 
 
 class DriverError(AssertionError):
@@ -429,9 +432,16 @@ class InngestDriver:
             if inspect.isawaitable(maybe):
                 await maybe
         raw = json.dumps(rec.request).encode()
-        res = await self.http.post(
-            self.path, params={"fnId": run.fn_id, "stepId": step_id}, content=raw, headers=self._headers(raw)
-        )
+        try:
+            res = await self.http.post(
+                self.path, params={"fnId": run.fn_id, "stepId": step_id}, content=raw, headers=self._headers(raw)
+            )
+        except httpx.TransportError as error:
+            # The host died or refused the connection: the engine counts a failed attempt
+            # and retries the same call, like a 5xx.
+            rec.status_code, rec.body = UNREACHABLE, f"{type(error).__name__}: {error}"
+            run.calls.append(rec)
+            return rec
         rec.status_code, text = res.status_code, res.text
         rec.headers = {k.lower(): v for k, v in res.headers.items()}
         if res.status_code == 201:  # INNGEST_STREAMING=force: keepalive spaces, then the real answer
@@ -452,7 +462,7 @@ class InngestDriver:
         *,
         run_id: str | None = None,
         resolver: Resolver | None = None,
-        deliver_twice: bool = False,
+        deliver_twice: bool | Literal["concurrently"] = False,
         before_call: BeforeCall | None = None,
         max_calls: int = 200,
         run_on_failure: bool = True,
@@ -460,7 +470,9 @@ class InngestDriver:
         """Run one function to completion or failure. Each queued call has its own attempt
         counter, as each queue item does in the engine: a step's retries, a discovery call's
         retries and the next step all count separately. ``deliver_twice`` re-sends every call
-        and keeps the first answer (at-least-once delivery). A fresh ``run()`` is a replay."""
+        and keeps the first answer (at-least-once delivery); ``"concurrently"`` sends both
+        copies at once. A host that cannot be reached counts as a failed attempt (status
+        ``UNREACHABLE``) and the call is retried. A fresh ``run()`` is a replay."""
         fid = self.fn_id(fn_id)
         run = Run(fid, run_id or _new_id(), normalize_event(event))
         max_attempts = self.max_attempts(fid)
@@ -472,9 +484,15 @@ class InngestDriver:
             if len(run.calls) >= max_calls:
                 raise DriverError(f"{fid}: more than {max_calls} calls; looping?")
             step_id, attempt = queue.popleft()
-            rec = await self._call(run, step_id, attempt, disable, max_attempts, before_call)
-            if deliver_twice:
-                await self._call(run, step_id, attempt, disable, max_attempts, before_call, duplicate=True)
+            if deliver_twice == "concurrently":
+                rec, _ = await asyncio.gather(
+                    self._call(run, step_id, attempt, disable, max_attempts, before_call),
+                    self._call(run, step_id, attempt, disable, max_attempts, before_call, duplicate=True),
+                )
+            else:
+                rec = await self._call(run, step_id, attempt, disable, max_attempts, before_call)
+                if deliver_twice:
+                    await self._call(run, step_id, attempt, disable, max_attempts, before_call, duplicate=True)
             if rec.status_code == 200:
                 run.status, run.output = "completed", rec.body
                 break
