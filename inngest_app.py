@@ -70,6 +70,10 @@ CUSTOMER_KEY = (
     ' : (has(event.data.from_email) ? "from:" + string(event.data.from_email) : "unknown")'
 )
 REJECTION_PREFIX = "rejected "
+# Failures of this app's functions (not another app's, not the failure recorder's own).
+FAILED_HERE = (
+    f'event.data.function_id.startsWith("{APP_ID}-") && event.data.function_id != "{APP_ID}-record-run-failure"'
+)
 # Malformed or refused decisions a waiting run will hear out before it stops listening early.
 MAX_IGNORED_DECISIONS = 20
 
@@ -256,8 +260,8 @@ async def reject(ctx: inngest.Context, why: str) -> NoReturn:
 
 
 async def audit_run_failure(ctx: inngest.Context) -> None:
-    """Every function's on_failure: a run that exhausted its retries shows in Postgres. The
-    write is a step, so one database error cannot lose the dead-letter row."""
+    """A run of this app that exhausted its retries shows in Postgres as `run_failed`. The
+    write is a retried step of a retried function, so one database error cannot lose it."""
     data: dict[str, Any] = dict(ctx.event.data)
     original: dict[str, Any] = data["event"] if isinstance(data.get("event"), dict) else {}
     original_data: dict[str, Any] = original["data"] if isinstance(original.get("data"), dict) else {}
@@ -657,7 +661,6 @@ def create_functions(client: inngest.Inngest, settings: Settings) -> list[innges
         name="Handle customer email",
         trigger=inngest.TriggerEvent(event=EMAIL_RECEIVED),
         retries=4,
-        on_failure=audit_run_failure,
         output_type=EmailRunResult,
         concurrency=[
             # All email runs at once: each in-flight step holds at most one pool connection.
@@ -674,7 +677,6 @@ def create_functions(client: inngest.Inngest, settings: Settings) -> list[innges
         name="Record refund decision",
         trigger=inngest.TriggerEvent(event=APPROVAL_DECIDED),
         retries=4,
-        on_failure=audit_run_failure,
         output_type=DecisionRecorded,
     )(record_refund_decision)
     withdrawal = client.create_function(
@@ -682,7 +684,6 @@ def create_functions(client: inngest.Inngest, settings: Settings) -> list[innges
         name="Withdraw refund request",
         trigger=inngest.TriggerEvent(event=REFUND_WITHDRAWN),
         retries=4,
-        on_failure=audit_run_failure,
         output_type=WithdrawalResult,
     )(withdraw_refund_request)
     daily = client.create_function(
@@ -690,19 +691,25 @@ def create_functions(client: inngest.Inngest, settings: Settings) -> list[innges
         name="Daily health check",
         trigger=inngest.TriggerCron(cron=settings.health_check_cron),
         retries=2,
-        on_failure=audit_run_failure,
     )(daily_health_check)
     per_customer = client.create_function(
         fn_id="customer-health-check",
         name="Customer health check",
         trigger=inngest.TriggerEvent(event=HEALTH_CHECK_REQUESTED),
         retries=3,
-        on_failure=audit_run_failure,
         # Gentler than live email: the morning fan-out must never crowd out customers.
         concurrency=[inngest.Concurrency(limit=settings.health_check_concurrency)],
         throttle=inngest.Throttle(limit=settings.health_check_throttle_per_minute, period=timedelta(minutes=1)),
     )(customer_health_check)
-    return [email, decision, withdrawal, daily, per_customer]
+    # Not an SDK `on_failure` handler: those are registered with zero retries, and the dead
+    # letter must survive a database error. One function for the app's failed runs instead.
+    failures = client.create_function(
+        fn_id="record-run-failure",
+        name="Record run failure",
+        trigger=inngest.TriggerEvent(event="inngest/function.failed", expression=FAILED_HERE),
+        retries=4,
+    )(audit_run_failure)
+    return [email, decision, withdrawal, daily, per_customer, failures]
 
 
 # --------------------------------------------------------------------------- the host

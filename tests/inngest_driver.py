@@ -31,6 +31,7 @@ from celpy import celtypes
 from inngest._internal import net
 
 JSONDict = dict[str, Any]
+FUNCTION_FAILED = "inngest/function.failed"
 # The status a call records when the host could not be reached (killed, restarting).
 UNREACHABLE = 599
 
@@ -514,13 +515,34 @@ class InngestDriver:
             # 4xx fails fast (the engine would retry) so misconfiguration stays loud in tests.
             run.status, run.error = "failed", rec.body
             break
-        if run.status == "failed" and run_on_failure and f"{fid}-failure" in self.functions:
+        if run.status == "failed" and run_on_failure:
+            # The engine emits `inngest/function.failed`; every function whose trigger takes it
+            # (an SDK `on_failure` handler, or a function of its own) runs, as in the engine.
             failed = {
-                "name": "inngest/function.failed",
+                "name": FUNCTION_FAILED,
                 "data": {"error": run.error, "event": run.event, "function_id": fid, "run_id": run.run_id},
             }
-            run.on_failure = await self.run(f"{fid}-failure", failed, resolver=resolver, run_on_failure=False)
+            for handler in self.triggered_by(normalize_event(failed)):
+                run.on_failure = await self.run(handler, failed, resolver=resolver, run_on_failure=False)
         return run
+
+    def triggered_by(self, event: JSONDict) -> list[str]:
+        """The registered functions an event starts: its name, and each trigger's CEL
+        `expression` evaluated with `event` bound (an evaluation error starts nothing)."""
+        started = []
+        for fn_id, fn in self.functions.items():
+            for trigger in fn.get("triggers", []):
+                if trigger.get("event") != event["name"]:
+                    continue
+                expression = trigger.get("expression")
+                try:
+                    matched = not expression or cel_evaluate(expression, event=event) is True
+                except celpy.CELEvalError:
+                    matched = False
+                if matched:
+                    started.append(fn_id)
+                    break
+        return started
 
     async def _apply(
         self,

@@ -20,6 +20,9 @@ import inngest_app
 from chaos.chaos_support import CHARGED_TWICE, DESK_USERS, Host, Ledger, assert_story
 from settings import Settings
 
+# Deselected by default (minutes of fault injection); CI runs `pytest -n auto -m chaos`.
+pytestmark = pytest.mark.chaos
+
 EVENT = {"name": inngest_app.EMAIL_RECEIVED, "id": "evt-chaos-2", "data": CHARGED_TWICE, "ts": 1_790_000_000_000}
 
 

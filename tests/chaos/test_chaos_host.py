@@ -23,6 +23,9 @@ from chaos.chaos_support import (
     wait_until,
 )
 
+# Deselected by default (minutes of fault injection); CI runs `pytest -n auto -m chaos`.
+pytestmark = pytest.mark.chaos
+
 EVENT = {"name": inngest_app.EMAIL_RECEIVED, "id": "evt-chaos-1", "data": CHARGED_TWICE, "ts": 1_790_000_000_000}
 
 
