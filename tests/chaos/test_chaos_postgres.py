@@ -46,6 +46,18 @@ class ThrowawayPostgres:
         self.server.ensure_postgres_running()
         assert str(self.server.get_uri()) == self.url, "the restarted server moved"
 
+    async def wait_ready(self, seconds: float = 30) -> None:
+        """Until a connection succeeds: on a loaded machine the socket appears after pg_ctl returns."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            try:
+                await (await asyncpg.connect(self.url, timeout=2)).close()
+                return
+            except (OSError, asyncpg.PostgresError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
     def close(self) -> None:
         self.server.cleanup()
 
@@ -61,6 +73,7 @@ def throwaway() -> Iterator[ThrowawayPostgres]:
 
 @pytest.fixture
 async def own_host(throwaway: ThrowawayPostgres, stub: StubInngestServer, tmp_path: Path) -> AsyncIterator[Host]:
+    await throwaway.wait_ready()
     conn = await asyncpg.connect(throwaway.url)
     try:
         await db.migrate_database(conn)
@@ -102,6 +115,7 @@ async def test_postgres_restarted_mid_run_and_readyz_follows_it(
             assert await _readyz(own_host) == 503
         elif "Postgres stopped" in ledger.faults and rec.attempt > 0 and "Postgres restarted" not in ledger.faults:
             await asyncio.to_thread(throwaway.start)  # a call failed while it was down; now its retry
+            await throwaway.wait_ready()
             ledger.fault("Postgres restarted")
             assert await _readyz(own_host) == 200
 
