@@ -308,10 +308,14 @@ async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:
     print("\nRefund waiting for approval")
     print(f"  request  {request.id}\n  order    {request.order_id}\n  amount   {format_money(request.amount_cents)}")
     print(f"  reason   {request.reason}")
+    reviewer = "terminal"
+    if request.approvals_needed > 1:  # four eyes: each approval is asked for, with a name
+        print(f"  needs    {request.approvals_needed} different reviewers (above REFUND_FOUR_EYES_CENTS)")
+        reviewer = (await asyncio.to_thread(input, "Your name, for the record: ")).strip() or "terminal"
     answer = await asyncio.to_thread(input, "Approve this refund? [y/N] ")
     approved = answer.strip().lower() in {"y", "yes"}
     note = None if approved else (await asyncio.to_thread(input, "Note for the record (optional): ")).strip() or None
-    return refunds.Decision(request_id=request.id, approved=approved, reviewer="terminal", note=note)
+    return refunds.Decision(request_id=request.id, approved=approved, reviewer=reviewer, note=note)
 
 
 def up(settings: Settings, args: argparse.Namespace) -> int:

@@ -56,7 +56,10 @@ $$;
 -- run before the conflict check and must not move the head for a row that is then dropped.
 -- Under the lock every earlier writer has committed, and READ COMMITTED gives each query in
 -- this function a fresh snapshot, so the check sees every row written before.
-CREATE FUNCTION audit_chain_link() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER (runs as the owner who migrated), so the app's role needs no right on
+-- audit_chain_head at all and cannot move the head by hand (README "Controls", grants).
+CREATE FUNCTION audit_chain_link() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
     head audit_chain_head;
 BEGIN
@@ -84,7 +87,8 @@ $$;
 
 -- TRUNCATE empties the table (only the tests' reset does it; production refuses it by grants,
 -- see README "Controls"), so the chain starts again from nothing.
-CREATE FUNCTION audit_chain_reset() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION audit_chain_reset() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
     UPDATE audit_chain_head SET last_seq = 0, last_hash = NULL;
     RETURN NULL;

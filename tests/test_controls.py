@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -242,3 +244,34 @@ async def test_truncate_restarts_the_chain(pool: asyncpg.Pool) -> None:
     await _write(pool, 9)
     assert await pool.fetchval("SELECT chain_seq FROM audit_log") == 1
     assert (await ledger.verify_chain(pool)).verified == 1
+
+
+def _readme_grants(role: str) -> str:
+    """The SQL block under README's "Grants on Neon", for this role."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    after = readme[readme.index("**Grants on Neon.**") :]
+    block = after[after.index("```sql\n") + len("```sql\n") : after.index("```", after.index("```sql\n") + 6)]
+    return block.replace("support_app", role)
+
+
+async def test_the_readme_grants_let_the_app_append_but_never_change_the_audit_log(pool: asyncpg.Pool) -> None:
+    role = f"sw_app_{uuid.uuid4().hex[:10]}"  # roles belong to the whole server: one per test
+    async with pool.acquire() as conn:
+        await conn.execute(_readme_grants(role))
+        try:
+            await conn.execute(f'SET ROLE "{role}"')
+            assert await db.record_audit(conn, action=db.AuditAction.REPLY_SENT, run_id="r", customer_id=GRACE)
+            refused = [
+                "UPDATE audit_log SET detail = '{}'",
+                "DELETE FROM audit_log",
+                "TRUNCATE audit_log",
+                "UPDATE audit_chain_head SET last_seq = 0",
+                "ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only",
+            ]
+            for sql in refused:
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(sql)
+            assert (await ledger.verify_chain(pool)).verified == 1
+        finally:
+            await conn.execute("RESET ROLE")
+            await conn.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
