@@ -10,6 +10,7 @@
     support-worker approve rr_... --reviewer you@example.com [--note ...]
     support-worker reject rr_... --reviewer you@example.com [--note ...]
     support-worker audit [--customer c-4429] [--action refund_issued] [--run RUN_ID]
+    support-worker audit verify            # recompute the audit trail's hash chain
 
 `list`, `pending` and `audit` print a table, or JSON with `--json`. `python worker.py ...`
 is the same program (its old flags map onto these commands).
@@ -44,7 +45,7 @@ import refunds
 import sample_data
 from money import format_money
 from settings import Settings, get_settings
-from store import reviews
+from store import ledger, reviews
 
 DEV_SERVER_PORT = 8288
 
@@ -229,6 +230,8 @@ async def pending(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def audit(settings: Settings, args: argparse.Namespace) -> int:
+    if args.check == "verify":
+        return await audit_verify(settings)
     action = db.AuditAction(args.action) if args.action else None
     async with db.open_pool(settings, max_size=1) as pool:
         entries = await db.list_audit(pool, customer_id=args.customer, run_id=args.run, action=action)
@@ -244,6 +247,20 @@ async def audit(settings: Settings, args: argparse.Namespace) -> int:
     ]
     print_rows(rows, as_json=args.json, empty="No audit rows match.")
     return 0
+
+
+async def audit_verify(settings: Settings) -> int:
+    """Recompute the hash chain; exit 1 naming the first row that does not match."""
+    async with db.open_pool(settings, max_size=1) as pool:
+        report = await ledger.verify_chain(pool)
+    broken = report.broken
+    if broken is None:
+        print(f"audit chain verified: {report.verified} rows; head sha256 {report.head_hash or '(empty chain)'}")
+        return 0
+    where = f"audit row {broken.audit_id} (position {broken.chain_seq})" if broken.audit_id else "the chain head"
+    print(f"audit chain broken at {where}: {broken.why}. {report.verified} rows verified before it.")
+    print("Compare with a backup or the database's own logs to see what changed; do not write over the row.")
+    return 1
 
 
 async def list_customers(settings: Settings, args: argparse.Namespace) -> int:
@@ -291,10 +308,14 @@ async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:
     print("\nRefund waiting for approval")
     print(f"  request  {request.id}\n  order    {request.order_id}\n  amount   {format_money(request.amount_cents)}")
     print(f"  reason   {request.reason}")
+    reviewer = "terminal"
+    if request.approvals_needed > 1:  # four eyes: each approval is asked for, with a name
+        print(f"  needs    {request.approvals_needed} different reviewers (above REFUND_FOUR_EYES_CENTS)")
+        reviewer = (await asyncio.to_thread(input, "Your name, for the record: ")).strip() or "terminal"
     answer = await asyncio.to_thread(input, "Approve this refund? [y/N] ")
     approved = answer.strip().lower() in {"y", "yes"}
     note = None if approved else (await asyncio.to_thread(input, "Note for the record (optional): ")).strip() or None
-    return refunds.Decision(request_id=request.id, approved=approved, reviewer="terminal", note=note)
+    return refunds.Decision(request_id=request.id, approved=approved, reviewer=reviewer, note=note)
 
 
 def up(settings: Settings, args: argparse.Namespace) -> int:
@@ -426,7 +447,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer samples (CI): the same counts and sizes")
     commands.add_parser("seed", help="insert sample customers and orders into an empty database (development only)")
 
-    trail = commands.add_parser("audit", help="print the audit trail")
+    trail = commands.add_parser("audit", help="print the audit trail, or `audit verify` its hash chain")
+    trail.add_argument("check", nargs="?", choices=["verify"], help="verify: recompute the hash chain")
     trail.add_argument("--customer")
     trail.add_argument("--action", choices=[a.value for a in db.AuditAction])
     trail.add_argument("--run")

@@ -180,8 +180,10 @@ async def _decide_here(
     decide: Decider,
     settings: Settings,
 ) -> refunds.GateOutcome:
-    """The terminal's gate: open the request, ask `decide` at once, settle with its answer
-    (no answer means the time is up)."""
+    """The terminal's gate: open the request, ask `decide` at once and settle with its answer
+    (no answer means the time is up). A four-eyes request asks `decide` once per approval it
+    needs; when those answers do not approve it (the same reviewer twice), it expires here,
+    since no one else can approve it after this run ends."""
     opened = await refunds.open_request(
         pool,
         run_id=run_id,
@@ -190,14 +192,22 @@ async def _decide_here(
         call_id=item.call_id or "unknown-call",
         raw_arguments=item.arguments,
         ttl_seconds=settings.refund_approval_timeout_seconds,
+        four_eyes_cents=settings.refund_four_eyes_cents,
     )
     if opened.status != "pending" or opened.request_id is None:
         return opened
-    request = await db.get_refund_request(pool, request_id=opened.request_id)
-    decision = await decide(request) if request else None
-    return await refunds.settle(
-        pool, request_id=opened.request_id, decision=decision, decision_id=f"local:{opened.request_id}", time_is_up=True
-    )
+    request_id = opened.request_id
+    request = await db.get_refund_request(pool, request_id=request_id)
+    for round_no in range(1, (request.approvals_needed if request else 1) + 1):
+        decision = await decide(request) if request else None
+        if decision is None:
+            break
+        decision_id = f"local:{request_id}" if round_no == 1 else f"local:{request_id}:{round_no}"
+        outcome = await refunds.settle(pool, request_id=request_id, decision=decision, decision_id=decision_id)
+        if outcome.status != "pending":
+            return outcome
+        request = await db.get_refund_request(pool, request_id=request_id)
+    return await refunds.settle(pool, request_id=request_id, decision=None, decision_id=None, time_is_up=True)
 
 
 class EmailOutcome(BaseModel):

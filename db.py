@@ -105,6 +105,7 @@ class RefundRequest(BaseModel):
     expires_at: str
     approved_amount_cents: int | None = None
     edited_reply: str | None = None
+    approvals_needed: int = 1  # distinct reviewers who must approve (four eyes: 2)
     seconds_left: float = 0.0  # until expires_at, by the database's clock; negative once expired
 
     @property
@@ -458,6 +459,7 @@ async def insert_refund_request(
     run_id: str,
     tool_call_id: str,
     ttl_seconds: float,
+    approvals_needed: int = 1,
 ) -> tuple[RefundRequest, bool]:
     """A pending request for a paused refund call, once per (run, tool call).
 
@@ -466,8 +468,8 @@ async def insert_refund_request(
     """
     row = await conn.fetchrow(
         "INSERT INTO refund_requests (id, customer_id, order_id, amount_cents, reason,"
-        " customer_message, run_id, tool_call_id, expires_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))"
+        " customer_message, run_id, tool_call_id, expires_at, approvals_needed)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9), $10)"
         f" ON CONFLICT (run_id, tool_call_id) DO NOTHING RETURNING {_REQUEST_COLUMNS}",
         f"rr_{uuid.uuid4().hex}",
         customer_id,
@@ -478,6 +480,7 @@ async def insert_refund_request(
         run_id,
         tool_call_id,
         float(ttl_seconds),
+        approvals_needed,
     )
     if row is not None:
         return request_from_row(row), True

@@ -38,7 +38,7 @@ import refunds
 from ingress import credentials_match
 from money import format_money
 from settings import PROJECT_ROOT, Settings
-from store import reviews
+from store import approvals, reviews
 
 logger = logging.getLogger("support_worker.desk")
 
@@ -52,6 +52,10 @@ IGNORED_REASONS = {
     "amount_raised": "An edit may only lower the amount, never raise it; nothing was changed.",
     "bad_amount": "The edited amount must be a positive amount of money; nothing was changed.",
     "recorded": "Recorded.",
+    "same_reviewer": (
+        "You have already approved this refund; the second approval must come from a different reviewer."
+        " Nothing was changed."
+    ),
 }
 
 # What each audit action means to someone watching a run, for the live status stream.
@@ -108,7 +112,7 @@ def describe_outcome(outcome: refunds.DecisionOutcome, announced: bool) -> str:
     """One sentence for the reviewer about what their click did."""
     request = outcome.request
     if outcome.applied and request is not None:
-        verb = "Approved" if request.status == "approved" else "Rejected"
+        verb = "Rejected" if request.status == "rejected" else "Approved"
         edit = ""
         if request.approved_amount_cents is not None:
             lowered, requested = format_money(request.approved_amount_cents), format_money(request.amount_cents)
@@ -116,6 +120,11 @@ def describe_outcome(outcome: refunds.DecisionOutcome, announced: bool) -> str:
         if request.edited_reply:
             edit += " with your reply"
         tail = "" if announced else " (recorded; the waiting run will pick it up when it next checks)"
+        if request.approvals_needed > 1 and request.status != "rejected":
+            count = f"{len(outcome.approvers)} of {request.approvals_needed} approvals: {', '.join(outcome.approvers)}"
+            if request.status == "pending":
+                count += "; a different reviewer must approve before anything is paid"
+            edit = f" ({count}){edit}"
         return f"{verb} refund {request.id} for order {request.order_id}{edit}{tail}."
     message = IGNORED_REASONS[outcome.reason]
     if outcome.reason == "already_decided" and request is not None:
@@ -226,8 +235,10 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
 
     @router.get("/reviews")
     async def reviews_page(request: Request, reviewer: str = Depends(signed_in), msg: str = "") -> Response:
+        waiting = await reviews.list_pending_reviews(get_pool())
         context = {
-            "reviews": await reviews.list_pending_reviews(get_pool()),
+            "reviews": waiting,
+            "approvals": await approvals.approvals_by_request(get_pool(), request_ids=[r.request.id for r in waiting]),
             "reviewer": reviewer,
             "flash": msg[:300],
             "token_for": lambda request_id: form_token(settings, reviewer=reviewer, request_id=request_id),

@@ -377,6 +377,7 @@ async def refund_gate(
         call_id=call_id,
         raw_arguments=item.arguments,
         ttl_seconds=rt.settings.refund_approval_timeout_seconds,
+        four_eyes_cents=rt.settings.refund_four_eyes_cents,
     )
     opened = await step.run(
         f"open-refund-{call_id}",

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 import db
 from fields import MAX_ID, StorableText
+from store import approvals
 
 logger = logging.getLogger("support_worker.refunds")
 
@@ -62,6 +63,7 @@ class PolicyVerdict(BaseModel):
     order_id: int | None
     amount_cents: int
     refundable_cents: int = 0
+    approvals_needed: int = 1  # distinct reviewers who must approve: 2 above the four-eyes limit
 
 
 class GateOutcome(BaseModel):
@@ -79,9 +81,17 @@ class DecisionOutcome(BaseModel):
 
     applied: bool
     reason: Literal[
-        "recorded", "same_decision", "unknown_request", "already_decided", "expired", "amount_raised", "bad_amount"
+        "recorded",
+        "same_decision",
+        "unknown_request",
+        "already_decided",
+        "expired",
+        "amount_raised",
+        "bad_amount",
+        "same_reviewer",
     ]
     request: db.RefundRequest | None
+    approvers: list[str] = []  # four eyes: who has approved so far, first approver first
 
 
 def _refused(explanation: str, *, order_id: int | None, amount_cents: int, refundable: int = 0) -> PolicyVerdict:
@@ -95,12 +105,22 @@ def _refused(explanation: str, *, order_id: int | None, amount_cents: int, refun
     )
 
 
+# The default of REFUND_FOUR_EYES_CENTS: refunds above $500.00 need two different reviewers.
+DEFAULT_FOUR_EYES_CENTS = 50_000
+
+
 def refund_policy(
-    order: db.Order | None, *, customer_id: db.CustomerId, order_id: Any, amount_cents: Any
+    order: db.Order | None,
+    *,
+    customer_id: db.CustomerId,
+    order_id: Any,
+    amount_cents: Any,
+    four_eyes_cents: int = DEFAULT_FOUR_EYES_CENTS,
 ) -> PolicyVerdict:
     """The refund policy, in code: an order of this customer's, a positive whole number of
     cents, no more than what was paid minus what was already refunded. Every refund the
-    policy allows is asked of a human first."""
+    policy allows is asked of a human first, and of two different humans when it is above
+    `four_eyes_cents` (strictly greater: exactly the limit needs one)."""
     if isinstance(order_id, bool) or not isinstance(order_id, int) or not 0 < order_id <= MAX_ID:
         return _refused("Refund refused: the order id must be a positive whole number.", order_id=None, amount_cents=0)
     if isinstance(amount_cents, bool) or not isinstance(amount_cents, int) or not 0 < amount_cents <= MAX_ID:
@@ -127,23 +147,36 @@ def refund_policy(
             amount_cents=amount_cents,
             refundable=order.refundable_cents,
         )
+    four_eyes = amount_cents > four_eyes_cents
     return PolicyVerdict(
         allowed=True,
         needs_human=True,
-        explanation="Refund is within policy; a reviewer decides.",
+        explanation=(
+            "Refund is within policy; two different reviewers must approve it."
+            if four_eyes
+            else "Refund is within policy; a reviewer decides."
+        ),
         order_id=order_id,
         amount_cents=amount_cents,
         refundable_cents=order.refundable_cents,
+        approvals_needed=2 if four_eyes else 1,
     )
 
 
 async def check_policy(
-    conn: db.Executor, *, customer_id: db.CustomerId, order_id: Any, amount_cents: Any
+    conn: db.Executor,
+    *,
+    customer_id: db.CustomerId,
+    order_id: Any,
+    amount_cents: Any,
+    four_eyes_cents: int = DEFAULT_FOUR_EYES_CENTS,
 ) -> PolicyVerdict:
     """`refund_policy` against the order as the database has it now."""
     in_range = isinstance(order_id, int) and not isinstance(order_id, bool) and 0 < order_id <= MAX_ID
     order = await db.get_order(conn, order_id=order_id) if in_range else None
-    return refund_policy(order, customer_id=customer_id, order_id=order_id, amount_cents=amount_cents)
+    return refund_policy(
+        order, customer_id=customer_id, order_id=order_id, amount_cents=amount_cents, four_eyes_cents=four_eyes_cents
+    )
 
 
 # --------------------------------------------------------------------------- audit writers
@@ -221,16 +254,20 @@ async def open_request(
     call_id: str,
     raw_arguments: str | None,
     ttl_seconds: int,
+    four_eyes_cents: int = DEFAULT_FOUR_EYES_CENTS,
 ) -> GateOutcome:
     """Turn a paused `issue_refund` call into a pending request, once the policy agrees.
 
     The model's arguments name the order and amount; the customer id and the request id are
     the server's. A call the policy refuses opens nothing and is audited as blocked at the
-    request stage. A redelivered call finds the request the first delivery opened.
+    request stage. A redelivered call finds the request the first delivery opened. How many
+    reviewers must approve is fixed here, from `four_eyes_cents` (REFUND_FOUR_EYES_CENTS).
     """
     arguments, unreadable = refund_arguments(raw_arguments)
     order_id, amount = arguments.get("order_id"), arguments.get("amount_cents")
-    verdict = await check_policy(pool, customer_id=customer_id, order_id=order_id, amount_cents=amount)
+    verdict = await check_policy(
+        pool, customer_id=customer_id, order_id=order_id, amount_cents=amount, four_eyes_cents=four_eyes_cents
+    )
     if unreadable or not verdict.allowed:
         why = f"Refund refused: {unreadable}." if unreadable else verdict.explanation
         await _audit_blocked(
@@ -281,6 +318,7 @@ async def _insert_request(
             run_id=run_id,
             tool_call_id=call_id,
             ttl_seconds=ttl_seconds,
+            approvals_needed=verdict.approvals_needed,
         )
         if created:
             await db.record_audit(
@@ -294,6 +332,7 @@ async def _insert_request(
                     "amount_cents": request.amount_cents,
                     "reason": request.reason,
                     "expires_at": request.expires_at,
+                    "approvals_needed": request.approvals_needed,
                 },
                 idempotency_key=f"refund_requested:{request.id}",
             )
@@ -313,16 +352,19 @@ def _edit_refusal(decision: Decision, current: db.RefundRequest) -> Literal["amo
     return "amount_raised" if amount > current.amount_cents else None
 
 
-def _already(current: db.RefundRequest, decision_id: str) -> DecisionOutcome:
-    if current.decision_id == decision_id:
-        return DecisionOutcome(applied=False, reason="same_decision", request=current)
+def _already(current: db.RefundRequest, decision_id: str, given: list[approvals.Approval]) -> DecisionOutcome:
+    approvers = [a.reviewer for a in given]
+    if current.decision_id == decision_id or any(a.decision_id == decision_id for a in given):
+        return DecisionOutcome(applied=False, reason="same_decision", request=current, approvers=approvers)
     reason: Literal["expired", "already_decided"] = "expired" if current.status == "expired" else "already_decided"
-    return DecisionOutcome(applied=False, reason=reason, request=current)
+    return DecisionOutcome(applied=False, reason=reason, request=current, approvers=approvers)
 
 
 async def record_decision(pool: asyncpg.Pool, decision: Decision, *, decision_id: str) -> DecisionOutcome:
     """Record a reviewer's decision: the first decision on a live, pending request wins.
 
+    Four eyes: a request that needs two approvals stays pending after the first, and only a
+    second approval from a different reviewer approves it; a rejection by anyone ends it.
     `decision_id` makes a redelivered decision a no-op instead of a conflict. Unknown,
     already-decided and expired requests change nothing (the caller audits why, with
     `audit_decision_ignored`, because only it knows where the decision came from).
@@ -331,14 +373,16 @@ async def record_decision(pool: asyncpg.Pool, decision: Decision, *, decision_id
         current = await db.lock_refund_request(conn, request_id=decision.request_id)
         if current is None:
             return DecisionOutcome(applied=False, reason="unknown_request", request=None)
+        given = await approvals.list_approvals(conn, request_id=current.id)
         if current.status != "pending":
-            return _already(current, decision_id)
+            return _already(current, decision_id, given)
         if current.seconds_left <= 0:
             return DecisionOutcome(applied=False, reason="expired", request=current)
         refusal = _edit_refusal(decision, current)
         if refusal is not None:
             return DecisionOutcome(applied=False, reason=refusal, request=current)
-        lowered = decision.amount_cents if decision.approved and decision.amount_cents != current.amount_cents else None
+        if decision.approved and current.approvals_needed > 1:
+            return await _record_approval(conn, current, decision, decision_id, given)
         request = await db.set_refund_decision(
             conn,
             request_id=current.id,
@@ -346,30 +390,99 @@ async def record_decision(pool: asyncpg.Pool, decision: Decision, *, decision_id
             reviewer=decision.reviewer,
             note=decision.note,
             decision_id=decision_id,
-            approved_amount_cents=lowered,
+            approved_amount_cents=_lowered(current, decision.amount_cents if decision.approved else None),
             edited_reply=decision.reply or None,
         )
-        edits: dict[str, Any] = {}
-        if lowered is not None:
-            edits["amount_cents"] = {"requested": current.amount_cents, "approved": lowered}
-        if decision.reply:
-            edits["reply"] = "replaced by the reviewer"
-        await db.record_audit(
-            conn,
-            action=db.AuditAction.DECISION_RECORDED,
-            run_id=request.run_id,
-            customer_id=request.customer_id,
-            detail={
-                "request_id": request.id,
-                "approved": decision.approved,
-                "reviewer": decision.reviewer,
-                "note": decision.note,
-                "decision_id": decision_id,
-                "edits": edits,
-            },
-            idempotency_key=f"decision_recorded:{request.id}",
+        extra = {"approvals": f"{len(given)} of {current.approvals_needed}"} if current.approvals_needed > 1 else {}
+        await _audit_decision(conn, request, decision, decision_id, key=f"decision_recorded:{request.id}", **extra)
+        return DecisionOutcome(applied=True, reason="recorded", request=request, approvers=[a.reviewer for a in given])
+
+
+def _lowered(current: db.RefundRequest, amount_cents: int | None) -> int | None:
+    """The approved amount to store: None unless an edit lowered the requested one."""
+    return amount_cents if amount_cents is not None and amount_cents != current.amount_cents else None
+
+
+async def _record_approval(
+    conn: db.Executor,
+    current: db.RefundRequest,
+    decision: Decision,
+    decision_id: str,
+    given: list[approvals.Approval],
+) -> DecisionOutcome:
+    """One approval of a request that needs several, from distinct reviewers.
+
+    The same reviewer approving again counts once (the table's primary key says so too).
+    When the last approval needed arrives the request is approved. Edits combine as the
+    safer reading of both: the lowest amount any approver named is paid, and the reply of the
+    latest approver who wrote one is sent (later approvers see earlier edits on the desk).
+    """
+    mine = next((a for a in given if a.reviewer == decision.reviewer), None)
+    if mine is not None:
+        reason: Literal["same_decision", "same_reviewer"] = (
+            "same_decision" if mine.decision_id == decision_id else "same_reviewer"
         )
-        return DecisionOutcome(applied=True, reason="recorded", request=request)
+        return DecisionOutcome(applied=False, reason=reason, request=current, approvers=[a.reviewer for a in given])
+    approval = approvals.Approval(
+        request_id=current.id,
+        reviewer=decision.reviewer,
+        decision_id=decision_id,
+        amount_cents=decision.amount_cents,
+        reply=decision.reply or None,
+        note=decision.note,
+    )
+    await approvals.add_approval(conn, **approval.model_dump())
+    given = [*given, approval]
+    approvers, count = [a.reviewer for a in given], len(given)
+    request = current
+    if count >= current.approvals_needed:
+        request = await db.set_refund_decision(
+            conn,
+            request_id=current.id,
+            status="approved",
+            reviewer=decision.reviewer,
+            note=decision.note,
+            decision_id=decision_id,
+            approved_amount_cents=_lowered(current, min(a.amount_cents or current.amount_cents for a in given)),
+            edited_reply=next((a.reply for a in reversed(given) if a.reply), None),
+        )
+    await _audit_decision(
+        conn,
+        request,
+        decision,
+        decision_id,
+        key=f"decision_recorded:{current.id}:approval-{count}",
+        approvals=f"{count} of {current.approvals_needed}",
+        approvers=approvers,
+    )
+    return DecisionOutcome(applied=True, reason="recorded", request=request, approvers=approvers)
+
+
+async def _audit_decision(
+    conn: db.Executor, request: db.RefundRequest, decision: Decision, decision_id: str, *, key: str, **extra: Any
+) -> None:
+    """The one writer of `decision_recorded`: who decided what, and what they edited."""
+    edits: dict[str, Any] = {}
+    if decision.approved and decision.amount_cents is not None and decision.amount_cents != request.amount_cents:
+        edits["amount_cents"] = {"requested": request.amount_cents, "approved": decision.amount_cents}
+    if decision.reply:
+        edits["reply"] = "replaced by the reviewer"
+    await db.record_audit(
+        conn,
+        action=db.AuditAction.DECISION_RECORDED,
+        run_id=request.run_id,
+        customer_id=request.customer_id,
+        detail={
+            "request_id": request.id,
+            "approved": decision.approved,
+            "reviewer": decision.reviewer,
+            "note": decision.note,
+            "decision_id": decision_id,
+            "edits": edits,
+            **extra,
+        },
+        idempotency_key=key,
+    )
 
 
 async def withdraw(pool: asyncpg.Pool, *, request_id: str, withdrawal_id: str, why: str) -> DecisionOutcome:
@@ -497,6 +610,13 @@ async def pay_for_call(pool: asyncpg.Pool, *, run_id: str, customer_id: db.Custo
         existing = await db.refund_for_request(conn, request_id=request.id)
         if existing is not None:
             return Payment(issued=True, refund=existing, explanation="Refund already issued.")
+        approvers = [a.reviewer for a in await approvals.list_approvals(conn, request_id=request.id)]
+        if request.approvals_needed > 1 and len(approvers) < request.approvals_needed:
+            # Defence in depth: `record_decision` never approves such a request, but the
+            # payment is where money moves, so it checks the approvals itself.
+            why = f"Refund refused: it needs {request.approvals_needed} different reviewers' approvals."
+            await _block_payment(conn, request, why)
+            return Payment(issued=False, refund=None, explanation=why)
         await db.lock_order(conn, order_id=request.order_id)
         verdict = await check_policy(
             conn, customer_id=request.customer_id, order_id=request.order_id, amount_cents=request.payable_cents
@@ -517,6 +637,7 @@ async def pay_for_call(pool: asyncpg.Pool, *, run_id: str, customer_id: db.Custo
                 "amount_cents": refund.amount_cents,
                 "requested_cents": request.amount_cents,
                 "reviewer": request.reviewer,
+                **({"approvers": approvers} if request.approvals_needed > 1 else {}),
             },
             idempotency_key=f"refund_issued:{request.id}",
         )

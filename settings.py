@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     health_check_fanout_chunk: int = Field(default=1000, ge=1, le=5000)
     # Customers who got a reply or an outreach note this many days ago or less are not checked.
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
+    # Controls (README "Controls"): refunds above this many cents need two different reviewers.
+    refund_four_eyes_cents: int = Field(default=50_000, ge=0)
 
     @field_validator("refund_approval_timeout_hours")
     @classmethod

@@ -21,6 +21,7 @@ from tests_support import free_port, open_request
 import db
 import inngest_app
 from offline_model import OfflineSupportModel
+from sample_data import ADA
 from settings import Settings
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -46,7 +47,7 @@ async def desk_url(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Async
     with StubInngestServer() as stub:
         for key, value in stub.env().items():
             monkeypatch.setenv(key, value)
-        opened = settings.model_copy(update={"inngest_dev": stub.url, "review_desk_users": "alice:alice-pw"})
+        opened = settings.model_copy(update={"inngest_dev": stub.url, "review_desk_users": "alice:alice-pw,bob:bob-pw"})
         app = inngest_app.create_app(opened, model=OfflineSupportModel())
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -130,6 +131,46 @@ async def test_a_reviewer_approves_one_refund_and_rejects_another_in_the_browser
         "decision_recorded",
         "decision_ignored",
     ]
+
+
+async def test_two_reviewers_sign_in_to_approve_a_four_eyes_refund_in_the_browser(
+    desk_url: tuple[str, StubInngestServer], browser: Browser, pool: asyncpg.Pool
+) -> None:
+    url, stub = desk_url
+    large = await open_request(pool, customer_id=ADA, order_id=1001, cents=129_900, ttl_seconds=4 * 3600)
+    alice = await browser.new_context(http_credentials={"username": "alice", "password": "alice-pw"})
+    page = await alice.new_page()
+    await page.goto(f"{url}/reviews")
+    await expect(page.locator(f"#{large.id} .four-eyes")).to_contain_text("0 of 2 approvals")
+    await page.locator(f"#{large.id} input[name=amount]").fill("1,000.00")
+    await page.locator(f"#{large.id} button[value=approve]").click()
+    await page.wait_for_url("**/reviews?msg=*")
+    flash = await page.locator(".flash").inner_text()
+    assert f"Approved refund {large.id} for order 1001 (1 of 2 approvals: alice; a different reviewer" in flash
+    # Still waiting, saying who approved; alice's second approval is refused on the page.
+    await expect(page.locator(f"#{large.id} .four-eyes")).to_contain_text("1 of 2 approvals: approved by alice")
+    await page.locator(f"#{large.id} button[value=approve]").click()
+    await page.wait_for_url("**/reviews?msg=*")
+    assert "the second approval must come from a different reviewer" in await page.locator(".flash").inner_text()
+    await alice.close()
+
+    bob = await browser.new_context(http_credentials={"username": "bob", "password": "bob-pw"})
+    page = await bob.new_page()
+    await page.goto(f"{url}/reviews")
+    await expect(page.locator(f"#{large.id} .four-eyes")).to_contain_text("alice at $1,000.00")
+    await page.locator(f"#{large.id} button[value=approve]").click()
+    await page.wait_for_url("**/reviews?msg=*")
+    flash = await page.locator(".flash").inner_text()
+    assert f"Approved refund {large.id} for order 1001 (2 of 2 approvals: alice, bob)" in flash
+    assert "lowered from $1,299.00" in flash
+    await page.screenshot(path=str(_artifacts() / "desk-four-eyes-approved.png"))
+    await bob.close()
+
+    stored = await db.get_refund_request(pool, request_id=large.id)
+    assert stored and (stored.status, stored.payable_cents) == ("approved", 100_000)
+    assert [(e.data["reviewer"], e.data["approved"]) for e in stub.events] == [("alice", True), ("bob", True)]
+    recorded = await db.list_audit(pool, action=db.AuditAction.DECISION_RECORDED)
+    assert [(e.detail["reviewer"], e.detail["approvals"]) for e in recorded] == [("alice", "1 of 2"), ("bob", "2 of 2")]
 
 
 def _artifacts() -> Path:
