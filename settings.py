@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     # Customers who got a reply or an outreach note this many days ago or less are not checked.
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
 
+    # Trust at the edges (issue 11). Where Inngest reaches this host, e.g.
+    # "https://support.example.com"; required in production, because otherwise the SDK
+    # registers whatever URL the syncing request's Host header names.
+    inngest_serve_origin: str | None = None
+    # Signed calls older than this are refused with 401 (the Python SDK never checks the age).
+    signature_max_age_seconds: int = 300
+
     @property
     def inngest_dev_mode(self) -> bool:
         """Dev mode (unsigned calls accepted) when INNGEST_DEV is truthy or a dev server URL."""
