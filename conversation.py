@@ -186,11 +186,29 @@ async def _decide_here(
     )
     if opened.status != "pending" or opened.request_id is None:
         return opened
-    request = await db.get_refund_request(pool, request_id=opened.request_id)
-    decision = await decide(request) if request else None
+    request_id = opened.request_id
+    request = await db.get_refund_request(pool, request_id=request_id)
+    try:
+        decision = await decide(request) if request else None
+    except BaseException as ended:  # Ctrl-C, end of input, a closed terminal, cancellation
+        await refunds.end_terminal_request(pool, request_id=request_id)
+        if isinstance(ended, KeyboardInterrupt | EOFError):
+            raise TerminalSessionEnded(request_id) from ended
+        raise
+    local_id = f"local:{request_id}"
     return await refunds.settle(
-        pool, request_id=opened.request_id, decision=decision, decision_id=f"local:{opened.request_id}", time_is_up=True
+        pool, request_id=request_id, decision=decision, decision_id=local_id, time_is_up=True, terminal=True
     )
+
+
+class TerminalSessionEnded(Exception):
+    """The person at the prompt left (Ctrl-C, end of input, a closed terminal) before deciding."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"Stopped before a decision: refund request {request_id} was closed (expired) and nothing was paid."
+        )
+        self.request_id = request_id
 
 
 class EmailOutcome(BaseModel):

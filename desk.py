@@ -26,6 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 
 import db
 import refunds
+from fields import MAX_ID
 from ingress import basic_auth_matches
 from money import format_money
 from settings import Settings
@@ -43,6 +44,10 @@ IGNORED_REASONS = {
     "amount_raised": "An edit may only lower the amount, never raise it; nothing was changed.",
     "bad_amount": "The edited amount must be a positive amount of money; nothing was changed.",
     "recorded": "Recorded.",
+    "no_waiting_run": (
+        "This request was opened by a terminal session (support-worker answer), which decides it at its own "
+        "prompt; no run waits for another decision, so nothing was changed and nothing will be paid."
+    ),
 }
 
 # What each audit action means to someone watching a run, for the live status stream.
@@ -72,7 +77,10 @@ def parse_dollars(text: str) -> int | None:
         raise ValueError(f"not an amount: {text!r}")
     cleaned = cleaned.replace(",", "")
     whole, _, fraction = cleaned.partition(".")
-    return int(whole) * 100 + int((fraction + "00")[:2])
+    cents = int(whole) * 100 + int((fraction + "00")[:2])
+    if cents > MAX_ID:
+        raise ValueError(f"too large to be an amount of money: {text!r}")
+    return cents
 
 
 async def status_events(
