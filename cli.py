@@ -21,25 +21,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 
 import conversation
 import db
 import desk
 import events
 import inngest_app
+import launcher
 import migrate
 import refunds
 import sample_data
@@ -47,12 +46,9 @@ from money import format_money
 from settings import Settings, get_settings
 from store import ledger, reviews
 
-DEV_SERVER_PORT = 8288
-
 
 def _dev_server_url(settings: Settings) -> str:
-    value = (settings.inngest_dev or "").strip()
-    return value.rstrip("/") if value.startswith("http") else f"http://127.0.0.1:{DEV_SERVER_PORT}"
+    return launcher.dev_server_url(settings)
 
 
 def _event_settings(settings: Settings) -> Settings:
@@ -154,11 +150,7 @@ async def send_email(settings: Settings, args: argparse.Namespace) -> int:
     try:
         internal_ids = await _send(target, events.EMAIL_RECEIVED, event_id, data)
     except Exception as error:
-        print(
-            f"Not sent: event {event_id}. No dev server answered at {_dev_server_url(target)} ({error}).\n"
-            "Start everything with: support-worker up (or set INNGEST_DEV to the dev server's URL)",
-            file=sys.stderr,
-        )
+        print(f"Not sent: event {event_id}. {_unsent(target, error)}", file=sys.stderr)
         return 1
     print(f"sent {events.EMAIL_RECEIVED} {event_id} for {customer.name} (customer {customer.id})")
     print(f"  event id  {', '.join(internal_ids) or '(the event API returned none)'}")
@@ -166,14 +158,32 @@ async def send_email(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _unsent(settings: Settings, error: Exception) -> str:
+    """Why an event could not be sent, and what to do about it, in one line."""
+    if settings.inngest_event_key and not settings.inngest_dev_mode:
+        return f"Inngest's event API could not take the event ({error}); check INNGEST_EVENT_KEY and the network."
+    url = _dev_server_url(settings)
+    command = " ".join(launcher.dev_server_command("http://127.0.0.1:8000"))
+    return (
+        f"No dev server answered at {url}: the Inngest dev server at {url} is unreachable ({error}); "
+        f"start it (e.g. {command}) or set INNGEST_DEV."
+    )
+
+
 async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool) -> int:
+    unsent: list[Exception] = []
+
     async def announce(data: dict[str, Any]) -> None:
-        await _send(settings, events.APPROVAL_DECIDED, str(data["decision_id"]), data)
+        try:
+            await _send(settings, events.APPROVAL_DECIDED, str(data["decision_id"]), data)
+        except Exception as error:
+            unsent.append(error)
+            raise
 
     try:
         amount_cents = desk.parse_dollars(args.amount or "") if approved else None
-    except ValueError:
-        print(f"--amount {args.amount!r} is not an amount; write it like 12.34", file=sys.stderr)
+    except ValueError as error:
+        print(f"--amount {args.amount!r}: {error}", file=sys.stderr)
         return 2
     decision = refunds.Decision(
         request_id=args.request_id,
@@ -184,8 +194,15 @@ async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool
         reply=args.reply,
     )
     async with db.open_pool(settings, max_size=1) as pool:
-        outcome, announced = await refunds.submit_decision(pool, decision, announce=announce, via="cli")
-    print(desk.describe_outcome(outcome, announced))
+        outcome, _ = await refunds.submit_decision(pool, decision, announce=announce, via="cli")
+    said = desk.describe_outcome(outcome, announced=True)
+    if outcome.applied and unsent:
+        said = (
+            f"{said[:-1]}; recorded, and it will be delivered: the waiting run re-reads Postgres every "
+            f"{settings.decision_recheck_minutes} minutes (DECISION_RECHECK_MINUTES), and the engine could "
+            f"not be told now: {_unsent(settings, unsent[0])}"
+        )
+    print(said)
     return 0 if outcome.applied else 1
 
 
@@ -276,6 +293,9 @@ async def list_customers(settings: Settings, args: argparse.Namespace) -> int:
 
 async def answer(settings: Settings, args: argparse.Namespace) -> int:
     """Answer one email here, without a durable engine; refunds are decided at the prompt."""
+    if not args.body.strip():
+        print("The email is empty: give the customer's words, e.g. \"I was charged twice\".", file=sys.stderr)
+        return 2
     model_note = (
         "offline rule-based model (no OPENAI_API_KEY set)" if settings.uses_offline_model else settings.openai_model
     )
@@ -311,17 +331,30 @@ async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:
     reviewer = "terminal"
     if request.approvals_needed > 1:  # four eyes: each approval is asked for, with a name
         print(f"  needs    {request.approvals_needed} different reviewers (above REFUND_FOUR_EYES_CENTS)")
-        reviewer = (await asyncio.to_thread(input, "Your name, for the record: ")).strip() or "terminal"
-    answer = await asyncio.to_thread(input, "Approve this refund? [y/N] ")
-    approved = answer.strip().lower() in {"y", "yes"}
-    note = None if approved else (await asyncio.to_thread(input, "Note for the record (optional): ")).strip() or None
+        reviewer = _prompt("Your name, for the record: ").strip() or "terminal"
+    approved = _prompt("Approve this refund? [y/N] ").strip().lower() in {"y", "yes"}
+    note = None if approved else _prompt("Note for the record (optional): ").strip() or None
     return refunds.Decision(request_id=request.id, approved=approved, reviewer=reviewer, note=note)
+
+
+def _prompt(text: str) -> str:
+    """`input()` that Ctrl-C, SIGTERM or a closed terminal (SIGHUP) interrupt at once.
+
+    It blocks the event loop on purpose: nothing else runs while the person decides, and a
+    thread blocked in `input()` would keep `asyncio.run` from returning after Ctrl-C. The
+    terminal runner closes the request when this raises (`conversation._decide_here`).
+    """
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in stops}
+    try:
+        return input(text)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def up(settings: Settings, args: argparse.Namespace) -> int:
     """Database, migrations and (in development) seed; the host; the dev server when it can be fetched."""
-    dev_url = _dev_server_url(settings)
-    env = os.environ | {"INNGEST_DEV": dev_url}
 
     async def prepare() -> str:
         where = "DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.embedded_pg_dir}"
@@ -331,73 +364,7 @@ def up(settings: Settings, args: argparse.Namespace) -> int:
         await seed(settings, args)
         return f"{where} (migrated, sample data seeded if empty)"
 
-    print(f"database: {asyncio.run(prepare())}")
-    host_url = f"http://127.0.0.1:{args.port}"
-    host = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "inngest_app:app", "--port", str(args.port)], env=env, text=True
-    )
-    processes: list[subprocess.Popen[str]] = [host]
-    print(
-        f"host: {host_url}/api/inngest (Inngest endpoint), {host_url}/reviews (review desk), "
-        f"{host_url}/webhooks/email (email webhook)"
-    )
-    dev_cmd = ["npx", "--yes", "inngest-cli@latest", "dev", "-u", f"{host_url}/api/inngest", "--no-discovery"]
-    manual = " ".join(dev_cmd)
-    if args.no_dev_server:
-        print(f"dev server: not started (--no-dev-server). Start it with: {manual}")
-    elif shutil.which("npx") is None:
-        print(f"dev server: npx is not installed, so it was not started. Install Node.js, then run: {manual}")
-    else:
-        # Its output goes to a file: a pipe nobody reads would fill up and stall the dev server.
-        log_path = Path(tempfile.gettempdir()) / f"support-worker-inngest-dev-{args.port}.log"
-        with log_path.open("w") as log:
-            dev = subprocess.Popen(dev_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        if _dev_server_came_up(dev, dev_url, seconds=args.dev_server_wait):
-            processes.append(dev)
-            print(f"dev server: dashboard at {dev_url} (log: {log_path})")
-        else:
-            exited = dev.poll()
-            said = [
-                line
-                for line in log_path.read_text(errors="replace").splitlines()
-                if line.strip() and not line.lower().startswith("npm warn")
-            ]
-            detail = f"npx exited with code {exited}" if exited is not None else "it did not answer in time"
-            if said:
-                detail += f": {said[-1]}"
-            print(
-                "dev server: could not be started here (its npm package downloads the binary at install time, "
-                f"which needs internet; {detail}). Run it yourself where there is network: {manual}"
-            )
-            if dev.poll() is None:
-                dev.terminate()
-    print("ready; Ctrl-C stops everything")
-    try:
-        return host.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def _dev_server_came_up(process: subprocess.Popen[str], url: str, *, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            httpx.get(url, timeout=1)
-            return True
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    return False
+    return launcher.up(settings, args, prepare=prepare)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -485,24 +452,47 @@ async def run_async(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run(argv: Sequence[str], settings: Settings | None = None) -> int:
+    """Run one command; a failure a person can act on is one line on stderr, not a traceback."""
     args = parser().parse_args(argv)
-    settings = settings or get_settings()
-    if args.command == "up":
-        return up(settings, args)
-    if args.command == "bench":
-        import bench  # a development tool: it needs the `dev` extra (the test driver)
+    try:
+        settings = settings or get_settings()
+        if args.command == "up":
+            return up(settings, args)
+        if args.command == "bench":
+            import bench  # a development tool: it needs the `dev` extra (the test driver)
 
-        return bench.main(quick=args.quick)
-    return asyncio.run(run_async(args, settings))
+            return bench.main(quick=args.quick)
+        return asyncio.run(run_async(args, settings))
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = _one_line(error, settings)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 1
+
+
+def _one_line(error: Exception, settings: Settings | None) -> str | None:
+    """What to tell a person about `error`, or None for a bug (which keeps its traceback)."""
+    if isinstance(error, migrate.MigrationError | db.DatabaseUnreachable | conversation.TerminalSessionEnded):
+        return str(error)  # each already says what happened and what to do
+    if isinstance(error, openai.APIConnectionError):
+        where = (settings.openai_base_url if settings else None) or "the OpenAI API"
+        return (
+            f"Cannot reach {where} ({error}). Check the network or OPENAI_BASE_URL; without OPENAI_API_KEY and "
+            "OPENAI_BASE_URL the offline rule-based model answers instead."
+        )
+    if isinstance(error, openai.AuthenticationError):
+        return "OpenAI refused OPENAI_API_KEY; set a valid key, or unset it to use the offline rule-based model."
+    return None
 
 
 def main() -> None:
-    try:
-        sys.exit(run(sys.argv[1:]))
-    except migrate.MigrationError as error:
-        # Its message already says what to run; a traceback would bury it.
-        print(error, file=sys.stderr)
-        sys.exit(1)
+    # The command line speaks for itself; library warnings are for the host's logs.
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    sys.exit(run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -198,16 +198,34 @@ async def _decide_here(
         return opened
     request_id = opened.request_id
     request = await db.get_refund_request(pool, request_id=request_id)
-    for round_no in range(1, (request.approvals_needed if request else 1) + 1):
-        decision = await decide(request) if request else None
-        if decision is None:
-            break
-        decision_id = f"local:{request_id}" if round_no == 1 else f"local:{request_id}:{round_no}"
-        outcome = await refunds.settle(pool, request_id=request_id, decision=decision, decision_id=decision_id)
-        if outcome.status != "pending":
-            return outcome
-        request = await db.get_refund_request(pool, request_id=request_id)
+    try:
+        for round_no in range(1, (request.approvals_needed if request else 1) + 1):
+            decision = await decide(request) if request else None
+            if decision is None:
+                break
+            decision_id = f"local:{request_id}" if round_no == 1 else f"local:{request_id}:{round_no}"
+            outcome = await refunds.settle(
+                pool, request_id=request_id, decision=decision, decision_id=decision_id, terminal=True
+            )
+            if outcome.status != "pending":
+                return outcome
+            request = await db.get_refund_request(pool, request_id=request_id)
+    except BaseException as ended:  # Ctrl-C, end of input, a closed terminal, cancellation
+        await refunds.end_terminal_request(pool, request_id=request_id)
+        if isinstance(ended, KeyboardInterrupt | EOFError):
+            raise TerminalSessionEnded(request_id) from ended
+        raise
     return await refunds.settle(pool, request_id=request_id, decision=None, decision_id=None, time_is_up=True)
+
+
+class TerminalSessionEnded(Exception):
+    """The person at the prompt left (Ctrl-C, end of input, a closed terminal) before deciding."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"Stopped before a decision: refund request {request_id} was closed (expired) and nothing was paid."
+        )
+        self.request_id = request_id
 
 
 class EmailOutcome(BaseModel):

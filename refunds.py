@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 import db
 from fields import MAX_ID, StorableText
 from store import approvals
+from store.reviews import TERMINAL_RUN_PREFIX
 
 logger = logging.getLogger("support_worker.refunds")
 
@@ -89,6 +90,7 @@ class DecisionOutcome(BaseModel):
         "amount_raised",
         "bad_amount",
         "same_reviewer",
+        "no_waiting_run",
     ]
     request: db.RefundRequest | None
     approvers: list[str] = []  # four eyes: who has approved so far, first approver first
@@ -360,14 +362,18 @@ def _already(current: db.RefundRequest, decision_id: str, given: list[approvals.
     return DecisionOutcome(applied=False, reason=reason, request=current, approvers=approvers)
 
 
-async def record_decision(pool: asyncpg.Pool, decision: Decision, *, decision_id: str) -> DecisionOutcome:
+async def record_decision(
+    pool: asyncpg.Pool, decision: Decision, *, decision_id: str, terminal: bool = False
+) -> DecisionOutcome:
     """Record a reviewer's decision: the first decision on a live, pending request wins.
 
     Four eyes: a request that needs two approvals stays pending after the first, and only a
     second approval from a different reviewer approves it; a rejection by anyone ends it.
     `decision_id` makes a redelivered decision a no-op instead of a conflict. Unknown,
     already-decided and expired requests change nothing (the caller audits why, with
-    `audit_decision_ignored`, because only it knows where the decision came from).
+    `audit_decision_ignored`, because only it knows where the decision came from). A request
+    the terminal runner opened is decided at its prompt only (`terminal=True`): no run waits
+    for anyone else's decision, so one from a door would be recorded and never paid.
     """
     async with db.transaction(pool) as conn:
         current = await db.lock_refund_request(conn, request_id=decision.request_id)
@@ -378,6 +384,8 @@ async def record_decision(pool: asyncpg.Pool, decision: Decision, *, decision_id
             return _already(current, decision_id, given)
         if current.seconds_left <= 0:
             return DecisionOutcome(applied=False, reason="expired", request=current)
+        if current.run_id.startswith(TERMINAL_RUN_PREFIX) and not terminal:
+            return DecisionOutcome(applied=False, reason="no_waiting_run", request=current)
         refusal = _edit_refusal(decision, current)
         if refusal is not None:
             return DecisionOutcome(applied=False, reason=refusal, request=current)
@@ -526,17 +534,42 @@ async def settle(
     decision: Decision | None,
     decision_id: str | None,
     time_is_up: bool = False,
+    terminal: bool = False,
 ) -> GateOutcome:
     """Resolve a request from a decision that reached the run or one recorded earlier; with
     neither and `time_is_up`, expire it. The first decision recorded wins."""
     if decision is not None and not decision.withdrawn:  # a withdrawal is recorded by whoever announced it
-        await record_decision(pool, decision, decision_id=decision_id or f"inline:{request_id}")
+        await record_decision(pool, decision, decision_id=decision_id or f"inline:{request_id}", terminal=terminal)
     request = await db.get_refund_request(pool, request_id=request_id)
     if request is None:
         raise LookupError(f"refund request {request_id} vanished")
     if request.status == "pending" and time_is_up:
         request = await db.expire_refund_request(pool, request_id=request_id) or request
     return await outcome_of(pool, request)
+
+
+async def end_terminal_request(
+    pool: asyncpg.Pool, *, request_id: str, why: str = "the terminal session ended before a decision"
+) -> db.RefundRequest | None:
+    """Close a request whose terminal runner is going away (Ctrl-C, end of input, a closed
+    terminal): nothing will ever settle it, so it must not stay pending. Expired, with one
+    `refund_blocked` row saying why; None when it was no longer pending."""
+    async with db.transaction(pool) as conn:
+        request = await db.expire_refund_request(conn, request_id=request_id)
+        if request is not None:
+            await _audit_blocked(
+                conn,
+                stage="review",
+                key=f"review:{request.id}",
+                run_id=request.run_id,
+                customer_id=request.customer_id,
+                why=why,
+                request_id=request.id,
+                order_id=request.order_id,
+                amount_cents=request.amount_cents,
+                terminal_session_ended=True,
+            )
+    return request
 
 
 async def outcome_of(pool: asyncpg.Pool, request: db.RefundRequest) -> GateOutcome:
@@ -673,6 +706,8 @@ async def submit_decision(
     decision_id = f"decision-{uuid.uuid4().hex}"
     decision = decision.model_copy(update={"decision_id": decision_id})
     outcome = await record_decision(pool, decision, decision_id=decision_id)
+    if not outcome.applied and outcome.request is None:
+        return outcome, False  # no such request: nothing to attach a row to (no run, no customer)
     if not outcome.applied:
         await audit_decision_ignored(
             pool,
@@ -688,7 +723,8 @@ async def submit_decision(
         return outcome, False
     try:
         await announce(decision.model_dump())
-    except Exception:
-        logger.exception("decision %s recorded but not announced", decision_id)
+    except Exception as error:
+        # One line, no traceback: the decision is safe in Postgres and the run re-reads it.
+        logger.warning("decision %s recorded but not announced (%s); the waiting run will read it", decision_id, error)
         return outcome, False
     return outcome, True

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     inngest_signing_key: SecretStr | None = None
     inngest_event_key: SecretStr | None = None
     # The public origin Inngest calls (https://support.example.com); the SDK's serve_origin.
+    # Required in production: otherwise the SDK registers whatever URL a sync's Host names.
     inngest_serve_origin: str | None = None
     # How old a signed request from Inngest may be before it is refused (replay window).
     signature_max_age_seconds: int = Field(default=300, ge=1)
@@ -212,6 +213,9 @@ def production_problems(settings: Settings) -> list[str]:
     for name, how in required.items():
         if not getattr(settings, name):
             problems.append(f"{name.upper()} is not set; {how}")
+    origin = settings.inngest_serve_origin
+    if origin and urlsplit(origin).scheme not in ("http", "https"):
+        problems.append(f"INNGEST_SERVE_ORIGIN must be an http(s) origin (https://support.example.com): {origin!r}")
     if settings.desk_form_secret.get_secret_value() == DEV_DESK_FORM_SECRET:
         problems.append(
             "DESK_FORM_SECRET is the development placeholder; set a random value shared by every process, "

@@ -7,6 +7,10 @@ from pydantic import BaseModel
 
 from db import Executor, RefundRequest, request_from_row
 
+# Run ids of the terminal runner (`support-worker answer`): its requests are decided at its
+# own prompt and closed when it ends, so no reviewer ever sees them.
+TERMINAL_RUN_PREFIX = "local-"
+
 
 class PendingReview(BaseModel):
     """One refund request waiting for a reviewer, with what the desk shows beside it."""
@@ -20,6 +24,7 @@ class PendingReview(BaseModel):
 
 
 async def list_pending_reviews(pool: Executor) -> list[PendingReview]:
+    """Requests a reviewer can decide: pending, not yet expired, and waited on by a durable run."""
     rows = await pool.fetch(
         """
         SELECT rr.*, c.name AS customer_name, c.email AS customer_email,
@@ -28,9 +33,10 @@ async def list_pending_reviews(pool: Executor) -> list[PendingReview]:
         FROM refund_requests rr
         JOIN customers c ON c.id = rr.customer_id
         JOIN orders o ON o.id = rr.order_id
-        WHERE rr.status = 'pending' AND rr.expires_at > now()
+        WHERE rr.status = 'pending' AND rr.expires_at > now() AND NOT starts_with(rr.run_id, $1)
         ORDER BY rr.expires_at
-        """
+        """,
+        TERMINAL_RUN_PREFIX,
     )
     reviews = []
     for row in rows:

@@ -94,7 +94,8 @@ def test_support_worker_up_starts_the_host_and_is_honest_about_the_dev_server(
             if line.startswith("ready"):
                 break
         output = "".join(lines)
-        assert f"host: http://127.0.0.1:{port}/api/inngest" in output and "/reviews (review desk)" in output
+        assert f"host: http://127.0.0.1:{port}/api/inngest" in output
+        assert "/reviews (review desk, closed: set REVIEW_DESK_USERS to open it)" in output
         assert "dev server: could not be started here" in output
         assert "npx exited with code 1: npm error network request failed: getaddrinfo ENOTFOUND" in output
         assert f"npx --yes inngest-cli@latest dev -u http://127.0.0.1:{port}/api/inngest" in output
