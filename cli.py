@@ -40,6 +40,7 @@ import desk
 import events
 import inngest_app
 import migrate
+import notify
 import refunds
 import sample_data
 from money import format_money
@@ -254,6 +255,15 @@ async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:
     return refunds.Decision(request_id=request.id, approved=approved, reviewer="terminal", note=note)
 
 
+async def notifier_status(settings: Settings) -> str:
+    """How reviewers hear about waiting refunds, and whether Slack last refused the webhook."""
+    if not settings.reviewer_webhook_url:
+        return "off (REVIEWER_WEBHOOK_URL is not set; refunds wait on the desk)"
+    async with db.open_pool(settings, max_size=1) as pool:
+        problem = await notify.configuration_problem(pool)
+    return problem or "REVIEWER_WEBHOOK_URL is set"
+
+
 def up(settings: Settings, args: argparse.Namespace) -> int:
     """Database, migrations and (in development) seed; the host; the dev server when it can be fetched."""
     dev_url = _dev_server_url(settings)
@@ -268,6 +278,7 @@ def up(settings: Settings, args: argparse.Namespace) -> int:
         return f"{where} (migrated, sample data seeded if empty)"
 
     print(f"database: {asyncio.run(prepare())}")
+    print(f"reviewer notifications: {asyncio.run(notifier_status(settings))}")
     host_url = f"http://127.0.0.1:{args.port}"
     host = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "inngest_app:app", "--port", str(args.port)], env=env, text=True

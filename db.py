@@ -54,6 +54,8 @@ class AuditAction(StrEnum):
     REVIEWER_NOTIFIED = "reviewer_notified"
     REFUND_WITHDRAWN = "refund_withdrawn"
     OUTREACH_RECORDED = "outreach_recorded"
+    WEBHOOK_REFUSED = "webhook_refused"
+    NOTIFIER_MISCONFIGURED = "notifier_misconfigured"
 
 
 Tier = Literal["free", "pro", "enterprise"]

@@ -25,6 +25,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 import db
+import notify
 import refunds
 from ingress import basic_auth_matches
 from money import format_money
@@ -205,8 +206,9 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
         if isinstance(reviewer, Response):
             return reviewer
         waiting = await reviews.list_pending_reviews(get_pool())
+        flash = " ".join(filter(None, [await notify.configuration_problem(get_pool()), msg[:300]]))
         return HTMLResponse(
-            render_desk(waiting, reviewer=reviewer, flash=msg[:300], token_for=lambda rid: token_for(reviewer, rid))
+            render_desk(waiting, reviewer=reviewer, flash=flash, token_for=lambda rid: token_for(reviewer, rid))
         )
 
     @router.get("/runs/{run_id}/status")

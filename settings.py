@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     # The doors (README "Doors"): the inbound-email webhook and the reviewers' desk.
     webhook_username: str = "postmark"
     webhook_password: str | None = None  # unset: the webhook refuses everything
-    webhook_max_bytes: int = Field(default=1_000_000, ge=1_000)
+    webhook_max_bytes: int = Field(default=40_000_000, ge=1_000)
     review_desk_users: str | None = None  # "alice:secret,bob:secret"; unset: the desk is closed
     public_url: str = "http://127.0.0.1:8000"  # where reviewers reach the host (links in notifications)
     # Slack-compatible incoming webhook told about each refund waiting for review; unset: skipped.
@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     health_check_fanout_chunk: int = Field(default=1000, ge=1, le=5000)
     # Customers who got a reply or an outreach note this many days ago or less are not checked.
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
+
+    # Providers (README "Webhook contract"): no event above this many bytes leaves the app
+    # (Inngest Cloud's free plan caps an event at 256 KiB); messages are claim-checked in Postgres.
+    max_event_bytes: int = Field(default=262_144, ge=4_096)
+    # A Slack 429's Retry-After above this many seconds is capped, so the notifier still retries.
+    reviewer_webhook_max_retry_after_seconds: int = Field(default=600, ge=1)
 
     @property
     def inngest_dev_mode(self) -> bool:

@@ -178,7 +178,7 @@ async def test_migrate_and_seed_commands_on_a_fresh_database(
 
     with pytest.raises(migrate.SchemaNotCurrentError, match="Run: support-worker migrate"):
         await run(["seed"])
-    assert await run(["migrate"]) == (0, "migrated: applied 0001_baseline.sql\n")
+    assert await run(["migrate"]) == (0, "migrated: applied 0001_baseline.sql, 0002_messages.sql\n")
     assert await run(["migrate"]) == (0, "migrated: nothing to apply, the schema is current\n")
     code, said = await run(["seed"], production)
     assert code == 1 and "ENVIRONMENT is production" in said
@@ -203,5 +203,6 @@ def test_a_command_on_an_unmigrated_database_prints_what_to_run_not_a_traceback(
     )
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        "The database schema is not current (not applied: 0001_baseline.sql). Run: support-worker migrate"
+        "The database schema is not current (not applied: 0001_baseline.sql, 0002_messages.sql)."
+        " Run: support-worker migrate"
     )
