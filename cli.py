@@ -40,6 +40,7 @@ import events
 import inngest_app
 import launcher
 import migrate
+import notify
 import refunds
 import sample_data
 from money import format_money
@@ -353,16 +354,26 @@ def _prompt(text: str) -> str:
             signal.signal(sig, handler)
 
 
+async def notifier_status(settings: Settings) -> str:
+    """How reviewers hear about waiting refunds, and whether Slack last refused the webhook."""
+    if not settings.reviewer_webhook_url:
+        return "off (REVIEWER_WEBHOOK_URL is not set; refunds wait on the desk)"
+    async with db.open_pool(settings, max_size=1) as pool:
+        problem = await notify.configuration_problem(pool)
+    return problem or "REVIEWER_WEBHOOK_URL is set"
+
+
 def up(settings: Settings, args: argparse.Namespace) -> int:
     """Database, migrations and (in development) seed; the host; the dev server when it can be fetched."""
 
     async def prepare() -> str:
         where = "DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.embedded_pg_dir}"
         await migrate_database(settings, args)
+        notifications = f"\nreviewer notifications: {await notifier_status(settings)}"
         if settings.environment != "development":
-            return f"{where} (migrated; no sample data outside ENVIRONMENT=development)"
+            return f"{where} (migrated; no sample data outside ENVIRONMENT=development){notifications}"
         await seed(settings, args)
-        return f"{where} (migrated, sample data seeded if empty)"
+        return f"{where} (migrated, sample data seeded if empty){notifications}"
 
     return launcher.up(settings, args, prepare=prepare)
 

@@ -56,6 +56,8 @@ class AuditAction(StrEnum):
     REFUND_WITHDRAWN = "refund_withdrawn"
     OUTREACH_RECORDED = "outreach_recorded"
     REVIEWER_NOTIFY_FAILED = "reviewer_notify_failed"
+    WEBHOOK_REFUSED = "webhook_refused"
+    NOTIFIER_MISCONFIGURED = "notifier_misconfigured"
 
 
 Tier = Literal["free", "pro", "enterprise"]

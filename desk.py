@@ -34,6 +34,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
+import notify
 import refunds
 from fields import MAX_ID
 from ingress import credentials_match
@@ -248,7 +249,8 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
             "reviews": waiting,
             "approvals": await approvals.approvals_by_request(get_pool(), request_ids=[r.request.id for r in waiting]),
             "reviewer": reviewer,
-            "flash": msg[:300],
+            # A notifier Slack refuses (a revoked URL) is said at the top until it works again.
+            "flash": " ".join(filter(None, [await notify.configuration_problem(get_pool()), msg[:300]])),
             "token_for": lambda request_id: form_token(settings, reviewer=reviewer, request_id=request_id),
         }
         return templates.TemplateResponse(request, "desk.html", context)

@@ -19,20 +19,29 @@ HEALTH_CHECK_REQUESTED = "customer/health_check.requested"
 
 
 class EmailReceived(BaseModel):
-    """`customer/email.received` data. Name the customer by id or by the address they wrote from."""
+    """`customer/email.received` data. Name the customer by id or by the address they wrote from,
+    and give the text inline (`body`, the course's shape) or by reference (`message_id`, a
+    message the webhook stored once in Postgres: store/messages.py). The reference keeps every
+    event small (at most MAX_EVENT_BYTES); `excerpt` and the attachment list are for people
+    reading the event, the function reads the stored message."""
 
     model_config = ConfigDict(extra="ignore")
 
     customer_id: CustomerIdText | None = None
     from_email: StorableText | None = Field(default=None, min_length=3, max_length=320)
     subject: StorableText | None = Field(default=None, max_length=500)
-    body: StorableText = Field(min_length=1)
+    body: StorableText | None = Field(default=None, min_length=1)
+    message_id: StorableText | None = Field(default=None, min_length=1, max_length=300)
+    excerpt: StorableText | None = Field(default=None, max_length=1000)
+    thread_key: StorableText | None = Field(default=None, max_length=300)
 
     @model_validator(mode="after")
     def _needs_a_sender(self) -> EmailReceived:
         if self.customer_id is None and not self.from_email:
             raise ValueError("give customer_id or from_email")
-        if not self.body.strip():
+        if self.body is None and self.message_id is None:
+            raise ValueError("body: Field required (or give message_id, a stored message)")
+        if self.body is not None and not self.body.strip():
             raise ValueError("body is empty")
         return self
 

@@ -1,66 +1,37 @@
 """Door 1: inbound email by webhook (Postmark's inbound JSON) turned into an email event.
 
-The route answers fast: it checks the shared secret, the size and the shape, looks the sender
-up (so the event carries the customer id and tier that flow control keys on), and hands one
-event to `send`. The work happens in the durable function, never in the request. The engine
-is injected as `send`, so this module knows nothing about Inngest.
+The route answers fast: it checks the shared secret and reads the body under a size cap;
+`inbound.py` stores the message once and hands one event (a reference, never the body) to
+`send`, or refuses it with the answer Postmark's retry contract expects. The work happens
+in the durable function, never in the request. The engine is injected as `send`, so this
+module knows nothing about Inngest.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
-from email.utils import parseaddr
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
+import inbound
 from settings import Settings
 
 logger = logging.getLogger("support_worker.ingress")
 
 SendEvent = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 FindCustomer = Callable[[str], Awaitable[db.Customer | None]]
-
-
-class PostmarkAddress(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    Email: str = Field(min_length=3)
-    Name: str = ""
-
-
-class PostmarkInbound(BaseModel):
-    """The fields of Postmark's inbound webhook this service uses."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    From: str = ""
-    FromFull: PostmarkAddress | None = None
-    Subject: str = ""
-    TextBody: str = ""
-    StrippedTextReply: str = ""
-    MessageID: str = Field(min_length=1, max_length=200)
-    Date: str = ""
-
-    @property
-    def sender(self) -> str:
-        if self.FromFull is not None:
-            return self.FromFull.Email.strip()
-        return parseaddr(self.From)[1].strip()
-
-    @property
-    def text(self) -> str:
-        # The customer's new words, without the quoted thread, when Postmark could separate them.
-        return (self.StrippedTextReply or self.TextBody).strip()
+HEAD_BYTES = 65536
 
 
 def credentials_match(given: HTTPBasicCredentials, *, username: str, password: SecretStr) -> bool:
@@ -78,18 +49,21 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
-async def _read_limited(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it grows past `limit` bytes (never buffering more than that)."""
+async def _read_limited(request: Request, limit: int) -> tuple[bytes | None, bytes]:
+    """The body, or None once it grows past `limit` bytes (never buffering more than that),
+    and its first 64 KB either way (where Postmark names the sender)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks, size = [], 0
+    too_large = bool(declared and declared.isdigit() and int(declared) > limit)
+    chunks: list[bytes] = []
+    head, size = b"", 0
     async for chunk in request.stream():
+        if len(head) < HEAD_BYTES:
+            head += chunk[: HEAD_BYTES - len(head)]
         size += len(chunk)
-        if size > limit:
-            return None
+        if too_large or size > limit:
+            return None, head
         chunks.append(chunk)
-    return b"".join(chunks)
+    return b"".join(chunks), head
 
 
 class WebhookRoute(APIRoute):
@@ -129,50 +103,46 @@ def webhook_caller(settings: Settings) -> Callable[..., None]:
     return authorized
 
 
-def build_router(settings: Settings, *, find_customer: FindCustomer, send: SendEvent, event_name: str) -> APIRouter:
+def build_router(
+    settings: Settings,
+    *,
+    find_customer: FindCustomer,
+    send: SendEvent,
+    event_name: str,
+    get_pool: Callable[[], asyncpg.Pool],
+) -> APIRouter:
     router = APIRouter(route_class=WebhookRoute)
 
-    @router.post("/webhooks/email", status_code=202, dependencies=[Depends(webhook_caller(settings))])
+    @router.post("/webhooks/email", status_code=200, dependencies=[Depends(webhook_caller(settings))])
     async def inbound_email(request: Request) -> JSONResponse:
         """Postmark inbound webhook. Configure the provider's URL with basic auth:
         https://<WEBHOOK_USERNAME>:<WEBHOOK_PASSWORD>@your-host/webhooks/email"""
-        raw = await _read_limited(request, settings.webhook_max_bytes)
-        if raw is None:
-            return _error(413, f"body is larger than {settings.webhook_max_bytes} bytes")
+        pool = get_pool()
         try:
-            payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "body is not valid JSON")
-        if not isinstance(payload, dict):
-            return _error(400, "body must be a JSON object (Postmark's inbound format)")
-        try:
-            inbound = PostmarkInbound.model_validate(payload)
-        except ValidationError as error:
-            fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            return _error(400, f"not a Postmark inbound message: {fields}")
-        if "@" not in inbound.sender:
-            return _error(400, "From/FromFull.Email: no sender address")
-        if not inbound.text:
-            return _error(400, "TextBody: the email has no text")
-        customer = await find_customer(inbound.sender)
-        data: dict[str, Any] = {
-            "from_email": inbound.sender,
-            "subject": inbound.Subject or None,
-            "body": inbound.text,
-            "message_id": inbound.MessageID,
-            "received_at": inbound.Date or None,
-        }
-        if customer is not None:
-            data |= {"customer_id": customer.id, "tier": customer.tier}
-        event_id = f"postmark-{inbound.MessageID}"
-        try:
-            await send(event_name, event_id, data)
+            raw, head = await _read_limited(request, settings.webhook_max_bytes)
+            if raw is None:
+                answer = await inbound.refuse(
+                    pool,
+                    why=f"the email is larger than {settings.webhook_max_bytes} bytes",
+                    advice="Please send it again with smaller attachments (or links to them).",
+                    key=f"too-large:{hashlib.sha256(head).hexdigest()[:32]}",
+                    sender=inbound.sender_in_prefix(head),
+                    find_customer=find_customer,
+                )
+            else:
+                answer = await inbound.accept(
+                    raw,
+                    pool=pool,
+                    find_customer=find_customer,
+                    send=send,
+                    event_name=event_name,
+                    max_event_bytes=settings.max_event_bytes,
+                )
         except Exception:
-            logger.exception("could not hand the email to the engine")
-            # Non-2xx makes Postmark retry; the event id keeps a retry from doubling the email.
-            return _error(503, "could not queue the email; the provider will retry")
-        return JSONResponse(
-            {"status": "accepted", "event_id": event_id, "customer_id": data.get("customer_id")}, status_code=202
-        )
+            logger.exception("could not take the email in")
+            # Postgres or the event API is down: Postmark retries non-200 answers, and the
+            # MessageID keeps a retry from doubling the email.
+            return _error(503, "could not store or queue the email; the provider will retry")
+        return JSONResponse(answer.body, status_code=answer.status)
 
     return router

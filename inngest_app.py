@@ -36,6 +36,7 @@ import conversation
 import db
 import desk
 import health
+import inbound
 import ingress
 import journal
 import notify
@@ -53,7 +54,7 @@ from events import (
 )
 from fields import customer_id_or_none
 from settings import Settings, get_settings
-from store import activity
+from store import activity, messages
 
 logger = logging.getLogger("support_worker.inngest")
 
@@ -78,6 +79,8 @@ FAILED_HERE = (
 )
 # Malformed or refused decisions a waiting run will hear out before it stops listening early.
 MAX_IGNORED_DECISIONS = 20
+# The email function's retries; its last attempt stops honouring a notifier's Retry-After.
+EMAIL_RETRIES = 4
 
 # --------------------------------------------------------------------------- step outputs
 
@@ -88,7 +91,9 @@ class Intake(BaseModel):
     status: str  # "accepted" | "duplicate"
     customer: db.Customer
     subject: str | None = None
-    body: str = ""
+    # The claim ticket: id, digest, excerpt, sizes, attachment names. Never the body: the
+    # conversation loads the text from Postgres (store/messages.py), outside any step output.
+    message: messages.MessageRef | None = None
     first_run_id: str | None = None
 
 
@@ -197,7 +202,19 @@ def create_client(settings: Settings) -> inngest.Inngest:
 async def send_event(settings: Settings, name: str, event_id: str, data: dict[str, Any]) -> list[str]:
     """Send one event from outside a function (the CLI); `event_id` makes a resend a no-op.
     Returns the ids the event API assigned."""
+    check_event_size(settings, name, data)
     return await create_client(settings).send(inngest.Event(name=name, id=event_id, data=data))
+
+
+def check_event_size(settings: Settings, name: str, data: dict[str, Any]) -> None:
+    """No event above MAX_EVENT_BYTES leaves the app (Inngest Cloud's free plan refuses
+    events over 256 KiB): large messages travel as a `message_id` reference instead."""
+    size = len(json.dumps(data, ensure_ascii=False).encode())
+    if size > settings.max_event_bytes:
+        raise ValueError(
+            f"{name}: event data is {size} bytes, above MAX_EVENT_BYTES={settings.max_event_bytes}; "
+            "send large messages through the email webhook, which stores them and sends a reference"
+        )
 
 
 def _error_monitoring(settings: Settings) -> list[Any]:
@@ -297,12 +314,12 @@ def _event_time(event: inngest.Event) -> datetime:
 
 
 async def receive_message(ctx: inngest.Context) -> Intake:
-    """Validate the email, find the customer, and claim the message for this run (or learn
-    that another run already answered it)."""
+    """Validate the email, find the customer, claim-check an inline body (store it once), and
+    claim the message for this run (or learn that another run already answered it)."""
     pool = runtime().require_pool()
     email = await parse_or_reject(ctx, EmailReceived)
     limit = runtime().settings.max_email_body_chars
-    if len(email.body) > limit:
+    if email.body is not None and len(email.body) > limit:
         await reject(ctx, f"body: longer than {limit} characters")
     customer = (
         await db.get_customer(pool, customer_id=email.customer_id)
@@ -312,12 +329,22 @@ async def receive_message(ctx: inngest.Context) -> Intake:
     if customer is None:
         who = f"customer_id {email.customer_id}" if email.customer_id is not None else email.from_email
         await reject(ctx, f"unknown customer: {who}")
+    ref = await _claim_check(ctx, pool, email, customer)
     owner = await conversation.record_message_once(
         pool,
         run_id=ctx.run_id,
         message_key=ctx.event.id or ctx.run_id,
         customer_id=customer.id,
-        detail={"event_id": ctx.event.id, "subject": email.subject, "body": email.body},
+        detail={
+            "event_id": ctx.event.id,
+            "subject": email.subject,
+            "message_id": ref.message_id,
+            "digest": ref.digest,
+            "excerpt": ref.excerpt,
+            "text_chars": ref.text_chars,
+            "thread_key": ref.thread_key,
+            "attachments": ref.attachment_count,
+        },
     )
     if owner != ctx.run_id:
         await db.record_audit(
@@ -329,7 +356,30 @@ async def receive_message(ctx: inngest.Context) -> Intake:
             idempotency_key=f"event_duplicate:{ctx.run_id}",
         )
         return Intake(status="duplicate", customer=customer, first_run_id=owner)
-    return Intake(status="accepted", customer=customer, subject=email.subject, body=email.body)
+    return Intake(status="accepted", customer=customer, subject=email.subject, message=ref)
+
+
+async def _claim_check(
+    ctx: inngest.Context, pool: asyncpg.Pool, email: EmailReceived, customer: db.Customer
+) -> messages.MessageRef:
+    """The stored message the event names, or the inline body stored once under the event id."""
+    if email.body is None:
+        ref = await messages.get_ref(pool, message_id=email.message_id or "")
+        if ref is None:
+            await reject(ctx, f"message_id: no stored message {email.message_id!r}")
+        return ref
+    inline = messages.NewMessage(
+        # The event id names the message; the digest keeps a reused id from reading another text.
+        id=f"event:{ctx.event.id or ctx.run_id}:{messages.digest(email.body)[:12]}",
+        source="event",
+        customer_id=customer.id,
+        sender=email.from_email or customer.email,
+        subject=email.subject,
+        text_body=email.body,
+        thread_key=email.thread_key,
+    )
+    ref, _ = await messages.store_message(pool, inline)
+    return ref
 
 
 async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
@@ -337,19 +387,23 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     rt = runtime()
     pool = rt.require_pool()
     intake = await ctx.step.run("receive-message", partial(receive_message, ctx), output_type=Intake)
-    if intake.status == "duplicate":
+    if intake.status == "duplicate" or intake.message is None:
         return EmailRunResult(status="duplicate", first_run_id=intake.first_run_id)
     customer = intake.customer
+    # The full text, read on each call and never memoized: step outputs stay small.
+    stored = await messages.load_text(pool, message_id=intake.message.message_id)
+    body = inbound.agent_text(stored.text, intake.message, limit=rt.settings.max_email_body_chars)
     context = worker.SupportContext(
-        pool=pool, customer_id=customer.id, run_id=ctx.run_id, now=_event_time(ctx.event), customer_message=intake.body
+        pool=pool, customer_id=customer.id, run_id=ctx.run_id, now=_event_time(ctx.event), customer_message=body
     )
+    last_attempt = ctx.attempt >= EMAIL_RETRIES
     with journal.recording(ctx.step):
         talk = await conversation.converse(
             rt.agent,
-            worker.format_email(customer, subject=intake.subject, body=intake.body),
+            worker.format_email(customer, subject=intake.subject, body=body),
             context=context,
             run_config=worker.build_run_config(rt.settings.openai_agents_tracing),
-            gate=partial(refund_gate, ctx.step, context),
+            gate=partial(refund_gate, ctx.step, context, last_attempt=last_attempt),
             max_turns=rt.settings.agent_max_turns,
         )
     # Not a step: only the call that finds every step memoized gets here, and it ends the run.
@@ -362,7 +416,7 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
 
 
 async def refund_gate(
-    step: inngest.Step, context: worker.SupportContext, item: ToolApprovalItem
+    step: inngest.Step, context: worker.SupportContext, item: ToolApprovalItem, *, last_attempt: bool = False
 ) -> refunds.GateOutcome:
     """Open a request (the policy first), tell reviewers, and wait for a decision in slices
     that re-read Postgres, so a decision recorded anywhere settles within one slice even if
@@ -383,7 +437,7 @@ async def refund_gate(
     )
     opened = await step.run(
         f"open-refund-{call_id}",
-        partial(_open_refund, pool, rt.settings, open_request),
+        partial(_open_refund, pool, rt.settings, open_request, last_attempt=last_attempt),
         output_type=OpenedRefund,
     )
     if opened.outcome.status != "pending" or opened.outcome.request_id is None or opened.check is None:
@@ -392,17 +446,32 @@ async def refund_gate(
 
 
 async def _open_refund(
-    pool: asyncpg.Pool, settings: Settings, open_request: partial[Any]
+    pool: asyncpg.Pool, settings: Settings, open_request: partial[Any], *, last_attempt: bool
 ) -> OpenedRefund:
     """Open the request, tell reviewers, read its status: each side effect idempotent by key
     (the request by run and call, the notice by request and channel), so a retried step
-    repeats none. A notifier failure is audited and returned, never raised."""
+    repeats none. A failing notifier retries the step (Slack's Retry-After honoured); on the
+    step's last attempt it is audited and given up, never costing the refund."""
     outcome: refunds.GateOutcome = await open_request()
     if outcome.status != "pending" or outcome.request_id is None:
         return OpenedRefund(outcome=outcome)
-    notified = await notify.notify_or_record_failure(pool, settings, request_id=outcome.request_id)
+    notified = await tell_reviewers(outcome.request_id, last_attempt=last_attempt)
     check = await _check_decision(pool, outcome.request_id)
     return OpenedRefund(outcome=outcome, notified=notified, check=check)
+
+
+async def tell_reviewers(request_id: str, *, last_attempt: bool) -> dict[str, Any]:
+    """notify.py, with Slack's 429 turned into the engine's RetryAfterError (notify.py stays
+    engine-free). On the step's last attempt a failure is recorded instead: a notification
+    must never cost the refund its run."""
+    rt = runtime()
+    pool = rt.require_pool()
+    try:
+        return await notify.notify_or_record_failure(pool, rt.settings, request_id=request_id, give_up=last_attempt)
+    except notify.RetryLater as wait:
+        if last_attempt:
+            return await notify.record_failure(pool, request_id=request_id, why=f"gave up on the last attempt: {wait}")
+        raise inngest.RetryAfterError(str(wait), retry_after=timedelta(seconds=wait.seconds)) from wait
 
 
 def decision_match(request_id: str) -> str:
@@ -761,6 +830,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         app.add_middleware(RefuseStaleSignatures, max_age_seconds=settings.signature_max_age_seconds)
 
     async def send(name: str, event_id: str, data: dict[str, Any]) -> None:
+        check_event_size(settings, name, data)
         await client.send(inngest.Event(name=name, id=event_id, data=data))
 
     async def find_customer(email: str) -> db.Customer | None:
@@ -770,7 +840,9 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         await send(APPROVAL_DECIDED, str(data["decision_id"]), data)
 
     app.include_router(
-        ingress.build_router(settings, find_customer=find_customer, send=send, event_name=EMAIL_RECEIVED)
+        ingress.build_router(
+            settings, find_customer=find_customer, send=send, event_name=EMAIL_RECEIVED, get_pool=rt.require_pool
+        )
     )
     app.include_router(desk.build_router(settings, get_pool=rt.require_pool, announce=announce_decision))
     _add_probes(app, rt)

@@ -2,14 +2,23 @@
 
 Plain Python (httpx), so any engine can call it from a retried step. Delivery is remembered
 in Postgres per request and channel: a retried or redelivered step that finds the mark sends
-nothing. A failed POST raises, so the engine retries it; the refund request itself is already
-stored and stays on the desk either way.
+nothing. The refund request itself is already stored and stays on the desk either way.
+
+Slack's contract for incoming webhooks, answered here:
+- 429 with Retry-After: raise `RetryLater(seconds)`; the durable layer turns it into the
+  engine's own retry-after error (this module never imports the engine).
+- 5xx and network errors: raise, so the engine retries the step with its backoff.
+- 400, 403, 404, 410 (a wrong or revoked URL, an archived channel): a configuration error.
+  Audited once per request (`notifier_misconfigured`), shown at the top of the desk and in
+  `support-worker up`, never retried, and never in the refund gate's way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import asyncpg
@@ -18,9 +27,35 @@ import httpx
 import db
 from money import format_money
 from settings import Settings
+from store import notifier
 
 CHANNEL = "webhook"
 logger = logging.getLogger("support_worker.notify")
+# Answers that mean the webhook is misconfigured (Slack: invalid_token, no_service,
+# channel_is_archived, action_prohibited...); retrying cannot help.
+CONFIGURATION_ERRORS = frozenset({400, 403, 404, 410})
+
+
+class RetryLater(Exception):
+    """Slack is rate limiting (429): try again after `seconds`."""
+
+    def __init__(self, seconds: int, status: int = 429) -> None:
+        super().__init__(f"reviewer webhook answered {status}; retry after {seconds}s")
+        self.seconds = seconds
+
+
+def retry_after_seconds(header: str | None, *, default: int = 30, cap: int = 600) -> int:
+    """Retry-After as whole seconds (delta-seconds or an HTTP date), within 1..cap."""
+    value = (header or "").strip()
+    seconds: float = default
+    if value.isdigit():
+        seconds = int(value)
+    elif value:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            seconds = default
+    return int(min(max(seconds, 1), cap))
 
 
 async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, request_id: str) -> dict[str, Any]:
@@ -28,6 +63,8 @@ async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, request_id
         return {"sent": False, "why": "REVIEWER_WEBHOOK_URL is not set, so no one was notified"}
     if await db.notification_sent(pool, request_id=request_id, channel=CHANNEL):
         return {"sent": True, "why": "already notified"}
+    if await notifier.misconfiguration_recorded(pool, key=_misconfigured_key(request_id)):
+        return {"sent": False, "why": "REVIEWER_WEBHOOK_URL was refused for this request; not retried"}
     request = await db.get_refund_request(pool, request_id=request_id)
     if request is None:
         raise LookupError(f"refund request {request_id} does not exist")
@@ -40,7 +77,12 @@ async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, request_id
     )
     async with httpx.AsyncClient(timeout=10) as http:
         response = await http.post(settings.reviewer_webhook_url, json={"text": text})
-        response.raise_for_status()
+    if response.status_code == 429:
+        cap = settings.reviewer_webhook_max_retry_after_seconds
+        raise RetryLater(retry_after_seconds(response.headers.get("retry-after"), cap=cap))
+    if response.status_code in CONFIGURATION_ERRORS:
+        return await _misconfigured(pool, request, response)
+    response.raise_for_status()  # 5xx (and anything unexpected): the engine retries with backoff
     if await db.mark_notification_sent(pool, request_id=request_id, channel=CHANNEL):
         await db.record_audit(
             pool,
@@ -53,29 +95,70 @@ async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, request_id
     return {"sent": True, "why": "delivered"}
 
 
-async def notify_or_record_failure(pool: asyncpg.Pool, settings: Settings, *, request_id: str) -> dict[str, Any]:
-    """`notify_reviewers` for a step that also opens the request: a few quick tries, then
-    the failure is audited (`reviewer_notify_failed`) and returned instead of raised, so a
-    dead notifier never fails the step that holds the request. The request is stored and on
-    the desk either way; a database error still raises, so the engine retries the step."""
+async def _misconfigured(pool: asyncpg.Pool, request: db.RefundRequest, response: httpx.Response) -> dict[str, Any]:
+    """Record once that the webhook is misconfigured; the refund goes on without the notice."""
+    why = f"REVIEWER_WEBHOOK_URL answered {response.status_code} {response.text[:200]!r}"
+    await db.record_audit(
+        pool,
+        action=db.AuditAction.NOTIFIER_MISCONFIGURED,
+        run_id=request.run_id,
+        customer_id=request.customer_id,
+        detail={"request_id": request.id, "channel": CHANNEL, "status": response.status_code, "why": why},
+        idempotency_key=_misconfigured_key(request.id),
+    )
+    return {"sent": False, "why": f"{why}: fix REVIEWER_WEBHOOK_URL; the request waits on the desk"}
+
+
+def _misconfigured_key(request_id: str) -> str:
+    return f"notifier_misconfigured:{request_id}:{CHANNEL}"
+
+
+async def configuration_problem(pool: asyncpg.Pool) -> str | None:
+    """One line for the desk and `support-worker up` while reviewer notifications fail for
+    configuration: the latest `notifier_misconfigured` row not followed by a delivery."""
+    latest = await notifier.latest_misconfiguration(pool)
+    if latest is None:
+        return None
+    return (
+        f"Reviewer notifications are failing: {latest.why} (since {latest.at:%Y-%m-%d %H:%M} UTC). "
+        "Fix REVIEWER_WEBHOOK_URL; refunds still wait here."
+    )
+
+
+async def notify_or_record_failure(
+    pool: asyncpg.Pool, settings: Settings, *, request_id: str, give_up: bool
+) -> dict[str, Any]:
+    """`notify_reviewers` for the step that also opens the request: a few quick tries for
+    5xx and network errors. Still failing, it raises, so the engine retries the step with its
+    backoff, unless `give_up` (the step's last attempt): then the failure is audited
+    (`reviewer_notify_failed`) and returned, because a dead notifier must never cost the
+    refund. A 429 raises `RetryLater` for the caller to honour; misconfiguration is never retried."""
     attempts = settings.reviewer_notify_attempts
-    failure: Exception | None = None
     for attempt in range(attempts):
         if attempt:
             await asyncio.sleep(0.2 * 2 ** (attempt - 1))
         try:
             return await notify_reviewers(pool, settings, request_id=request_id)
         except (httpx.HTTPError, OSError) as error:
-            failure = error
-    why = f"{type(failure).__name__}: {failure}"[:500]
-    logger.warning("could not notify reviewers about %s after %d tries: %s", request_id, attempts, why)
+            if attempt + 1 < attempts:
+                continue
+            if not give_up:
+                raise
+            return await record_failure(pool, request_id=request_id, why=f"{type(error).__name__}: {error}")
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+async def record_failure(pool: asyncpg.Pool, *, request_id: str, why: str) -> dict[str, Any]:
+    """Audit once that reviewers could not be told; the request waits on the desk anyway."""
+    why = why[:500]
+    logger.warning("could not notify reviewers about %s: %s", request_id, why)
     request = await db.get_refund_request(pool, request_id=request_id)
     await db.record_audit(
         pool,
         action=db.AuditAction.REVIEWER_NOTIFY_FAILED,
         run_id=request.run_id if request else None,
         customer_id=request.customer_id if request else None,
-        detail={"request_id": request_id, "channel": CHANNEL, "tries": attempts, "error": why},
+        detail={"request_id": request_id, "channel": CHANNEL, "error": why},
         idempotency_key=f"reviewer_notify_failed:{request_id}:{CHANNEL}",
     )
-    return {"sent": False, "why": f"not delivered after {attempts} tries: {why}"}
+    return {"sent": False, "why": f"not delivered: {why}"}

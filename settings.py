@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # The doors (README "Doors"): the inbound-email webhook and the reviewers' desk.
     webhook_username: str = "postmark"
     webhook_password: SecretStr | None = None  # unset: the webhook refuses everything
-    webhook_max_bytes: int = Field(default=1_000_000, ge=1_000)
+    webhook_max_bytes: int = Field(default=50_000_000, ge=1_000)  # Postmark: ~35 MB mail, base64 in JSON
     review_desk_users: SecretStr | None = None  # "alice:pw1,bob:pw2"; unset: the desk is closed
     # Signs the desk's form tokens; every process serving the desk must share it.
     desk_form_secret: SecretStr = SecretStr(DEV_DESK_FORM_SECRET)
@@ -160,6 +160,12 @@ class Settings(BaseSettings):
     def refund_approval_timeout_seconds(self) -> int:
         """How long a refund waits for a reviewer, in the whole seconds the engine counts."""
         return round(self.refund_approval_timeout_hours * 3600)
+
+    # Providers (README "Webhook contract"): no event above this many bytes leaves the app
+    # (Inngest Cloud's free plan caps an event at 256 KiB); messages are claim-checked in Postgres.
+    max_event_bytes: int = Field(default=262_144, ge=4_096)
+    # A Slack 429's Retry-After above this many seconds is capped, so the notifier still retries.
+    reviewer_webhook_max_retry_after_seconds: int = Field(default=600, ge=1)
 
     @property
     def inngest_dev_mode(self) -> bool:

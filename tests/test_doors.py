@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -55,22 +56,29 @@ def http(engine: Engine) -> httpx.AsyncClient:
 
 async def test_a_postmark_email_becomes_one_event_keyed_by_its_message_id(doors: Engine) -> None:
     res = await http(doors).post("/webhooks/email", json=postmark(), auth=AUTH)
-    assert res.status_code == 202
+    assert res.status_code == 200
     assert res.json() == {
         "status": "accepted",
         "event_id": "postmark-a8c1040e-2f6e-4c1c-9d5a-5c1f0e2c3b4a",
+        "message_id": "a8c1040e-2f6e-4c1c-9d5a-5c1f0e2c3b4a",
         "customer_id": GRACE,
     }
     again = await http(doors).post("/webhooks/email", json=postmark(), auth=AUTH)  # the provider retries
-    assert again.status_code == 202
+    assert again.status_code == 200 and again.json()["status"] == "already accepted"
     first, second = doors.stub.events
     assert first.name == "customer/email.received" and first.idempotency_id == second.idempotency_id
     assert second.duplicate  # the engine drops the redelivery
-    assert first.data == {
+    text = "I was charged twice for order 1003"
+    assert first.data == {  # a reference to the stored message, never the body
         "from_email": "grace@example.com",
         "subject": "Double charge",
-        "body": "I was charged twice for order 1003",
         "message_id": postmark()["MessageID"],
+        "digest": hashlib.sha256(text.encode()).hexdigest(),
+        "excerpt": text,
+        "text_chars": len(text),
+        "thread_key": "postmark:a8c1040e-2f6e-4c1c-9d5a-5c1f0e2c3b4a",
+        "attachments": [],
+        "attachment_count": 0,
         "received_at": "Mon, 23 Nov 2026 09:12:00 +0000",
         "customer_id": GRACE,
         "tier": "pro",
@@ -82,14 +90,15 @@ async def test_a_postmark_email_becomes_one_event_keyed_by_its_message_id(doors:
 
 async def test_the_stripped_reply_is_preferred_over_the_quoted_thread(doors: Engine) -> None:
     message = postmark(TextBody="Thanks!\n\n> On Monday you wrote: ...", StrippedTextReply="Thanks!")
-    assert (await http(doors).post("/webhooks/email", json=message, auth=AUTH)).status_code == 202
-    assert doors.stub.events[0].data["body"] == "Thanks!"
+    assert (await http(doors).post("/webhooks/email", json=message, auth=AUTH)).status_code == 200
+    assert doors.stub.events[0].data["excerpt"] == "Thanks!"
+    assert await doors.pool.fetchval("SELECT text_body FROM messages") == "Thanks!"
 
 
 async def test_an_unknown_sender_is_accepted_and_rejected_by_the_run_with_an_audit_row(doors: Engine) -> None:
     message = postmark(FromFull={"Email": "stranger@example.org", "Name": "S"}, MessageID="m-2")
     res = await http(doors).post("/webhooks/email", json=message, auth=AUTH)
-    assert res.status_code == 202 and res.json()["customer_id"] is None
+    assert res.status_code == 200 and res.json()["customer_id"] is None
     run = await doors.driver.run(EMAIL_FN, doors.stub.events[0].as_event())
     assert run.status == "failed"
     rejected = await db.list_audit(doors.pool)
@@ -116,24 +125,33 @@ async def test_missing_or_wrong_webhook_credentials_get_401_and_send_nothing(
         (b"not json", "body is not valid JSON"),
         (b"[1, 2]", "body must be a JSON object"),
         (json.dumps({k: v for k, v in postmark().items() if k != "MessageID"}).encode(), "MessageID: Field required"),
-        (json.dumps(postmark(TextBody="  ", StrippedTextReply="")).encode(), "TextBody: the email has no text"),
+        (json.dumps(postmark(TextBody="  ", StrippedTextReply="")).encode(), "the email has nothing to read"),
         (json.dumps(postmark(From="nobody", FromFull=None)).encode(), "no sender address"),
     ],
 )
-async def test_malformed_webhook_bodies_get_400_saying_what_is_wrong(
+async def test_malformed_webhook_bodies_get_403_saying_what_is_wrong(
     doors: Engine, content: bytes, message: str
 ) -> None:
     res = await http(doors).post(
         "/webhooks/email", content=content, auth=AUTH, headers={"content-type": "application/json"}
     )
-    assert res.status_code == 400 and message in res.json()["error"]
+    # 403: Postmark retries every other answer, and this one will never become acceptable.
+    assert res.status_code == 403 and message in res.json()["error"]
     assert doors.stub.events == []
+    [refused] = await db.list_audit(doors.pool, action=db.AuditAction.WEBHOOK_REFUSED)
+    assert message in refused.detail["why"]
 
 
-async def test_an_oversized_webhook_body_gets_413(doors: Engine) -> None:
-    res = await http(doors).post("/webhooks/email", json=postmark(TextBody="x" * 1_100_000), auth=AUTH)
-    assert res.status_code == 413 and "larger than 1000000 bytes" in res.json()["error"]
-    assert doors.stub.events == []
+async def test_an_oversized_webhook_body_gets_403_and_a_reply(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+) -> None:
+    capped = settings.model_copy(update={"webhook_password": AUTH[1], "webhook_max_bytes": 1_000_000})
+    async with serve(capped, monkeypatch, pool) as engine:
+        res = await engine.driver.http.post("/webhooks/email", json=postmark(TextBody="x" * 1_100_000), auth=AUTH)
+    assert res.status_code == 403 and "larger than 1000000 bytes" in res.json()["error"]
+    assert engine.stub.events == []
+    [reply] = await db.list_audit(pool, action=db.AuditAction.REPLY_SENT)
+    assert reply.detail["to"] == "grace@example.com" and "smaller attachments" in reply.detail["reply"]
 
 
 async def test_without_a_configured_secret_the_webhook_is_closed(engine: Engine) -> None:

@@ -167,10 +167,12 @@ async def test_a_decision_recorded_before_the_wait_began_is_honoured(
     decided: list[str] = []
     notify_reviewers = notify.notify_or_record_failure
 
-    async def a_reviewer_decides_as_soon_as_told(pool: asyncpg.Pool, settings: Settings, *, request_id: str) -> Any:
+    async def a_reviewer_decides_as_soon_as_told(
+        pool: asyncpg.Pool, settings: Settings, *, request_id: str, give_up: bool
+    ) -> Any:
         # The opening step tells reviewers, then reads the request: a decision made in between
         # (at the desk, prompted by the notice) must settle the refund without any wait.
-        told = await notify_reviewers(pool, settings, request_id=request_id)
+        told = await notify_reviewers(pool, settings, request_id=request_id, give_up=give_up)
         if not decided:
             decided.append(request_id)
             decision = refunds.Decision(request_id=request_id, approved=True, reviewer="ops@example.com")
