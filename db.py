@@ -54,6 +54,12 @@ class AuditAction(StrEnum):
     REVIEWER_NOTIFIED = "reviewer_notified"
     REFUND_WITHDRAWN = "refund_withdrawn"
     OUTREACH_RECORDED = "outreach_recorded"
+    ESCALATION_REQUESTED = "escalation_requested"
+    ESCALATION_APPROVED = "escalation_approved"
+    ESCALATION_EDITED = "escalation_edited"
+    ESCALATION_REJECTED = "escalation_rejected"
+    ESCALATION_POSTED_VIA_TIMEOUT = "escalation_posted_via_timeout"
+    MODEL_UNAVAILABLE = "model_unavailable"
 
 
 Tier = Literal["free", "pro", "enterprise"]

@@ -31,13 +31,16 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
+import escalations
 import refunds
 from ingress import credentials_match
 from money import format_money
 from settings import PROJECT_ROOT, Settings
+from store import escalations as escalation_store
 from store import reviews
 
 logger = logging.getLogger("support_worker.desk")
@@ -219,7 +222,46 @@ def signed_in_reviewer(settings: Settings) -> Callable[..., str]:
     return reviewer
 
 
-def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], announce: Announce) -> APIRouter:
+class PendingEscalation(BaseModel):
+    escalation: escalation_store.Escalation
+    customer_name: str
+
+
+async def pending_escalations(pool: asyncpg.Pool) -> list[PendingEscalation]:
+    return [
+        PendingEscalation(escalation=e, customer_name=name)
+        for e, name in await escalation_store.list_pending_escalations(pool)
+    ]
+
+
+ESCALATION_REASONS = {
+    "unknown_request": "There is no such escalation.",
+    "already_decided": "This escalation was already decided",
+    "expired": "This escalation timed out before a decision; nothing was changed.",
+    "same_decision": "This decision was already recorded.",
+    "no_text": "Edit needs the text to post; nothing was changed.",
+}
+
+
+def describe_escalation_outcome(outcome: escalations.DecisionOutcome, announced: bool) -> str:
+    """One sentence for the reviewer about what their decision on an escalation did."""
+    escalation = outcome.escalation
+    if outcome.applied and escalation is not None:
+        tail = "" if announced else " (recorded; the waiting run will pick it up when it next checks)"
+        return f"Escalation {escalation.id}: {escalation.status}{tail}."
+    message = ESCALATION_REASONS[outcome.reason]
+    if outcome.reason == "already_decided" and escalation is not None:
+        message += f": {escalation.status} by {escalation.reviewer}. Nothing was changed."
+    return message
+
+
+def build_router(
+    settings: Settings,
+    *,
+    get_pool: Callable[[], asyncpg.Pool],
+    announce: Announce,
+    announce_escalation: Announce | None = None,
+) -> APIRouter:
     """The desk's routes: the page, its static files, the live status stream and decisions."""
     router = APIRouter(route_class=DeskRoute)
     signed_in = signed_in_reviewer(settings)
@@ -228,6 +270,7 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
     async def reviews_page(request: Request, reviewer: str = Depends(signed_in), msg: str = "") -> Response:
         context = {
             "reviews": await reviews.list_pending_reviews(get_pool()),
+            "escalations": await pending_escalations(get_pool()),
             "reviewer": reviewer,
             "flash": msg[:300],
             "token_for": lambda request_id: form_token(settings, reviewer=reviewer, request_id=request_id),
@@ -285,4 +328,33 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
         message = describe_outcome(outcome, announced)
         return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
 
+    @router.post("/reviews/escalations/{escalation_id}")
+    async def decide_escalation(
+        escalation_id: str,
+        decision: Annotated[str, Form()],
+        reviewer: str = Depends(signed_in),
+        csrf: Annotated[str, Form()] = "",
+        edited_text: Annotated[str, Form()] = "",
+    ) -> Response:
+        expected = form_token(settings, reviewer=reviewer, request_id=escalation_id)
+        if not secrets.compare_digest(csrf.encode(), expected.encode()):
+            raise HTTPException(403, "This form is stale or was not sent from the desk. Reload the desk.")
+        if decision not in ("approve", "edit", "reject"):
+            raise HTTPException(400, "Choose Approve, Edit or Reject.")
+        choice = escalations.Decision(
+            request_id=escalation_id,
+            decision=decision,  # type: ignore[arg-type]
+            reviewer=reviewer,
+            edited_text=edited_text.strip() or None,
+        )
+        outcome, announced = await escalations.submit_decision(
+            get_pool(), choice, announce=announce_escalation or _nobody, via="desk"
+        )
+        message = describe_escalation_outcome(outcome, announced)
+        return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
+
     return router
+
+
+async def _nobody(data: dict[str, Any]) -> None:
+    raise RuntimeError("no engine to announce escalation decisions to")

@@ -179,7 +179,9 @@ async def test_migrate_and_seed_commands_on_a_fresh_database(
 
     with pytest.raises(migrate.SchemaNotCurrentError, match="Run: support-worker migrate"):
         await run(["seed"])
-    assert await run(["migrate"]) == (0, "migrated: applied 0001_baseline.sql\n")
+    every_file = ", ".join(m.filename for m in migrate.load_migrations())
+    assert every_file.startswith("0001_baseline.sql")
+    assert await run(["migrate"]) == (0, f"migrated: applied {every_file}\n")
     assert await run(["migrate"]) == (0, "migrated: nothing to apply, the schema is current\n")
     code, said = await run(["seed"], production)
     assert code == 1 and "ENVIRONMENT is production" in said
@@ -203,6 +205,7 @@ def test_a_command_on_an_unmigrated_database_prints_what_to_run_not_a_traceback(
         timeout=60,
     )
     assert done.returncode == 1
+    every_file = ", ".join(m.filename for m in migrate.load_migrations())
     assert done.stderr.strip() == (
-        "The database schema is not current (not applied: 0001_baseline.sql). Run: support-worker migrate"
+        f"The database schema is not current (not applied: {every_file}). Run: support-worker migrate"
     )
