@@ -118,6 +118,9 @@ async def _run_through_gates(
             if item.name == escalations.ESCALATE_TOOL:
                 ask = escalations.ask_from_tool_call(item.call_id or "unknown-call", item.arguments)
                 return Conversation(draft="", gate=outcomes, escalation=ask)
+            if refunds.refund_arguments(item.arguments)[1] is not None:
+                # As the SDK treats every other tool: unreadable arguments are a model fault.
+                raise ModelBehaviorError(f"Invalid JSON input for tool {item.name}")
             outcome = await gate(item)
             outcomes.append(outcome)
             apply_gate_outcome(state, item, outcome)

@@ -70,6 +70,8 @@ STATUS_LINES = {
     "run_failed": "failed",
     "event_rejected": "rejected",
     "event_duplicate": "duplicate, already answered",
+    "escalation_requested": "handed to a person (escalated)",
+    "model_unavailable": "the model did not answer",
 }
 FINAL_ACTIONS = {"reply_sent", "run_failed", "event_rejected", "event_duplicate"}
 

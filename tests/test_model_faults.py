@@ -68,6 +68,7 @@ FAULTS: list[tuple[str, str, list[Turn], str]] = [
     ("refusal-chat", "chat", [refuse("I can't help with that.")], "model refused"),
     ("unknown-tool", "responses", [call_undeclared("launch_rockets", count=3)], "tool that does not exist"),
     ("invalid-arguments", "responses", [call_with_raw_arguments("lookup_orders", '{"x": ')], "not valid JSON"),
+    ("invalid-refund-args", "chat", [call_with_raw_arguments("issue_refund", '{"order_id": 1')], "not valid JSON"),
 ]
 
 
@@ -158,6 +159,17 @@ async def test_a_429_with_retry_after_is_retried_by_the_client_first(
     assert run.status == "completed", run.error
     assert [r.status for r in fake.received] == [429, 200]
     assert run.runs_of("model-turn-1") == 1
+
+
+async def test_a_timeout_is_retried_by_the_step_and_the_run_answers(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+) -> None:
+    with FakeOpenAI([answer("Hi Grace.")], faults={0: Hang()}) as fake:
+        async with serve(settings, monkeypatch, pool, model=model_on(fake, timeout=0.3)) as engine:
+            run = await engine.email(EMAIL)
+        assert run.status == "completed", run.error
+        assert run.output["status"] == "replied" and len(fake.received) == 2
+    assert run.runs_of("model-turn-1") == 2
 
 
 # --------------------------------------------------------------------------- the terminal path
