@@ -325,11 +325,22 @@ async def answer(settings: Settings, args: argparse.Namespace) -> int:
     for g in outcome.gate:
         print(f"refund {g.request_id or '(none)'}: {g.status}")
     if outcome.escalation_id:
-        print(f"escalated {outcome.escalation_id}: {outcome.escalation_reason}")
-        print(f"  decide with: support-worker approve|edit|reject {outcome.escalation_id} --reviewer you")
+        await _announce_escalation(settings, outcome.escalation_id, outcome.escalation_reason or "")
     print("\n" + outcome.reply)
     print(f"\n(run {outcome.run_id}; its audit rows carry this run id)")
     return 0
+
+
+async def _announce_escalation(settings: Settings, escalation_id: str, reason: str) -> None:
+    """Hand the escalation to the engine's escalation function when a dev server answers; the
+    event id makes a resend a no-op. Without one it waits on the desk and in `pending`."""
+    print(f"escalated {escalation_id}: {reason}")
+    try:
+        await _send(settings, events.ESCALATION_REQUESTED, f"escalation-{escalation_id}", {"request_id": escalation_id})
+        print("  sent customer/escalation.requested: reviewers are notified and the run waits for a decision")
+    except Exception:
+        print(f"  no dev server answered at {_dev_server_url(_event_settings(settings))}; the escalation waits")
+    print(f"  decide with: support-worker approve|edit|reject {escalation_id} --reviewer you")
 
 
 async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:

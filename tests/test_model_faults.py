@@ -29,7 +29,7 @@ from fake_openai import (
     call_with_raw_arguments,
     refuse,
 )
-from tests_support import GRACE, serve
+from tests_support import GRACE, Engine, serve
 
 import cli
 import conversation
@@ -278,3 +278,21 @@ async def test_an_escalation_asked_for_by_the_agent_is_recorded_with_its_argumen
     assert "Threatens to sue" in escalation.draft and "My lawyer will call you." in escalation.draft
     assert outcome.escalation_id == escalation.id and holding(outcome.reply)
     assert escalations.ESCALATE_TOOL == "escalate_to_human"
+
+
+async def test_the_terminal_hands_its_escalation_to_the_engine_when_one_answers(
+    engine: Engine, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeOpenAI([refuse("I can't help with that.")]) as fake:
+        pointed = settings.model_copy(
+            update={"openai_base_url": fake.base_url, "openai_api_key": "test", "inngest_dev": engine.stub.url}
+        )
+        code = await cli.run_async(cli.parser().parse_args(["answer", "--customer", GRACE, "hi"]), pointed)
+    out = capsys.readouterr().out
+    assert code == 0 and "senior member of our support team" in out
+    escalation = await only_escalation(engine.pool)
+    assert f"escalated {escalation.id}: The model refused" in out
+    assert "sent customer/escalation.requested" in out
+    assert [(e.name, e.idempotency_id) for e in engine.stub.events] == [
+        (escalations_event(), f"escalation-{escalation.id}")
+    ]
