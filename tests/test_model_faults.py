@@ -137,15 +137,16 @@ async def test_a_run_over_its_token_budget_stops_calling_the_model_and_escalates
     assert [(r["turn"], r["total_tokens"]) for r in usage] == [(1, 120), (2, 120)]
 
 
-async def test_a_500_is_retried_by_the_step_and_the_run_answers(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+@pytest.mark.parametrize("fault", [ServerError(), MalformedBody()], ids=["server-error", "malformed-json"])
+async def test_a_500_or_a_malformed_body_is_retried_by_the_step_and_the_run_answers(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool, fault: Any
 ) -> None:
-    with FakeOpenAI([call("lookup_orders"), answer("Hi Grace, all good.")], faults={0: ServerError()}) as fake:
+    with FakeOpenAI([call("lookup_orders"), answer("Hi Grace, all good.")], faults={0: fault}) as fake:
         async with serve(settings, monkeypatch, pool, model=model_on(fake)) as engine:
             run = await engine.email(EMAIL)
     assert run.status == "completed", run.error
     assert run.output["status"] == "replied"
-    assert [r.status for r in fake.received] == [500, 200, 200]
+    assert len(fake.received) == 3 and [r.status for r in fake.received][1:] == [200, 200]
     assert run.runs_of("model-turn-1") == 2
     fake.assert_script_used_up()
 
@@ -278,6 +279,18 @@ async def test_an_escalation_asked_for_by_the_agent_is_recorded_with_its_argumen
     assert "Threatens to sue" in escalation.draft and "My lawyer will call you." in escalation.draft
     assert outcome.escalation_id == escalation.id and holding(outcome.reply)
     assert escalations.ESCALATE_TOOL == "escalate_to_human"
+
+
+async def test_the_token_budget_escalates_in_the_terminal_too(settings: Settings, pool: asyncpg.Pool) -> None:
+    script = [call("lookup_orders"), call("lookup_customer"), answer("never asked for")]
+    capped = settings.model_copy(update={"conversation_token_budget": 300})
+    with FakeOpenAI(script) as fake:
+        outcome = await conversation.answer_email(
+            pool, customer_id=GRACE, body=EMAIL["body"], decide=approve, settings=capped, model=model_on(fake)
+        )
+    assert len(fake.received) == 2 and holding(outcome.reply)
+    assert (await only_escalation(pool)).source == "budget"
+    assert await pool.fetchval("SELECT sum(total_tokens) FROM model_usage WHERE run_id = $1", outcome.run_id) == 240
 
 
 async def test_the_terminal_hands_its_escalation_to_the_engine_when_one_answers(
