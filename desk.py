@@ -330,6 +330,19 @@ def build_router(
         message = describe_outcome(outcome, announced)
         return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
 
+    _add_escalation_routes(router, settings, signed_in, get_pool, announce_escalation or _nobody)
+    return router
+
+
+def _add_escalation_routes(
+    router: APIRouter,
+    settings: Settings,
+    signed_in: Callable[..., str],
+    get_pool: Callable[[], asyncpg.Pool],
+    announce_escalation: Announce,
+) -> None:
+    """The escalation decision beside the refund one: the same sign-in and form tokens."""
+
     @router.post("/reviews/escalations/{escalation_id}")
     async def decide_escalation(
         escalation_id: str,
@@ -350,12 +363,10 @@ def build_router(
             edited_text=edited_text.strip() or None,
         )
         outcome, announced = await escalations.submit_decision(
-            get_pool(), choice, announce=announce_escalation or _nobody, via="desk"
+            get_pool(), choice, announce=announce_escalation, via="desk"
         )
         message = describe_escalation_outcome(outcome, announced)
         return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
-
-    return router
 
 
 async def _nobody(data: dict[str, Any]) -> None:
