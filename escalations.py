@@ -327,11 +327,14 @@ async def submit_decision(
 
 
 def parse_decision(data: Any) -> Decision | str:
-    """An event's data as a decision, or one line saying why it is not one."""
+    """An event's data as a decision, or one line saying what is wrong with it."""
+    if not isinstance(data, dict):
+        return "malformed decision: data: must be a JSON object"
     try:
-        return Decision.model_validate(dict(data) if isinstance(data, dict) else data)
-    except (ValidationError, TypeError, ValueError) as error:
-        return f"malformed decision: {error}".splitlines()[0]
+        return Decision.model_validate(dict(data))
+    except ValidationError as error:
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'data'}: {e['msg']}" for e in error.errors()]
+        return f"malformed decision: {'; '.join(parts)}"
 
 
 # --------------------------------------------------------------------------- settling

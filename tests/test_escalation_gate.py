@@ -303,3 +303,23 @@ async def test_the_desk_shows_an_escalation_and_decides_it(gate: Engine, senior:
     decided = [e for e in gate.stub.events if e.name == events.ESCALATION_DECIDED]
     assert [e.data["request_id"] for e in decided] == [escalation.id]
     assert escalation.id not in (await http.get("/reviews", auth=ALICE)).text.split("<h1>Escalations</h1>")[1]
+
+
+async def test_a_malformed_decision_is_audited_and_the_wait_goes_on(gate: Engine, senior: CaptureServer) -> None:
+    escalation = await open_one(gate.pool)
+    answers = [
+        decision_event(escalation.id, "maybe", event_id="dec-bad"),
+        decision_event(escalation.id, "approve", event_id="dec-good"),
+    ]
+
+    async def resolve(op: WaitOp) -> dict[str, Any] | None:
+        return answers.pop(0)
+
+    run = await gate.driver.run(ESCALATION_FN, requested(escalation.id), resolver=resolve)
+    assert run.status == "completed", run.error
+    assert len(run.waits) == 2 and posts(senior) == [escalation.draft]
+    [ignored] = await db.list_audit(gate.pool, action=db.AuditAction.DECISION_IGNORED)
+    assert ignored.detail["kind"] == "escalation"
+    assert ignored.detail["why"] == "malformed decision: decision: Input should be 'approve', 'edit' or 'reject'"
+    [row] = await outcome_rows(gate.pool)
+    assert row.action.value == "escalation_approved"
