@@ -36,6 +36,7 @@ import openai
 import conversation
 import db
 import desk
+import escalations
 import events
 import inngest_app
 import launcher
@@ -45,7 +46,10 @@ import refunds
 import sample_data
 from money import format_money
 from settings import Settings, get_settings
+from store import escalations as escalation_store
 from store import ledger, reviews
+
+DEV_SERVER_PORT = 8288
 
 
 def _dev_server_url(settings: Settings) -> str:
@@ -207,6 +211,31 @@ async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool
     return 0 if outcome.applied else 1
 
 
+async def decide_escalation(settings: Settings, args: argparse.Namespace) -> int:
+    """`approve|edit|reject esc_…`: record the decision, announce it to the waiting run; with
+    no engine to tell (the terminal runner), settle it here: the post is idempotent either way."""
+
+    async def announce(data: dict[str, Any]) -> None:
+        await _send(settings, events.ESCALATION_DECIDED, str(data["decision_id"]), data)
+
+    decision = escalations.Decision.model_validate(
+        {
+            "request_id": args.request_id,
+            "decision": args.command,
+            "reviewer": args.reviewer,
+            "edited_text": getattr(args, "text", None),
+        }
+    )
+    async with db.open_pool(settings, max_size=1) as pool:
+        outcome, announced = await escalations.submit_decision(pool, decision, announce=announce, via="cli")
+        print(desk.describe_escalation_outcome(outcome, announced))
+        if outcome.applied and not announced:
+            settled = await escalations.settle(pool, settings, escalation_id=args.request_id, time_is_up=False)
+            where = "posted to the senior support channel" if settled.posted else "not posted"
+            print(f"Settled here (no engine answered): {settled.status}, {where}.")
+    return 0 if outcome.applied else 1
+
+
 def print_rows(rows: list[dict[str, Any]], *, as_json: bool, empty: str) -> None:
     """One output format for every listing: a JSON array, or aligned columns."""
     if as_json:
@@ -231,8 +260,10 @@ def _cell(value: Any, limit: int = 100) -> str:
 async def pending(settings: Settings, args: argparse.Namespace) -> int:
     async with db.open_pool(settings, max_size=1) as pool:
         waiting = await reviews.list_pending_reviews(pool)
+        escalated = await escalation_store.list_pending_escalations(pool)
     rows = [
         {
+            "kind": "refund",
             "request": r.request.id,
             "customer": r.request.customer_id,
             "name": r.customer_name,
@@ -243,7 +274,20 @@ async def pending(settings: Settings, args: argparse.Namespace) -> int:
         }
         for r in waiting
     ]
-    print_rows(rows, as_json=args.json, empty="No refunds are waiting for review.")
+    rows += [
+        {
+            "kind": "escalation",
+            "request": e.id,
+            "customer": e.customer_id,
+            "name": name,
+            "order": "-",
+            "amount": "-",
+            "left": f"{int(e.seconds_left) // 60} min",
+            "reason": f"[{e.urgency}] {e.reason}",
+        }
+        for e, name in escalated
+    ]
+    print_rows(rows, as_json=args.json, empty="No refunds or escalations are waiting for review.")
     return 0
 
 
@@ -315,14 +359,28 @@ async def answer(settings: Settings, args: argparse.Namespace) -> int:
                 decide=fixed if (args.approve or args.reject) else _ask_in_terminal,
                 settings=settings,
             )
-        except LookupError as error:
+        except (LookupError, conversation.ModelUnavailable) as error:
             print(error, file=sys.stderr)
             return 1
     for g in outcome.gate:
         print(f"refund {g.request_id or '(none)'}: {g.status}")
+    if outcome.escalation_id:
+        await _announce_escalation(settings, outcome.escalation_id, outcome.escalation_reason or "")
     print("\n" + outcome.reply)
     print(f"\n(run {outcome.run_id}; its audit rows carry this run id)")
     return 0
+
+
+async def _announce_escalation(settings: Settings, escalation_id: str, reason: str) -> None:
+    """Hand the escalation to the engine's escalation function when a dev server answers; the
+    event id makes a resend a no-op. Without one it waits on the desk and in `pending`."""
+    print(f"escalated {escalation_id}: {reason}")
+    try:
+        await _send(settings, events.ESCALATION_REQUESTED, f"escalation-{escalation_id}", {"request_id": escalation_id})
+        print("  sent customer/escalation.requested: reviewers are notified and the run waits for a decision")
+    except Exception:
+        print(f"  no dev server answered at {_dev_server_url(_event_settings(settings))}; the escalation waits")
+    print(f"  decide with: support-worker approve|edit|reject {escalation_id} --reviewer you")
 
 
 async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:
@@ -397,7 +455,10 @@ def parser() -> argparse.ArgumentParser:
     email.add_argument("--subject")
     email.add_argument("body")
 
-    for name, help_text in (("approve", "approve a pending refund"), ("reject", "reject a pending refund")):
+    for name, help_text in (
+        ("approve", "approve a pending refund (rr_…) or escalation (esc_…)"),
+        ("reject", "reject a pending refund (rr_…) or escalation (esc_…)"),
+    ):
         decision = commands.add_parser(name, help=help_text)
         decision.add_argument("request_id")
         decision.add_argument("--reviewer", required=True, help="who decides (recorded in the audit trail)")
@@ -408,6 +469,11 @@ def parser() -> argparse.ArgumentParser:
         else:
             decision.set_defaults(amount=None)
 
+    edit = commands.add_parser("edit", help="post your own text for a pending escalation (esc_…)")
+    edit.add_argument("request_id")
+    edit.add_argument("--reviewer", required=True, help="who decides (recorded in the audit trail)")
+    edit.add_argument("--text", required=True, help="what the senior support channel gets instead of the draft")
+
     ask = commands.add_parser("answer", help="answer one email here, without the durable engine")
     ask.add_argument("--customer", required=True, help="customer id (see: support-worker list)")
     ask.add_argument("--subject")
@@ -416,7 +482,7 @@ def parser() -> argparse.ArgumentParser:
     verdict.add_argument("--approve", action="store_true", help="approve any refund without asking")
     verdict.add_argument("--reject", action="store_true", help="reject any refund without asking")
 
-    listing = commands.add_parser("pending", help="list refunds waiting for a reviewer")
+    listing = commands.add_parser("pending", help="list refunds and escalations waiting for a reviewer")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     customers = commands.add_parser("list", help="list customers and their orders")
     customers.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -449,6 +515,12 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
 async def run_async(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "send-email":
         return await send_email(settings, args)
+    if args.command in ("approve", "reject", "edit") and args.request_id.startswith("esc_"):
+        return await decide_escalation(settings, args)
+    if args.command == "edit":
+        hint = f"for a refund use: support-worker approve {args.request_id} --reply"
+        print(f"edit is for escalations (esc_…); {hint}", file=sys.stderr)
+        return 2
     if args.command in ("approve", "reject"):
         return await decide(settings, args, approved=args.command == "approve")
     commands = {

@@ -9,18 +9,33 @@ does with a paused refund is the refund workflow (`refunds.py`).
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import asyncpg
-from agents import Agent, Model, RunConfig, Runner, RunState, ToolApprovalItem
+import openai
+from agents import (
+    Agent,
+    MaxTurnsExceeded,
+    Model,
+    ModelBehaviorError,
+    ModelRefusalError,
+    RunConfig,
+    Runner,
+    RunState,
+    ToolApprovalItem,
+)
 from pydantic import BaseModel
 
+import budget
 import db
+import escalations
 import refunds
 import worker
 from settings import Settings
@@ -30,10 +45,12 @@ Decider = Callable[[db.RefundRequest], Awaitable[refunds.Decision | None]]
 
 
 class Conversation(BaseModel):
-    """The agent's final draft and what became of each refund it asked for."""
+    """The agent's final draft and what became of each refund it asked for; or, when the agent
+    asked for a human or the model could not go on, the escalation to open instead."""
 
     draft: str
     gate: list[refunds.GateOutcome]
+    escalation: escalations.EscalationAsk | None = None
 
 
 def apply_gate_outcome(state: RunState[Any, Any], item: ToolApprovalItem, outcome: refunds.GateOutcome) -> None:
@@ -44,6 +61,26 @@ def apply_gate_outcome(state: RunState[Any, Any], item: ToolApprovalItem, outcom
         state.reject(item, rejection_message=outcome.message_for_model)
 
 
+# What retrying cannot fix: the same memoized output would fail the same way again.
+MODEL_FAULTS = (ModelRefusalError, ModelBehaviorError, MaxTurnsExceeded, budget.OverBudget)
+
+
+def fault_escalation(error: Exception) -> escalations.EscalationAsk:
+    """The hand-off for a model fault, named for the audit trail and the reviewer."""
+    text = str(error)[:500]
+    if isinstance(error, ModelRefusalError):
+        return escalations.ask_from_fault("model_refusal", f"It said: {error.refusal[:500]}")
+    if isinstance(error, MaxTurnsExceeded):
+        return escalations.ask_from_fault("max_turns", text)
+    if isinstance(error, budget.OverBudget):
+        return escalations.ask_from_fault("token_budget", text)
+    if "not found in agent" in text:
+        return escalations.ask_from_fault("unknown_tool", text.split(" not found")[0])
+    if text.startswith("Invalid JSON input for tool"):
+        return escalations.ask_from_fault("invalid_tool_arguments", text.split(":")[0])
+    return escalations.ask_from_fault("model_behavior", text)
+
+
 async def converse(
     agent: Agent[worker.SupportContext],
     email: str,
@@ -52,13 +89,38 @@ async def converse(
     run_config: RunConfig,
     gate: Gate,
     max_turns: int,
+    token_budget: int | None = None,
 ) -> Conversation:
-    """Run the agent; each paused refund goes through `gate`; resume until it answers."""
-    result = await Runner.run(agent, email, context=context, run_config=run_config, max_turns=max_turns)
+    """Run the agent; each paused refund goes through `gate`; resume until it answers. A call
+    to `escalate_to_human`, or a fault retrying cannot fix, ends it with an escalation."""
     outcomes: list[refunds.GateOutcome] = []
+    meter = budget.metering(context.pool, run_id=context.run_id, budget=token_budget) if token_budget else nullcontext()
+    with meter:
+        try:
+            return await _run_through_gates(agent, email, context, run_config, gate, max_turns, outcomes)
+        except MODEL_FAULTS as error:
+            return Conversation(draft="", gate=outcomes, escalation=fault_escalation(error))
+
+
+async def _run_through_gates(
+    agent: Agent[worker.SupportContext],
+    email: str,
+    context: worker.SupportContext,
+    run_config: RunConfig,
+    gate: Gate,
+    max_turns: int,
+    outcomes: list[refunds.GateOutcome],
+) -> Conversation:
+    result = await Runner.run(agent, email, context=context, run_config=run_config, max_turns=max_turns)
     while result.interruptions:
         state = result.to_state()
         for item in state.get_interruptions():
+            if item.name == escalations.ESCALATE_TOOL:
+                ask = escalations.ask_from_tool_call(item.call_id or "unknown-call", item.arguments)
+                return Conversation(draft="", gate=outcomes, escalation=ask)
+            if refunds.refund_arguments(item.arguments)[1] is not None:
+                # As the SDK treats every other tool: unreadable arguments are a model fault.
+                raise ModelBehaviorError(f"Invalid JSON input for tool {item.name}")
             outcome = await gate(item)
             outcomes.append(outcome)
             apply_gate_outcome(state, item, outcome)
@@ -234,6 +296,30 @@ class EmailOutcome(BaseModel):
     reply_replaced: bool
     refunds_issued: list[int]
     gate: list[refunds.GateOutcome]
+    escalation_id: str | None = None
+    escalation_reason: str | None = None
+
+
+class ModelUnavailable(Exception):
+    """The model could not be reached or answered garbage, after the client's own retries.
+    Nothing was sent to the customer; the audit trail has a `model_unavailable` row."""
+
+    def __init__(self, run_id: str, error: Exception, *, where: str = "the OpenAI API") -> None:
+        self.run_id = run_id
+        kind = type(error).__name__
+        if isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError):
+            # No route at all: the fix is configuration or the network, not patience.
+            said = (
+                f"Cannot reach {where} ({kind}: {str(error)[:200]}). Check the network or OPENAI_BASE_URL "
+                "(without OPENAI_API_KEY and OPENAI_BASE_URL the offline rule-based model answers instead)."
+            )
+        else:
+            said = f"The model did not answer ({kind}: {str(error)[:200]}); try again later."
+        super().__init__(f"{said} Nothing was sent to the customer (run {run_id}, audited as model_unavailable).")
+
+
+# What the client already retried (429, 500, timeouts) or cannot parse (malformed JSON).
+TRANSIENT_MODEL_ERRORS = (openai.APIError, json.JSONDecodeError)
 
 
 async def answer_email(
@@ -250,7 +336,7 @@ async def answer_email(
 ) -> EmailOutcome:
     """Answer one email end to end without a durable engine: audit it, run the agent, take
     each paused refund to `decide` (a person at a terminal, or a test), guard and audit the
-    reply. The refund workflow is the same one the durable layer runs."""
+    reply. The refund and escalation workflows are the ones the durable layer runs."""
     run_id = run_id or f"local-{uuid.uuid4().hex[:12]}"
     customer = await db.get_customer(pool, customer_id=customer_id)
     if customer is None:
@@ -265,23 +351,55 @@ async def answer_email(
     context = worker.SupportContext(
         pool=pool, customer_id=customer.id, run_id=run_id, now=now or datetime.now(UTC), customer_message=body
     )
-
     gate = partial(
         _decide_here, pool, run_id=run_id, customer_id=customer.id, body=body, decide=decide, settings=settings
     )
-    conversation = await converse(
-        worker.build_agent(model or worker.build_model(settings), store=settings.openai_store),
-        worker.format_email(customer, subject=subject, body=body),
-        context=context,
-        run_config=worker.build_run_config(settings.openai_agents_tracing),
-        gate=gate,
-        max_turns=settings.agent_max_turns,
-    )
-    sent = await send_reply(pool, run_id=run_id, customer=customer, draft=conversation.draft, gate=conversation.gate)
+    try:
+        conversation = await converse(
+            worker.build_agent(
+                budget.MeteredModel(model or worker.build_model(settings)), store=settings.openai_store
+            ),
+            worker.format_email(customer, subject=subject, body=body),
+            context=context,
+            run_config=worker.build_run_config(settings.openai_agents_tracing),
+            gate=gate,
+            max_turns=settings.agent_max_turns,
+            token_budget=settings.conversation_token_budget,
+        )
+    except TRANSIENT_MODEL_ERRORS as error:
+        await audit_model_unavailable(pool, run_id=run_id, customer_id=customer.id, error=error)
+        raise ModelUnavailable(run_id, error, where=settings.openai_base_url or "the OpenAI API") from error
+    escalation = None
+    if conversation.escalation is not None:
+        escalation = await escalations.open_escalation(
+            pool,
+            ask=conversation.escalation,
+            run_id=run_id,
+            customer=customer,
+            customer_message=body,
+            ttl_seconds=settings.escalation_timeout_seconds,
+        )
+    draft = escalations.holding_reply(customer) if escalation else conversation.draft
+    sent = await send_reply(pool, run_id=run_id, customer=customer, draft=draft, gate=conversation.gate)
     return EmailOutcome(
         run_id=run_id,
         reply=sent.reply,
         reply_replaced=sent.replaced_unsafe_reply,
         refunds_issued=sent.refund_ids,
         gate=conversation.gate,
+        escalation_id=escalation.id if escalation else None,
+        escalation_reason=escalation.reason if escalation else None,
+    )
+
+
+async def audit_model_unavailable(
+    pool: asyncpg.Pool, *, run_id: str, customer_id: db.CustomerId, error: Exception
+) -> None:
+    await db.record_audit(
+        pool,
+        action=db.AuditAction.MODEL_UNAVAILABLE,
+        run_id=run_id,
+        customer_id=customer_id,
+        detail={"error": type(error).__name__, "message": str(error)[:500], "reply_sent": False},
+        idempotency_key=f"model_unavailable:{run_id}",
     )

@@ -58,6 +58,12 @@ class AuditAction(StrEnum):
     REVIEWER_NOTIFY_FAILED = "reviewer_notify_failed"
     WEBHOOK_REFUSED = "webhook_refused"
     NOTIFIER_MISCONFIGURED = "notifier_misconfigured"
+    ESCALATION_REQUESTED = "escalation_requested"
+    ESCALATION_APPROVED = "escalation_approved"
+    ESCALATION_EDITED = "escalation_edited"
+    ESCALATION_REJECTED = "escalation_rejected"
+    ESCALATION_POSTED_VIA_TIMEOUT = "escalation_posted_via_timeout"
+    MODEL_UNAVAILABLE = "model_unavailable"
 
 
 Tier = Literal["free", "pro", "enterprise"]

@@ -31,9 +31,11 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
+import escalations
 import notify
 import refunds
 from fields import MAX_ID
@@ -41,6 +43,7 @@ from ingress import credentials_match
 from money import format_money
 from settings import PROJECT_ROOT, Settings
 from store import approvals, reviews
+from store import escalations as escalation_store
 
 logger = logging.getLogger("support_worker.desk")
 
@@ -77,6 +80,8 @@ STATUS_LINES = {
     "run_failed": "failed",
     "event_rejected": "rejected",
     "event_duplicate": "duplicate, already answered",
+    "escalation_requested": "handed to a person (escalated)",
+    "model_unavailable": "the model did not answer",
 }
 FINAL_ACTIONS = {"reply_sent", "run_failed", "event_rejected", "event_duplicate"}
 
@@ -237,7 +242,46 @@ def signed_in_reviewer(settings: Settings) -> Callable[..., str]:
     return reviewer
 
 
-def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], announce: Announce) -> APIRouter:
+class PendingEscalation(BaseModel):
+    escalation: escalation_store.Escalation
+    customer_name: str
+
+
+async def pending_escalations(pool: asyncpg.Pool) -> list[PendingEscalation]:
+    return [
+        PendingEscalation(escalation=e, customer_name=name)
+        for e, name in await escalation_store.list_pending_escalations(pool)
+    ]
+
+
+ESCALATION_REASONS = {
+    "unknown_request": "There is no such escalation.",
+    "already_decided": "This escalation was already decided",
+    "expired": "This escalation timed out before a decision; nothing was changed.",
+    "same_decision": "This decision was already recorded.",
+    "no_text": "Edit needs the text to post; nothing was changed.",
+}
+
+
+def describe_escalation_outcome(outcome: escalations.DecisionOutcome, announced: bool) -> str:
+    """One sentence for the reviewer about what their decision on an escalation did."""
+    escalation = outcome.escalation
+    if outcome.applied and escalation is not None:
+        tail = "" if announced else " (recorded; the waiting run will pick it up when it next checks)"
+        return f"Escalation {escalation.id}: {escalation.status}{tail}."
+    message = ESCALATION_REASONS[outcome.reason]
+    if outcome.reason == "already_decided" and escalation is not None:
+        message += f": {escalation.status} by {escalation.reviewer}. Nothing was changed."
+    return message
+
+
+def build_router(
+    settings: Settings,
+    *,
+    get_pool: Callable[[], asyncpg.Pool],
+    announce: Announce,
+    announce_escalation: Announce | None = None,
+) -> APIRouter:
     """The desk's routes: the page, its static files, the live status stream and decisions."""
     router = APIRouter(route_class=DeskRoute)
     signed_in = signed_in_reviewer(settings)
@@ -248,6 +292,7 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
         context = {
             "reviews": waiting,
             "approvals": await approvals.approvals_by_request(get_pool(), request_ids=[r.request.id for r in waiting]),
+            "escalations": await pending_escalations(get_pool()),
             "reviewer": reviewer,
             # A notifier Slack refuses (a revoked URL) is said at the top until it works again.
             "flash": " ".join(filter(None, [await notify.configuration_problem(get_pool()), msg[:300]])),
@@ -306,4 +351,44 @@ def build_router(settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], an
         message = describe_outcome(outcome, announced)
         return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
 
+    _add_escalation_routes(router, settings, signed_in, get_pool, announce_escalation or _nobody)
     return router
+
+
+def _add_escalation_routes(
+    router: APIRouter,
+    settings: Settings,
+    signed_in: Callable[..., str],
+    get_pool: Callable[[], asyncpg.Pool],
+    announce_escalation: Announce,
+) -> None:
+    """The escalation decision beside the refund one: the same sign-in and form tokens."""
+
+    @router.post("/reviews/escalations/{escalation_id}")
+    async def decide_escalation(
+        escalation_id: str,
+        decision: Annotated[str, Form()],
+        reviewer: str = Depends(signed_in),
+        csrf: Annotated[str, Form()] = "",
+        edited_text: Annotated[str, Form()] = "",
+    ) -> Response:
+        expected = form_token(settings, reviewer=reviewer, request_id=escalation_id)
+        if not secrets.compare_digest(csrf.encode(), expected.encode()):
+            raise HTTPException(403, "This form is stale or was not sent from the desk. Reload the desk.")
+        if decision not in ("approve", "edit", "reject"):
+            raise HTTPException(400, "Choose Approve, Edit or Reject.")
+        choice = escalations.Decision(
+            request_id=escalation_id,
+            decision=decision,  # type: ignore[arg-type]
+            reviewer=reviewer,
+            edited_text=edited_text.strip() or None,
+        )
+        outcome, announced = await escalations.submit_decision(
+            get_pool(), choice, announce=announce_escalation, via="desk"
+        )
+        message = describe_escalation_outcome(outcome, announced)
+        return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
+
+
+async def _nobody(data: dict[str, Any]) -> None:
+    raise RuntimeError("no engine to announce escalation decisions to")

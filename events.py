@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
+import escalations
 import refunds
 from fields import MAX_ID, CustomerIdText, StorableText
 
@@ -16,6 +17,8 @@ EMAIL_RECEIVED = "customer/email.received"
 APPROVAL_DECIDED = "refund/approval.decided"
 REFUND_WITHDRAWN = "customer/refund.withdrawn"
 HEALTH_CHECK_REQUESTED = "customer/health_check.requested"
+ESCALATION_REQUESTED = "customer/escalation.requested"
+ESCALATION_DECIDED = "escalation/decision.made"
 
 
 class EmailReceived(BaseModel):
@@ -74,3 +77,16 @@ class HealthCheckRequested(BaseModel):
 
     customer_id: CustomerIdText
     day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+
+class EscalationRequested(BaseModel):
+    """`customer/escalation.requested` data: the escalation the email run recorded."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: StorableText = Field(min_length=1, max_length=100)
+
+
+# `escalation/decision.made` data: `request_id`, `decision` (approve | edit | reject),
+# `reviewer`, optional `edited_text`; the workflow's own typed decision.
+EscalationDecided = escalations.Decision

@@ -32,9 +32,11 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+import budget
 import conversation
 import db
 import desk
+import escalations
 import health
 import inbound
 import ingress
@@ -45,16 +47,20 @@ import worker
 from events import (
     APPROVAL_DECIDED,
     EMAIL_RECEIVED,
+    ESCALATION_DECIDED,
+    ESCALATION_REQUESTED,
     HEALTH_CHECK_REQUESTED,
     REFUND_WITHDRAWN,
     ApprovalDecided,
     EmailReceived,
+    EscalationRequested,
     HealthCheckRequested,
     RefundWithdrawn,
 )
 from fields import customer_id_or_none
 from settings import Settings, get_settings
 from store import activity, messages
+from store import escalations as escalation_store
 
 logger = logging.getLogger("support_worker.inngest")
 
@@ -116,8 +122,9 @@ class OpenedRefund(BaseModel):
 class EmailRunResult(BaseModel):
     """The run's output in the dashboard: the reply as sent and each refund's fate."""
 
-    status: str  # "replied" | "duplicate"
+    status: str  # "replied" | "escalated" | "duplicate"
     first_run_id: str | None = None
+    escalation_id: str | None = None
     reply: str | None = None
     replaced_unsafe_reply: bool = False
     refund_ids: list[int] = []
@@ -405,14 +412,47 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
             run_config=worker.build_run_config(rt.settings.openai_agents_tracing),
             gate=partial(refund_gate, ctx.step, context, last_attempt=last_attempt),
             max_turns=rt.settings.agent_max_turns,
+            token_budget=rt.settings.conversation_token_budget,
         )
+    escalation_id = await escalate(ctx, customer, body, talk.escalation) if talk.escalation else None
+    draft = escalations.holding_reply(customer) if escalation_id else talk.draft
     # Not a step: only the call that finds every step memoized gets here, and it ends the run.
     # The reply is written once per run by its key, and a repeated final call (a redelivery, a
     # retry) answers with the reply stored first: one engine call saved per email.
-    sent = await conversation.send_reply(
-        pool, run_id=ctx.run_id, customer=customer, draft=talk.draft, gate=talk.gate
+    sent = await conversation.send_reply(pool, run_id=ctx.run_id, customer=customer, draft=draft, gate=talk.gate)
+    status = "escalated" if escalation_id else "replied"
+    return EmailRunResult(status=status, escalation_id=escalation_id, gate=talk.gate, **sent.model_dump())
+
+
+class EscalationOpened(BaseModel):
+    request_id: str
+    reason: str
+
+
+async def escalate(
+    ctx: inngest.Context, customer: db.Customer, customer_message: str, ask: escalations.EscalationAsk
+) -> str:
+    """Record the hand-off in Postgres, then announce it (the id makes a resend a no-op); the
+    escalation function notifies reviewers and waits. The run itself ends with a holding reply."""
+    rt = runtime()
+
+    async def open_escalation() -> EscalationOpened:
+        escalation = await escalations.open_escalation(
+            rt.require_pool(),
+            ask=ask,
+            run_id=ctx.run_id,
+            customer=customer,
+            customer_message=customer_message,
+            ttl_seconds=rt.settings.escalation_timeout_seconds,
+        )
+        return EscalationOpened(request_id=escalation.id, reason=escalation.reason)
+
+    opened = await ctx.step.run(f"open-escalation-{ask.key}", open_escalation, output_type=EscalationOpened)
+    event = inngest.Event(
+        name=ESCALATION_REQUESTED, id=f"escalation-{opened.request_id}", data={"request_id": opened.request_id}
     )
-    return EmailRunResult(status="replied", gate=talk.gate, **sent.model_dump())
+    await ctx.step.send_event(f"announce-escalation-{opened.request_id}", event)
+    return opened.request_id
 
 
 async def refund_gate(
@@ -625,6 +665,126 @@ async def withdraw_refund_request(ctx: inngest.Context) -> WithdrawalResult:
     return result
 
 
+# --------------------------------------------------------------------------- customer/escalation.requested
+
+
+class EscalationCheck(BaseModel):
+    """An escalation as Postgres has it, read before each slice of the wait."""
+
+    status: str
+    seconds_left: float
+
+
+async def _check_escalation(pool: asyncpg.Pool, escalation_id: str) -> EscalationCheck:
+    escalation = await escalation_store.get_escalation(pool, escalation_id=escalation_id)
+    if escalation is None:
+        raise LookupError(f"escalation {escalation_id} vanished")
+    return EscalationCheck(status=escalation.status, seconds_left=escalation.seconds_left)
+
+
+async def _record_escalation_event(
+    pool: asyncpg.Pool, data: Any, *, event_id: str, run_id: str, expected_id: str | None = None
+) -> DecisionRecorded:
+    """An `escalation/decision.made` event into Postgres: the first decision wins; anything
+    that changes nothing (malformed, unknown, already decided, expired) is audited once."""
+    decision = escalations.parse_decision(data)
+    if isinstance(decision, str):
+        request_id = expected_id or (data.get("request_id") if isinstance(data, dict) else None)
+        escalation = await escalation_store.get_escalation(pool, escalation_id=str(request_id)) if request_id else None
+        key = f"escalation:{event_id}"
+        await escalations.audit_ignored(
+            pool, key=key, request_id=request_id, why=decision, escalation=escalation, run_id=run_id
+        )
+        return DecisionRecorded(applied=False, reason="malformed")
+    outcome = await escalations.record_decision(pool, decision, decision_id=decision.decision_id or event_id)
+    if not outcome.applied and outcome.reason != "same_decision":
+        await escalations.audit_ignored(
+            pool,
+            key=f"escalation:{event_id}",
+            request_id=decision.request_id,
+            why=outcome.reason,
+            escalation=outcome.escalation,
+            run_id=run_id,
+            decision=decision.decision,
+            reviewer=decision.reviewer,
+        )
+    return DecisionRecorded(applied=outcome.applied, reason=outcome.reason)
+
+
+async def _await_escalation_decision(ctx: inngest.Context, pool: asyncpg.Pool, escalation_id: str) -> None:
+    """The refund gate's wait, for escalations: slices that re-read Postgres, so a decision
+    whose announcement never arrived still settles within one slice."""
+    settings, step = runtime().settings, ctx.step
+    slice_seconds = settings.decision_recheck_minutes * 60
+    max_rounds = math.ceil(settings.escalation_timeout_seconds / slice_seconds) + MAX_IGNORED_DECISIONS + 1
+    for round_no in range(1, max_rounds + 1):
+        check = await step.run(
+            f"check-escalation-{escalation_id}-{round_no}",
+            partial(_check_escalation, pool, escalation_id),
+            output_type=EscalationCheck,
+        )
+        if check.status != "pending" or check.seconds_left <= 0:
+            return
+        wait_seconds = min(math.ceil(check.seconds_left), slice_seconds)
+        event = await step.wait_for_event(
+            f"await-escalation-{escalation_id}-{round_no}",
+            event=ESCALATION_DECIDED,
+            if_exp=decision_match(escalation_id),
+            timeout=timedelta(seconds=wait_seconds),
+        )
+        if event is None:
+            if wait_seconds >= check.seconds_left:
+                return  # the engine waited out the whole deadline
+            continue
+        record = partial(
+            _record_escalation_event,
+            pool,
+            dict(event.data),
+            event_id=event.id or f"{escalation_id}-{round_no}",
+            run_id=ctx.run_id,
+            expected_id=escalation_id,
+        )
+        await step.run(f"record-escalation-decision-{escalation_id}-{round_no}", record, output_type=DecisionRecorded)
+
+
+async def handle_escalation(ctx: inngest.Context) -> escalations.Settled:
+    """Tell the on-call reviewers, wait for approve, edit or reject (or the deadline), then post
+    to the senior support channel as the branch says, and audit the branch once."""
+    rt = runtime()
+    pool = rt.require_pool()
+
+    async def load() -> EscalationOpened:
+        asked = await parse_or_reject(ctx, EscalationRequested)
+        escalation = await escalation_store.get_escalation(pool, escalation_id=asked.request_id)
+        if escalation is None:
+            await reject(ctx, f"unknown escalation: {asked.request_id}")
+        return EscalationOpened(request_id=escalation.id, reason=escalation.reason)
+
+    loaded = await ctx.step.run("load-escalation", load, output_type=EscalationOpened)
+    escalation_id = loaded.request_id
+    try:
+        notify_step = partial(escalations.notify_reviewers, pool, rt.settings, escalation_id=escalation_id)
+        await ctx.step.run(f"notify-reviewers-{escalation_id}", notify_step)
+    except inngest.StepError as error:
+        # The escalation is stored and on the desk; a dead notifier must not lose it.
+        logger.warning("could not notify reviewers about %s: %s", escalation_id, error)
+    await _await_escalation_decision(ctx, pool, escalation_id)
+    settle = partial(escalations.settle, pool, rt.settings, escalation_id=escalation_id, time_is_up=True)
+    return await ctx.step.run(f"settle-escalation-{escalation_id}", settle, output_type=escalations.Settled)
+
+
+async def record_escalation_decision(ctx: inngest.Context) -> DecisionRecorded:
+    """Every escalation decision lands in Postgres, whether or not its run is waiting yet."""
+    pool = runtime().require_pool()
+
+    async def record() -> DecisionRecorded:
+        await parse_or_reject(ctx, escalations.Decision)
+        event_id = ctx.event.id or ctx.run_id
+        return await _record_escalation_event(pool, ctx.event.data, event_id=event_id, run_id=ctx.run_id)
+
+    return await ctx.step.run("record-decision", record, output_type=DecisionRecorded)
+
+
 # --------------------------------------------------------------------------- the daily health check
 
 
@@ -773,6 +933,22 @@ def create_functions(client: inngest.Inngest, settings: Settings) -> list[innges
         concurrency=[inngest.Concurrency(limit=settings.health_check_concurrency)],
         throttle=inngest.Throttle(limit=settings.health_check_throttle_per_minute, period=timedelta(minutes=1)),
     )(customer_health_check)
+    escalation = client.create_function(
+        fn_id="handle-escalation",
+        name="Handle escalation",
+        trigger=inngest.TriggerEvent(event=ESCALATION_REQUESTED),
+        retries=4,
+        output_type=escalations.Settled,
+        # Its own small cap: escalations never crowd out live email.
+        concurrency=[inngest.Concurrency(limit=settings.escalation_concurrency)],
+    )(handle_escalation)
+    escalation_decision = client.create_function(
+        fn_id="record-escalation-decision",
+        name="Record escalation decision",
+        trigger=inngest.TriggerEvent(event=ESCALATION_DECIDED),
+        retries=4,
+        output_type=DecisionRecorded,
+    )(record_escalation_decision)
     # Not an SDK `on_failure` handler: those are registered with zero retries, and the dead
     # letter must survive a database error. One function for the app's failed runs instead.
     failures = client.create_function(
@@ -781,7 +957,7 @@ def create_functions(client: inngest.Inngest, settings: Settings) -> list[innges
         trigger=inngest.TriggerEvent(event="inngest/function.failed", expression=FAILED_HERE),
         retries=4,
     )(audit_run_failure)
-    return [email, decision, withdrawal, daily, per_customer, failures]
+    return [email, decision, withdrawal, daily, per_customer, escalation, escalation_decision, failures]
 
 
 # --------------------------------------------------------------------------- the host
@@ -801,7 +977,11 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             "or set INNGEST_DEV=1 to develop locally against the dev server."
         )
     serve_origin = _serve_origin(settings)
-    agent = journal.journaled(worker.build_agent(model or worker.build_model(settings), store=settings.openai_store))
+    journaled_agent = journal.journaled(
+        worker.build_agent(model or worker.build_model(settings), store=settings.openai_store)
+    )
+    # The budget check wraps the journal, so it runs (from recorded usage) on every replay.
+    agent = journaled_agent.clone(model=budget.MeteredModel(journaled_agent.model))  # type: ignore[arg-type]
     client = create_client(settings)
     rt = _runtime = Runtime(settings=settings, agent=agent, client=client)
 
@@ -844,7 +1024,17 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             settings, find_customer=find_customer, send=send, event_name=EMAIL_RECEIVED, get_pool=rt.require_pool
         )
     )
-    app.include_router(desk.build_router(settings, get_pool=rt.require_pool, announce=announce_decision))
+    async def announce_escalation_decision(data: dict[str, Any]) -> None:
+        await send(ESCALATION_DECIDED, str(data["decision_id"]), data)
+
+    app.include_router(
+        desk.build_router(
+            settings,
+            get_pool=rt.require_pool,
+            announce=announce_decision,
+            announce_escalation=announce_escalation_decision,
+        )
+    )
     _add_probes(app, rt)
     return app
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from agents import Agent, FunctionTool, Model, ModelResponse, Usage
+from agents import Agent, FunctionTool, Model, ModelBehaviorError, ModelResponse, Usage
 from agents.tool_context import ToolContext
 from openai.types.responses import ResponseOutputItem
 from pydantic import BaseModel, TypeAdapter
@@ -122,6 +123,15 @@ def journal_tool(tool: Any) -> Any:
     invoke = tool.on_invoke_tool
 
     async def journaled_invoke(tool_context: ToolContext[Any], arguments: str) -> Any:
+        # Arguments that are not a JSON object fail the same way on every attempt: say so
+        # outside the step (as the SDK would), instead of burning the step's retries.
+        try:
+            parsed = json.loads(arguments or "{}")
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise ModelBehaviorError(f"Invalid JSON input for tool {tool.name}")
+
         async def run_tool() -> Any:
             output = await invoke(tool_context, arguments)
             return output if isinstance(output, str | int | float | bool | type(None)) else str(output)

@@ -37,6 +37,7 @@ SECRET_FIELDS = (
     "review_desk_users",
     "sentry_dsn",
     "desk_form_secret",
+    "senior_support_webhook_url",
 )
 
 
@@ -117,6 +118,31 @@ class Settings(BaseSettings):
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
     # Controls (README "Controls"): refunds above this many cents need two different reviewers.
     refund_four_eyes_cents: int = Field(default=50_000, ge=0)
+
+    # The escalation gate (README "Escalations") and the cost cap per conversation.
+    # Slack-compatible incoming webhook of the senior support channel (its URL holds a token);
+    # unset: approved escalations are recorded and audited but posted nowhere.
+    senior_support_webhook_url: SecretStr | None = None
+    escalation_timeout_hours: float = 4.0  # then the draft is posted under "no human review"
+    escalation_concurrency: int = Field(default=2, ge=1)  # escalation runs at once
+    # Tokens one email's run may spend on the model before it stops and escalates instead.
+    conversation_token_budget: int = Field(default=200_000, ge=1)
+
+    @field_validator("escalation_timeout_hours")
+    @classmethod
+    def _escalation_whole_seconds(cls, hours: float) -> float:
+        """The engine waits in whole seconds; refuse a value it would silently round."""
+        seconds = hours * 3600
+        if not (math.isfinite(seconds) and abs(seconds - round(seconds)) <= 1e-6 and round(seconds) >= 1):
+            raise ValueError(
+                f"ESCALATION_TIMEOUT_HOURS={hours} comes to {seconds:g} seconds; it must be a whole number "
+                "of seconds and at least one second: use e.g. 0.25 (15 minutes) or 4"
+            )
+        return hours
+
+    @property
+    def escalation_timeout_seconds(self) -> int:
+        return round(self.escalation_timeout_hours * 3600)
 
     @field_validator("refund_approval_timeout_hours")
     @classmethod

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import Literal
 
 import asyncpg
 from agents import (
@@ -103,6 +104,24 @@ async def issue_refund(ctx: ToolContext[SupportContext], order_id: int, amount_c
     return payment.explanation
 
 
+@function_tool(failure_error_function=None, needs_approval=True)
+async def escalate_to_human(
+    ctx: ToolContext[SupportContext], summary: str, reason: str, urgency: Literal["low", "normal", "high", "urgent"]
+) -> str:
+    """Hand this email to a senior human colleague instead of answering it yourself. Use it for
+    legal threats, anything about safety, a suspected account takeover, or any request your
+    other tools cannot handle. The customer gets a short holding reply; you write no reply.
+
+    Args:
+        summary: Two or three sentences for the senior colleague: who, what happened, what they want.
+        reason: Why a human must handle it (e.g. "legal threat", "possible account takeover").
+        urgency: How soon a person must look: low, normal, high or urgent.
+    """
+    # The runners pause every call (like a refund) and hand it to the escalation workflow
+    # (escalations.py), which ends the run with a holding reply; this body never decides.
+    return "Escalated to a human colleague."
+
+
 # --------------------------------------------------------------------------- agent
 
 
@@ -116,6 +135,8 @@ INSTRUCTIONS = """You are a warm, concise customer-support agent for an online s
   Do not promise a refund in prose without calling the tool.
 - A reviewer approves or declines each refund. Only say a refund was issued when the tool
   result says "Refund issued"; if it was declined, refused or expired, say so plainly.
+- Call `escalate_to_human` instead of answering for legal threats, anything about safety,
+  a suspected account takeover, or anything your tools cannot handle.
 - Reply with the email text only: greet the customer by first name and sign off as
   "The Support Team"."""
 
@@ -151,7 +172,7 @@ def build_agent(model: Model, *, store: bool = False) -> Agent[SupportContext]:
         name=AGENT_NAME,
         instructions=_instructions,
         model=model,
-        tools=[lookup_customer, lookup_orders, issue_refund],
+        tools=[lookup_customer, lookup_orders, issue_refund, escalate_to_human],
         model_settings=ModelSettings(
             parallel_tool_calls=False,
             store=store,

@@ -165,7 +165,8 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 async def reset_data(pool: asyncpg.Pool) -> None:
     await pool.execute(
-        "TRUNCATE audit_log, refunds, refund_requests, orders, customers, messages RESTART IDENTITY CASCADE"
+        "TRUNCATE audit_log, model_usage, refunds, refund_requests, orders, customers, messages"
+        " RESTART IDENTITY CASCADE"
     )
     await sample_data.seed(pool)
 

@@ -16,9 +16,10 @@ import pytest
 import uvicorn
 from inngest_driver import StubInngestServer
 from playwright.async_api import Browser, async_playwright, expect
-from tests_support import free_port, open_request
+from tests_support import GRACE, free_port, open_request
 
 import db
+import escalations
 import inngest_app
 from offline_model import OfflineSupportModel
 from sample_data import ADA
@@ -171,6 +172,34 @@ async def test_two_reviewers_sign_in_to_approve_a_four_eyes_refund_in_the_browse
     assert [(e.data["reviewer"], e.data["approved"]) for e in stub.events] == [("alice", True), ("bob", True)]
     recorded = await db.list_audit(pool, action=db.AuditAction.DECISION_RECORDED)
     assert [(e.detail["reviewer"], e.detail["approvals"]) for e in recorded] == [("alice", "1 of 2"), ("bob", "2 of 2")]
+
+
+async def test_a_reviewer_edits_an_escalation_in_the_browser(
+    desk_url: tuple[str, StubInngestServer], browser: Browser, pool: asyncpg.Pool
+) -> None:
+    url, stub = desk_url
+    customer = await db.get_customer(pool, customer_id=GRACE)
+    assert customer is not None
+    ask = escalations.EscalationAsk(key="call_1", source="agent", reason="legal threat", urgency="high", summary="Sue.")
+    escalation = await escalations.open_escalation(
+        pool, ask=ask, run_id="run-1", customer=customer, customer_message="My lawyer will call.", ttl_seconds=3600
+    )
+
+    context = await browser.new_context(http_credentials={"username": "alice", "password": "alice-pw"})
+    page = await context.new_page()
+    await page.goto(f"{url}/reviews")
+    card = page.locator(f"#{escalation.id}")
+    assert "legal threat" in await card.inner_text() and "My lawyer will call." in await card.inner_text()
+    await card.locator("textarea[name=edited_text]").fill("Legal: call Grace today.")
+    await card.locator("button[value=edit]").click()
+    await page.wait_for_url("**/reviews?msg=*")
+    assert f"Escalation {escalation.id}: edited." in await page.locator(".flash").inner_text()
+    assert "No escalations are waiting for review." in await page.content()
+    await context.close()
+
+    assert [(e.name, e.data["decision"], e.data["edited_text"], e.data["reviewer"]) for e in stub.events] == [
+        ("escalation/decision.made", "edit", "Legal: call Grace today.", "alice")
+    ]
 
 
 def _artifacts() -> Path:

@@ -70,11 +70,12 @@ def test_every_secret_is_a_secret_str_and_never_printed() -> None:
         sentry_dsn="https://key@o0.ingest.sentry.io/1",
         database_url="postgresql://u:db-pw@localhost/db",
         desk_form_secret="form-secret-x",
+        senior_support_webhook_url="https://hooks.example.com/services/senior-token",
     )
     for name in settings_module.SECRET_FIELDS:
         assert isinstance(getattr(s, name), SecretStr), name
     shown = repr(s) + str(s.model_dump())
-    for value in ("sk-live-abc", "signkey-x", "hook-pw", "alice-pw", "db-pw", "form-secret-x"):
+    for value in ("sk-live-abc", "signkey-x", "hook-pw", "alice-pw", "db-pw", "form-secret-x", "senior-token"):
         assert value not in shown
     assert s.reviewers["alice"].get_secret_value() == "alice-pw"
 

@@ -1,0 +1,89 @@
+"""The cost cap per conversation: every model turn's token usage is recorded, and a run stops
+calling the model once the next turn would take it past CONVERSATION_TOKEN_BUDGET.
+
+Engine-free. `MeteredModel` wraps the model the agent uses; `metering(...)` (entered by
+`conversation.converse`) says which run the turns belong to. Turns are numbered in the order
+the run makes them, and the check reads only the turns before the current one from Postgres,
+so a durable run replayed from its journal takes the same decision at the same turn.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+from agents import Model, ModelResponse
+
+from store import escalations as store
+
+
+class OverBudget(Exception):
+    """The next model turn would take this run past its token budget."""
+
+    def __init__(self, *, spent: int, budget: int, turn: int) -> None:
+        self.spent, self.budget, self.turn = spent, budget, turn
+        super().__init__(f"{spent} tokens spent before turn {turn}; the budget is {budget}")
+
+
+@dataclasses.dataclass
+class Meter:
+    pool: asyncpg.Pool
+    run_id: str
+    budget: int
+    turns: int = 0
+
+
+_current: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("support_worker_meter", default=None)
+
+
+@contextmanager
+def metering(pool: asyncpg.Pool, *, run_id: str, budget: int) -> Iterator[Meter]:
+    """Count and cap the model turns made inside this block against `run_id`."""
+    meter = Meter(pool=pool, run_id=run_id, budget=budget)
+    token = _current.set(meter)
+    try:
+        yield meter
+    finally:
+        _current.reset(token)
+
+
+def would_exceed(*, spent: int, last_turn: int, budget: int) -> bool:
+    """A turn costs at least what the last one did (each resends the whole conversation), so
+    the run stops when spending that much again would pass the budget."""
+    return spent + last_turn > budget
+
+
+class MeteredModel(Model):
+    """Checks the budget before each model call and records the call's usage after it. Wrap
+    it around the journaling model, so the check runs on every replay, in the same order."""
+
+    def __init__(self, inner: Model) -> None:
+        self._inner = inner
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        meter = _current.get()
+        if meter is None:
+            return await self._inner.get_response(*args, **kwargs)
+        meter.turns += 1
+        turn = meter.turns
+        spent, last = await store.usage_before(meter.pool, run_id=meter.run_id, turn=turn)
+        if would_exceed(spent=spent, last_turn=last, budget=meter.budget):
+            raise OverBudget(spent=spent, budget=meter.budget, turn=turn)
+        response = await self._inner.get_response(*args, **kwargs)
+        usage = response.usage
+        await store.record_usage(
+            meter.pool,
+            run_id=meter.run_id,
+            turn=turn,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            total_tokens=usage.total_tokens,
+        )
+        return response
+
+    def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("support runs do not stream")
