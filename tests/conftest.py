@@ -92,11 +92,21 @@ async def _build_template(admin: asyncpg.Connection, server_url: str, template: 
     await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{template}"')
 
 
+# Test data is thrown away, so the embedded test server (never a developer's ./.pgdata, never
+# TEST_DATABASE_URL) skips waiting for the disk: every commit, CREATE DATABASE and checkpoint
+# otherwise waits on fsync, which on a busy machine is most of a test's setup.
+_DISPOSABLE_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
 async def _create_worker_database(server_url: str, name: str) -> None:
     template = _template_name()
     admin = await _admin(server_url)
     try:
         await admin.execute("SELECT pg_advisory_lock($1)", _TEMPLATE_LOCK_KEY)
+        if not os.environ.get("TEST_DATABASE_URL"):
+            for setting, value in _DISPOSABLE_SERVER_SETTINGS.items():
+                await admin.execute(f"ALTER SYSTEM SET {setting} = {value}")
+            await admin.execute("SELECT pg_reload_conf()")
         if not await admin.fetchval("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", template):
             await _build_template(admin, server_url, template)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

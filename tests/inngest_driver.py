@@ -74,7 +74,9 @@ class StubInngestServer:
         self.on_event: Callable[[CapturedEvent], None] | None = None
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # shutdown() waits for serve_forever to notice, once per poll interval: the default
+        # 0.5 s would be half a second of every test that serves the app.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def env(self, *, dev: bool = True) -> dict[str, str]:

@@ -13,10 +13,23 @@ from typing import Any
 
 import asyncpg
 import pytest
+from agents.testing import assistant_message, function_call
 from inngest_driver import Run, WaitOp, cel_match, timeout_resolver
-from tests_support import GRACE, CaptureServer, CountingModel, Engine, open_request, pay_refund, serve
+from tests_support import (
+    GRACE,
+    CaptureServer,
+    CountingModel,
+    Engine,
+    open_request,
+    pay_refund,
+    scripted,
+    serve,
+    trail,
+    used_up,
+)
 
 import cli
+import conversation
 import db
 import inngest_app
 from sample_data import ADA, ALAN
@@ -95,7 +108,7 @@ async def test_a_failing_notifier_is_retried_and_never_loses_the_request(
             run = await engine.email(CHARGED_TWICE, resolver=decisions_in_turn(engine, lambda r: decision(r, "d1")))
     assert run.status == "completed"
     # The notice is retried inside the step that opens the request: one step, three tries.
-    assert run.runs_of("open-refund-call_offline_3_issue_refund") == 1 and len(slack.requests) == 3
+    assert trail(run).count("open-refund-<call-2>") == 1 and len(slack.requests) == 3
     assert [e.action.value for e in await db.list_audit(pool)].count("reviewer_notified") == 1
     assert len(await db.list_refunds(pool)) == 1
 
@@ -110,7 +123,7 @@ async def test_a_dead_notifier_does_not_stop_the_refund(
     assert run.status == "completed", run.error
     # Three quick tries per attempt; every attempt but the last retried the step (the engine's
     # backoff), the last recorded the failure and went on: the request stood.
-    assert run.runs_of("open-refund-call_offline_3_issue_refund") == 5 and len(slack.requests) == 5 * 3
+    assert run.runs_of(step_named(run, "open-refund-")) == 5 and len(slack.requests) == 5 * 3
     assert len(await db.list_refunds(pool)) == 1
     actions = [e.action.value for e in await db.list_audit(pool)]
     assert "reviewer_notified" not in actions
@@ -129,15 +142,35 @@ async def test_without_a_webhook_url_the_opening_step_says_no_one_was_notified(e
 # --------------------------------------------------------------------------- approve with edits
 
 
-async def test_an_edited_approval_pays_the_lower_amount_and_sends_the_reviewers_reply(engine: Engine) -> None:
+async def test_an_edited_approval_pays_the_lower_amount_and_sends_the_reviewers_reply(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+) -> None:
     reply = "Hi Grace,\n\nwe have refunded $100.00 of order 1003 as a goodwill gesture.\n\nThe Support Team"
-    run = await engine.email(
-        CHARGED_TWICE,
-        resolver=decisions_in_turn(engine, lambda r: decision(r, "d1", amount_cents=10_000, reply=reply)),
+    draft = "Hi Grace, a refund of $499.00 for order 1003 has been issued."  # the agent's, now untrue
+    model = scripted(
+        [function_call("issue_refund", {"order_id": 1003, "amount_cents": 49_900, "reason": "dup"}, call_id="c1")],
+        [assistant_message(draft)],
     )
+    async with serve(settings, monkeypatch, pool, model=model) as engine:
+        run = await engine.email(
+            CHARGED_TWICE,
+            resolver=decisions_in_turn(engine, lambda r: decision(r, "d1", amount_cents=10_000, reply=reply)),
+        )
     assert run.status == "completed", run.error
+    used_up(model)
+    assert trail(run) == [
+        "receive-message",
+        "model-turn-1",
+        "open-refund-<call>",
+        "await-approval-<request>-1",
+        "settle-refund-<request>-1",
+        "tool-issue_refund-<call>",
+        "model-turn-2",
+    ]
     assert [(r.order_id, r.amount_cents) for r in await db.list_refunds(engine.pool)] == [(1003, 10_000)]
-    assert run.output["reply"] == reply
+    # The reviewer's words replace the agent's draft; the model still heard it was approved.
+    assert run.output["reply"] == reply and run.output["edited_by_reviewer"] is True
+    assert [g["status"] for g in run.output["gate"]] == ["approved"] and len(run.output["refund_ids"]) == 1
     recorded = (await db.list_audit(engine.pool, action=db.AuditAction.DECISION_RECORDED))[0].detail
     assert recorded["edits"] == {
         "amount_cents": {"requested": 49_900, "approved": 10_000},
@@ -216,7 +249,9 @@ async def test_a_withdrawal_ends_the_waiting_run_without_a_refund(engine: Engine
         "refund_withdrawn",
         "reply_sent",
     ]
-    assert "cancelled your refund request" in run.output["reply"]
+    assert [g["status"] for g in run.output["gate"]] == ["withdrawn"] and run.output["refund_ids"] == []
+    assert not conversation.claims_refund(run.output["reply"])
+    assert trail(run)[-3:] == ["await-approval-<request>-1", "settle-refund-<request>-1", "model-turn-3"]
     assert await reviews.list_pending_reviews(engine.pool) == []
     late = await engine.driver.run(
         "withdraw-refund-request", {"name": inngest_app.REFUND_WITHDRAWN, "id": "w2", "data": {"request_id": "rr_x"}}
@@ -284,9 +319,10 @@ async def test_the_status_stream_follows_a_run_live(doors_engine: Engine) -> Non
     started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def approve_after_stream_opens(op: WaitOp) -> dict[str, Any] | None:
+        # The stream is opened while the run waits and must follow it to its end. Its lines come
+        # from the run's audit rows in order, so no pause is needed for it to catch up.
         run_id = await engine.pool.fetchval("SELECT run_id FROM refund_requests LIMIT 1")
         started.set_result(run_id)
-        await asyncio.sleep(0.3)  # let the stream deliver "waiting for approval" first
         return await decisions_in_turn(engine, lambda r: decision(r, "d1"))(op)
 
     async def watch() -> list[dict[str, Any]]:

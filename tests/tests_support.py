@@ -1,8 +1,10 @@
-"""Helpers shared by test modules: a free port, and the served app driven like the engine."""
+"""Helpers shared by test modules: a free port, the served app driven like the engine, a
+scripted model that proves the journal replays finished turns, and a run's step trail by name."""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +16,7 @@ import asyncpg
 import httpx
 import pytest
 from agents import Model
+from agents.testing import ScriptedModel
 from inngest_driver import InngestDriver, Run, StubInngestServer, WaitOp, cel_match
 
 import db
@@ -47,6 +50,54 @@ class CountingModel(OfflineSupportModel):
         if self._fail(turn, self.calls[turn]):
             raise RuntimeError(f"model unavailable (turn {turn}, call {self.calls[turn]})")
         return await super().get_response(system_instructions, input, *args, **kwargs)
+
+
+def scripted(*turns: list[Any]) -> ScriptedModel:
+    """A model that answers each turn from the script, in order: `function_call(...)` and
+    `assistant_message(...)` items from `agents.testing`. Pair it with `used_up`."""
+    return ScriptedModel(list(turns))
+
+
+def used_up(model: ScriptedModel) -> None:
+    """Every scripted turn was asked for, and none twice: on a replay the journal must answer
+    finished turns from the memo. (The script raises on a call past its end, so a repeated
+    turn would also fail the run; this says so plainly.)"""
+    model.assert_complete()
+    turns = [
+        sum(1 for i in call.input if isinstance(i, dict) and i.get("type") == "function_call_output")
+        for call in model.calls
+    ]
+    assert len(turns) == len(set(turns)), f"a turn was asked for twice: tool results seen per call {turns}"
+
+
+def trail(run: Run) -> list[str]:
+    """The run's steps by name, in order (retries repeat), with the ids that come from data
+    replaced by placeholders: each tool call id by `<call>` and each refund request id by
+    `<request>` (`<call-1>`, `<call-2>`, ... when there are several, in order of first use).
+    The ids are read from the run itself: the model turns' tool calls and the requests the
+    opening steps returned."""
+    calls: list[str] = []
+    requests: list[str] = []
+    for memo in run.memo.values():
+        data = memo.get("data") if isinstance(memo, dict) else None
+        if not isinstance(data, dict):
+            continue
+        for item in data.get("output") or []:
+            if isinstance(item, dict) and item.get("type") == "function_call" and item["call_id"] not in calls:
+                calls.append(item["call_id"])
+        request_id = (data.get("outcome") or {}).get("request_id")
+        if request_id and request_id not in requests:
+            requests.append(request_id)
+
+    def placeholders(ids: list[str], kind: str) -> dict[str, str]:
+        if len(ids) == 1:
+            return {ids[0]: f"<{kind}>"}
+        return {found: f"<{kind}-{n}>" for n, found in enumerate(ids, start=1)}
+
+    replace = placeholders(calls, "call") | placeholders(requests, "request")
+    # An id is a whole dash-separated part of a name: `open-refund-c1`, `await-approval-rr_…-1`.
+    pattern = re.compile("|".join(rf"(?<=-){re.escape(found)}(?=-|$)" for found in replace) or "(?!)")
+    return [pattern.sub(lambda m: replace[m.group(0)], name) for name in run.trail]
 
 
 @dataclass
@@ -136,7 +187,8 @@ class CaptureServer:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() otherwise waits up to half a second for the loop.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> CaptureServer:
