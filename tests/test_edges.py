@@ -235,7 +235,9 @@ async def test_leaving_the_prompt_closes_the_request_at_once_without_a_traceback
         proc.send_signal(signal.SIGHUP)
     else:
         proc.stdin.close()
-    assert proc.wait(timeout=15) != 0  # at once: before, Ctrl-C waited for input() to return
+    # At once (before, Ctrl-C waited for input() to return, forever); the bound is generous for a
+    # loaded CI machine, where closing the request and exiting the interpreter take seconds.
+    assert proc.wait(timeout=60) != 0
     err = proc.stderr.read()
     assert "Traceback" not in err
     assert err.strip().splitlines() == [
