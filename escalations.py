@@ -391,3 +391,52 @@ async def settle(pool: asyncpg.Pool, settings: Settings, *, escalation_id: str, 
         idempotency_key=f"escalation_outcome:{escalation.id}",
     )
     return Settled(escalation_id=escalation_id, status=escalation.status, posted=posted, reviewer=escalation.reviewer)
+
+
+# --------------------------------------------------------------------------- the durable wait's pieces
+
+
+class WaitingState(BaseModel):
+    """An escalation as Postgres has it, read before each slice of the wait."""
+
+    status: str
+    seconds_left: float
+
+
+async def waiting_state(pool: asyncpg.Pool, escalation_id: str) -> WaitingState:
+    escalation = await store.get_escalation(pool, escalation_id=escalation_id)
+    if escalation is None:
+        raise LookupError(f"escalation {escalation_id} vanished")
+    return WaitingState(status=escalation.status, seconds_left=escalation.seconds_left)
+
+
+class EventRecorded(BaseModel):
+    applied: bool
+    reason: str
+
+
+async def record_event(
+    pool: asyncpg.Pool, data: Any, *, event_id: str, run_id: str, expected_id: str | None = None
+) -> EventRecorded:
+    """An `escalation/decision.made` event into Postgres: the first decision wins; anything
+    that changes nothing (malformed, unknown, already decided, expired) is audited once."""
+    decision = parse_decision(data)
+    if isinstance(decision, str):
+        request_id = expected_id or (data.get("request_id") if isinstance(data, dict) else None)
+        escalation = await store.get_escalation(pool, escalation_id=str(request_id)) if request_id else None
+        key = f"escalation:{event_id}"
+        await audit_ignored(pool, key=key, request_id=request_id, why=decision, escalation=escalation, run_id=run_id)
+        return EventRecorded(applied=False, reason="malformed")
+    outcome = await record_decision(pool, decision, decision_id=decision.decision_id or event_id)
+    if not outcome.applied and outcome.reason != "same_decision":
+        await audit_ignored(
+            pool,
+            key=f"escalation:{event_id}",
+            request_id=decision.request_id,
+            why=outcome.reason,
+            escalation=outcome.escalation,
+            run_id=run_id,
+            decision=decision.decision,
+            reviewer=decision.reviewer,
+        )
+    return EventRecorded(applied=outcome.applied, reason=outcome.reason)

@@ -1,18 +1,22 @@
-"""The daily health check's judgement: from a customer's recent activity to a short summary.
+"""The daily health check: the morning fan-out's plan and chunks, and its judgement, from a
+customer's recent activity to a short summary.
 
-`summarize` is a pure function over `activity.Activity`, so the rules are testable without a
-database or an engine; `record_summary`/`record_outreach` are the two audit writes the
-durable layer runs as steps.
+Engine-free: the durable layer runs `plan_fan_out`, each `send_chunk` (with the engine's
+`send` injected), `record_summary` and `record_outreach` as steps. `summarize` is a pure
+function over `activity.Activity`, so the rules are testable without a database or an engine.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import asyncpg
 from pydantic import BaseModel
 
 import db
+from events import HEALTH_CHECK_REQUESTED
 from money import format_money
 from store import activity
 
@@ -21,6 +25,79 @@ Signal = Literal["refund_heavy", "unanswered", "quiet", "blocked_refunds"]
 CHECKED_TIERS = ("pro", "enterprise")  # free-tier customers are not health-checked
 REFUND_HEAVY_COUNT = 2  # two or more refunds in 30 days
 QUIET_DAYS = 30  # no email at all in the window
+
+
+# Sends a batch of events ({"name", "id", "data"}) to the engine; ids make a resend a no-op.
+SendEvents = Callable[[list[dict[str, Any]]], Awaitable[Any]]
+
+
+class FanOutPlan(BaseModel):
+    day: str
+    as_of: str  # contacts before this instant count as recent: the tick's day, not today
+    counts: activity.FanOutCounts
+
+
+class FanOutChunk(BaseModel):
+    sent: int
+    last_id: str  # the keyset cursor: the next chunk starts after this customer
+    more: bool
+
+
+def scheduled_day(data: Any, ts_ms: int | None) -> str:
+    """The day a health check is for: from the tick, never from the clock at retry time. A
+    dashboard invocation may name `data.day`."""
+    named = data.get("day") if isinstance(data, dict) else None
+    if isinstance(named, str) and len(named) == 10:
+        return named
+    when = datetime.fromtimestamp(ts_ms / 1000, UTC) if ts_ms else datetime.now(UTC)
+    return when.date().isoformat()
+
+
+async def plan_fan_out(pool: asyncpg.Pool, *, day: str, cooldown_days: int) -> FanOutPlan:
+    """Counts only: who the morning covers and why the rest are left out, as of the tick's day."""
+    as_of = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
+    counts = await activity.health_check_counts(pool, tiers=list(CHECKED_TIERS), days=cooldown_days, as_of=as_of)
+    return FanOutPlan(day=day, as_of=as_of.isoformat(), counts=counts)
+
+
+async def send_chunk(
+    pool: asyncpg.Pool, plan: FanOutPlan, *, after_id: str, size: int, cooldown_days: int, send: SendEvents
+) -> FanOutChunk:
+    """Load the next slice of eligible customers (keyset pagination) and send their events.
+    The ids make the engine drop a second send of the same customer-day, so a retried chunk
+    is harmless, and no list of ids ever rides in a step output."""
+    batch = await activity.health_check_batch(
+        pool,
+        tiers=list(CHECKED_TIERS),
+        days=cooldown_days,
+        as_of=datetime.fromisoformat(plan.as_of),
+        after_id=after_id,
+        limit=size,
+    )
+    events = [
+        {
+            "name": HEALTH_CHECK_REQUESTED,
+            "id": f"health-check-{cid}-{plan.day}",
+            "data": {"customer_id": cid, "day": plan.day},
+        }
+        for cid in batch
+    ]
+    if events:
+        await send(events)
+    return FanOutChunk(sent=len(batch), last_id=batch[-1] if batch else after_id, more=len(batch) == size)
+
+
+def fan_out_report(plan: FanOutPlan, *, scheduled: int, cooldown_days: int) -> dict[str, Any]:
+    """The cron run's output in the dashboard: how many were scheduled, who was left out, why."""
+    return {
+        "day": plan.day,
+        "scheduled": scheduled,
+        "skipped": {"free_tier": plan.counts.skipped_free, "contacted_recently": plan.counts.skipped_contacted},
+        "skipped_reasons": {
+            "free_tier": "free-tier customers are not health-checked",
+            "contacted_recently": f"got a reply or an outreach note in the last {cooldown_days} days",
+        },
+    }
 
 
 class HealthSummary(BaseModel):

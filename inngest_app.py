@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -106,7 +106,7 @@ class Intake(BaseModel):
 class DecisionCheck(BaseModel):
     """A waiting request as Postgres has it, read before each slice of the wait."""
 
-    status: db.RequestStatus
+    status: str  # a refund request's or an escalation's status; "pending" while it waits
     seconds_left: float
 
 
@@ -141,18 +141,6 @@ class WithdrawalResult(BaseModel):
     withdrawn: bool
     request_id: str | None
     reason: str
-
-
-class FanOutPlan(BaseModel):
-    day: str
-    as_of: str  # contacts before this instant count as recent: the tick's day, not today
-    counts: activity.FanOutCounts
-
-
-class FanOutChunk(BaseModel):
-    sent: int
-    last_id: str  # the keyset cursor: the next chunk starts after this customer
-    more: bool
 
 
 class HealthGathered(BaseModel):
@@ -527,56 +515,84 @@ async def _check_decision(pool: asyncpg.Pool, request_id: str) -> DecisionCheck:
     return DecisionCheck(status=request.status, seconds_left=request.seconds_left)
 
 
-async def _await_decision(
-    step: inngest.Step, pool: asyncpg.Pool, request_id: str, *, first_check: DecisionCheck
-) -> refunds.GateOutcome:
-    """Round 1 uses the check the opening step made; later rounds re-read Postgres."""
-    settings = runtime().settings
-    settle = partial(refunds.settle, pool, request_id=request_id)
-    slice_seconds = settings.decision_recheck_minutes * 60
-    # Each round either uses up a slice of time or hears one decision; both are bounded.
-    max_rounds = math.ceil(settings.refund_approval_timeout_seconds / slice_seconds) + MAX_IGNORED_DECISIONS + 1
+@dataclasses.dataclass(frozen=True)
+class SlicedWait:
+    """One human gate's wait: which event decides it, how its steps are named, how long it
+    may take, how to re-read Postgres, and what to do with a decision that arrives."""
+
+    subject_id: str
+    event: str
+    check_prefix: str  # e.g. "check-decision": step `check-decision-<id>-<round>`
+    await_prefix: str  # e.g. "await-approval": wait `await-approval-<id>-<round>`
+    timeout_seconds: int
+    check: Callable[[], Awaitable[DecisionCheck]]
+    # Handles one matching event inside its own steps; True when that settled the gate.
+    on_event: Callable[[inngest.Event, int], Awaitable[bool]]
+
+
+async def wait_in_slices(step: inngest.Step, wait: SlicedWait, *, first_check: DecisionCheck | None = None) -> None:
+    """Wait for a decision in slices of DECISION_RECHECK_MINUTES that re-read Postgres between
+    them, so a decision recorded anywhere (its event lost, or sent before the wait began: the
+    engine never looks back) settles within one slice. Each round either uses up a slice or
+    hears one event, so the rounds are bounded; every step id carries the subject and round."""
+    slice_seconds = runtime().settings.decision_recheck_minutes * 60
+    max_rounds = math.ceil(wait.timeout_seconds / slice_seconds) + MAX_IGNORED_DECISIONS + 1
     for round_no in range(1, max_rounds + 1):
-        check = (
-            first_check
-            if round_no == 1
-            else await step.run(
-                f"check-decision-{request_id}-{round_no}",
-                partial(_check_decision, pool, request_id),
-                output_type=DecisionCheck,
-            )
-        )
+        check = first_check if round_no == 1 and first_check else None
+        if check is None:
+            step_id = f"{wait.check_prefix}-{wait.subject_id}-{round_no}"
+            check = await step.run(step_id, wait.check, output_type=DecisionCheck)
         if check.status != "pending" or check.seconds_left <= 0:
-            break
+            return
         wait_seconds = min(math.ceil(check.seconds_left), slice_seconds)
         event = await step.wait_for_event(
-            f"await-approval-{request_id}-{round_no}",
-            event=APPROVAL_DECIDED,
-            if_exp=decision_match(request_id),
+            f"{wait.await_prefix}-{wait.subject_id}-{round_no}",
+            event=wait.event,
+            if_exp=decision_match(wait.subject_id),
             timeout=timedelta(seconds=wait_seconds),
         )
         if event is None:
             if wait_seconds >= check.seconds_left:
-                break  # the engine waited out the whole deadline
+                return  # the engine waited out the whole deadline
             continue  # a slice ran out: re-read Postgres, then wait for what time is left
+        if await wait.on_event(event, round_no):
+            return
+
+
+async def _await_decision(
+    step: inngest.Step, pool: asyncpg.Pool, request_id: str, *, first_check: DecisionCheck
+) -> refunds.GateOutcome:
+    """The refund gate's wait. A malformed decision is audited and the wait goes on; one
+    Postgres refuses (an edit raising the amount) leaves the request pending: also goes on."""
+    settle = partial(refunds.settle, pool, request_id=request_id)
+    settled: list[refunds.GateOutcome] = []
+
+    async def on_event(event: inngest.Event, round_no: int) -> bool:
         try:
             decision = ApprovalDecided.model_validate(dict(event.data))
         except ValidationError as error:
-            # A stray or hostile event must not end the wait: audit it, keep waiting.
             why = f"malformed decision: {describe_validation_error(error)}"
-            ignore = partial(
-                _ignore_malformed, pool, request_id, event_id=event.id or f"{request_id}-{round_no}", why=why
-            )
+            event_id = event.id or f"{request_id}-{round_no}"
+            ignore = partial(_ignore_malformed, pool, request_id, event_id=event_id, why=why)
             await step.run(f"ignore-decision-{request_id}-{round_no}", ignore)
-            continue
-        outcome = await step.run(
-            f"settle-refund-{request_id}-{round_no}",
-            partial(settle, decision=decision, decision_id=decision.decision_id or event.id),
-            output_type=refunds.GateOutcome,
-        )
-        if outcome.status != "pending":
-            return outcome
-        # Postgres refused it (e.g. an edit raising the amount): keep waiting.
+            return False
+        apply = partial(settle, decision=decision, decision_id=decision.decision_id or event.id)
+        outcome = await step.run(f"settle-refund-{request_id}-{round_no}", apply, output_type=refunds.GateOutcome)
+        settled.append(outcome)
+        return outcome.status != "pending"
+
+    wait = SlicedWait(
+        subject_id=request_id,
+        event=APPROVAL_DECIDED,
+        check_prefix="check-decision",
+        await_prefix="await-approval",
+        timeout_seconds=runtime().settings.refund_approval_timeout_seconds,
+        check=partial(_check_decision, pool, request_id),
+        on_event=on_event,
+    )
+    await wait_in_slices(step, wait, first_check=first_check)
+    if settled and settled[-1].status != "pending":
+        return settled[-1]
     final = partial(settle, decision=None, decision_id=None, time_is_up=True)
     return await step.run(f"settle-refund-{request_id}", final, output_type=refunds.GateOutcome)
 
@@ -668,83 +684,38 @@ async def withdraw_refund_request(ctx: inngest.Context) -> WithdrawalResult:
 # --------------------------------------------------------------------------- customer/escalation.requested
 
 
-class EscalationCheck(BaseModel):
-    """An escalation as Postgres has it, read before each slice of the wait."""
-
-    status: str
-    seconds_left: float
-
-
-async def _check_escalation(pool: asyncpg.Pool, escalation_id: str) -> EscalationCheck:
-    escalation = await escalation_store.get_escalation(pool, escalation_id=escalation_id)
-    if escalation is None:
-        raise LookupError(f"escalation {escalation_id} vanished")
-    return EscalationCheck(status=escalation.status, seconds_left=escalation.seconds_left)
-
-
-async def _record_escalation_event(
-    pool: asyncpg.Pool, data: Any, *, event_id: str, run_id: str, expected_id: str | None = None
-) -> DecisionRecorded:
-    """An `escalation/decision.made` event into Postgres: the first decision wins; anything
-    that changes nothing (malformed, unknown, already decided, expired) is audited once."""
-    decision = escalations.parse_decision(data)
-    if isinstance(decision, str):
-        request_id = expected_id or (data.get("request_id") if isinstance(data, dict) else None)
-        escalation = await escalation_store.get_escalation(pool, escalation_id=str(request_id)) if request_id else None
-        key = f"escalation:{event_id}"
-        await escalations.audit_ignored(
-            pool, key=key, request_id=request_id, why=decision, escalation=escalation, run_id=run_id
-        )
-        return DecisionRecorded(applied=False, reason="malformed")
-    outcome = await escalations.record_decision(pool, decision, decision_id=decision.decision_id or event_id)
-    if not outcome.applied and outcome.reason != "same_decision":
-        await escalations.audit_ignored(
-            pool,
-            key=f"escalation:{event_id}",
-            request_id=decision.request_id,
-            why=outcome.reason,
-            escalation=outcome.escalation,
-            run_id=run_id,
-            decision=decision.decision,
-            reviewer=decision.reviewer,
-        )
-    return DecisionRecorded(applied=outcome.applied, reason=outcome.reason)
+async def _escalation_state(pool: asyncpg.Pool, escalation_id: str) -> DecisionCheck:
+    state = await escalations.waiting_state(pool, escalation_id)
+    return DecisionCheck(status=state.status, seconds_left=state.seconds_left)
 
 
 async def _await_escalation_decision(ctx: inngest.Context, pool: asyncpg.Pool, escalation_id: str) -> None:
-    """The refund gate's wait, for escalations: slices that re-read Postgres, so a decision
-    whose announcement never arrived still settles within one slice."""
-    settings, step = runtime().settings, ctx.step
-    slice_seconds = settings.decision_recheck_minutes * 60
-    max_rounds = math.ceil(settings.escalation_timeout_seconds / slice_seconds) + MAX_IGNORED_DECISIONS + 1
-    for round_no in range(1, max_rounds + 1):
-        check = await step.run(
-            f"check-escalation-{escalation_id}-{round_no}",
-            partial(_check_escalation, pool, escalation_id),
-            output_type=EscalationCheck,
-        )
-        if check.status != "pending" or check.seconds_left <= 0:
-            return
-        wait_seconds = min(math.ceil(check.seconds_left), slice_seconds)
-        event = await step.wait_for_event(
-            f"await-escalation-{escalation_id}-{round_no}",
-            event=ESCALATION_DECIDED,
-            if_exp=decision_match(escalation_id),
-            timeout=timedelta(seconds=wait_seconds),
-        )
-        if event is None:
-            if wait_seconds >= check.seconds_left:
-                return  # the engine waited out the whole deadline
-            continue
+    """The escalation's wait: the refund gate's slices; each decision is recorded (or its
+    refusal audited) and the next round's check sees whether it settled the escalation."""
+
+    async def on_event(event: inngest.Event, round_no: int) -> bool:
         record = partial(
-            _record_escalation_event,
+            escalations.record_event,
             pool,
             dict(event.data),
             event_id=event.id or f"{escalation_id}-{round_no}",
             run_id=ctx.run_id,
             expected_id=escalation_id,
         )
-        await step.run(f"record-escalation-decision-{escalation_id}-{round_no}", record, output_type=DecisionRecorded)
+        step_id = f"record-escalation-decision-{escalation_id}-{round_no}"
+        await ctx.step.run(step_id, record, output_type=escalations.EventRecorded)
+        return False
+
+    wait = SlicedWait(
+        subject_id=escalation_id,
+        event=ESCALATION_DECIDED,
+        check_prefix="check-escalation",
+        await_prefix="await-escalation",
+        timeout_seconds=runtime().settings.escalation_timeout_seconds,
+        check=partial(_escalation_state, pool, escalation_id),
+        on_event=on_event,
+    )
+    await wait_in_slices(ctx.step, wait)
 
 
 async def handle_escalation(ctx: inngest.Context) -> escalations.Settled:
@@ -780,7 +751,8 @@ async def record_escalation_decision(ctx: inngest.Context) -> DecisionRecorded:
     async def record() -> DecisionRecorded:
         await parse_or_reject(ctx, escalations.Decision)
         event_id = ctx.event.id or ctx.run_id
-        return await _record_escalation_event(pool, ctx.event.data, event_id=event_id, run_id=ctx.run_id)
+        recorded = await escalations.record_event(pool, ctx.event.data, event_id=event_id, run_id=ctx.run_id)
+        return DecisionRecorded(applied=recorded.applied, reason=recorded.reason)
 
     return await ctx.step.run("record-decision", record, output_type=DecisionRecorded)
 
@@ -788,78 +760,34 @@ async def record_escalation_decision(ctx: inngest.Context) -> DecisionRecorded:
 # --------------------------------------------------------------------------- the daily health check
 
 
-def _scheduled_day(event: inngest.Event) -> str:
-    """The day a health check is for: from the tick, never from the clock at retry time. A
-    dashboard invocation may name `data.day`."""
-    named = event.data.get("day") if isinstance(event.data, dict) else None
-    if isinstance(named, str) and len(named) == 10:
-        return named
-    return _event_time(event).date().isoformat() if event.ts else datetime.now(UTC).date().isoformat()
-
-
-async def plan_fan_out(ctx: inngest.Context) -> FanOutPlan:
-    settings = runtime().settings
-    day = _scheduled_day(ctx.event)
-    as_of = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
-    counts = await activity.health_check_counts(
-        runtime().require_pool(),
-        tiers=list(health.CHECKED_TIERS),
-        days=settings.health_check_contact_cooldown_days,
-        as_of=as_of,
-    )
-    return FanOutPlan(day=day, as_of=as_of.isoformat(), counts=counts)
-
-
-async def send_chunk(plan: FanOutPlan, after_id: str) -> FanOutChunk:
-    """Load the next slice of eligible customers and send their events. The ids make the
-    engine drop a second send of the same customer-day, so a retried chunk is harmless."""
-    rt = runtime()
-    size = rt.settings.health_check_fanout_chunk
-    batch = await activity.health_check_batch(
-        rt.require_pool(),
-        tiers=list(health.CHECKED_TIERS),
-        days=rt.settings.health_check_contact_cooldown_days,
-        as_of=datetime.fromisoformat(plan.as_of),
-        after_id=after_id,
-        limit=size,
-    )
-    events = [
-        inngest.Event(
-            name=HEALTH_CHECK_REQUESTED,
-            id=f"health-check-{customer_id}-{plan.day}",
-            data={"customer_id": customer_id, "day": plan.day},
-        )
-        for customer_id in batch
-    ]
-    if events:
-        await rt.require_client().send(events)
-    return FanOutChunk(sent=len(batch), last_id=batch[-1] if batch else after_id, more=len(batch) == size)
-
-
 async def daily_health_check(ctx: inngest.Context) -> dict[str, Any]:
     """Fan out one health-check event per paying customer not contacted lately, in chunks
     whose steps each load their own slice: every step output stays a few bytes."""
-    settings = runtime().settings
-    plan = await ctx.step.run("plan-fan-out", partial(plan_fan_out, ctx), output_type=FanOutPlan)
-    chunk = FanOutChunk(sent=0, last_id="", more=plan.counts.eligible > 0)
+    rt = runtime()
+    pool, cooldown = rt.require_pool(), rt.settings.health_check_contact_cooldown_days
+    day = health.scheduled_day(ctx.event.data, ctx.event.ts)
+    planned = partial(health.plan_fan_out, pool, day=day, cooldown_days=cooldown)
+    plan = await ctx.step.run("plan-fan-out", planned, output_type=health.FanOutPlan)
+    chunk = health.FanOutChunk(sent=0, last_id="", more=plan.counts.eligible > 0)
     scheduled, number = 0, 0
     while chunk.more:
         number += 1
-        chunk = await ctx.step.run(
-            f"fan-out-{number}", partial(send_chunk, plan, chunk.last_id), output_type=FanOutChunk
+        send = partial(
+            health.send_chunk,
+            pool,
+            plan,
+            after_id=chunk.last_id,
+            size=rt.settings.health_check_fanout_chunk,
+            cooldown_days=cooldown,
+            send=_send_events,
         )
+        chunk = await ctx.step.run(f"fan-out-{number}", send, output_type=health.FanOutChunk)
         scheduled += chunk.sent
-    return {
-        "day": plan.day,
-        "scheduled": scheduled,
-        "skipped": {"free_tier": plan.counts.skipped_free, "contacted_recently": plan.counts.skipped_contacted},
-        "skipped_reasons": {
-            "free_tier": "free-tier customers are not health-checked",
-            "contacted_recently": (
-                f"got a reply or an outreach note in the last {settings.health_check_contact_cooldown_days} days"
-            ),
-        },
-    }
+    return health.fan_out_report(plan, scheduled=scheduled, cooldown_days=cooldown)
+
+
+async def _send_events(events: list[dict[str, Any]]) -> None:
+    await runtime().require_client().send([inngest.Event(**event) for event in events])
 
 
 async def gather_activity(ctx: inngest.Context) -> HealthGathered:
