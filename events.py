@@ -7,7 +7,7 @@ the function accepts. What happens after is the functions' business (inngest_app
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 import escalations
 import refunds
@@ -90,3 +90,12 @@ class EscalationRequested(BaseModel):
 # `escalation/decision.made` data: `request_id`, `decision` (approve | edit | reject),
 # `reviewer`, optional `edited_text`; the workflow's own typed decision.
 EscalationDecided = escalations.Decision
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line a person can act on, e.g. "body: Field required; customer_id: ..."."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "data"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -27,7 +26,7 @@ from urllib.parse import parse_qs
 import asyncpg
 import inngest
 import inngest.fast_api
-from agents import Agent, Model, ToolApprovalItem
+from agents import Agent, Model
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
@@ -37,6 +36,7 @@ import conversation
 import db
 import desk
 import escalations
+import gates
 import health
 import inbound
 import ingress
@@ -56,6 +56,7 @@ from events import (
     EscalationRequested,
     HealthCheckRequested,
     RefundWithdrawn,
+    describe_error,
 )
 from fields import customer_id_or_none
 from settings import Settings, get_settings
@@ -101,22 +102,6 @@ class Intake(BaseModel):
     # conversation loads the text from Postgres (store/messages.py), outside any step output.
     message: messages.MessageRef | None = None
     first_run_id: str | None = None
-
-
-class DecisionCheck(BaseModel):
-    """A waiting request as Postgres has it, read before each slice of the wait."""
-
-    status: str  # a refund request's or an escalation's status; "pending" while it waits
-    seconds_left: float
-
-
-class OpenedRefund(BaseModel):
-    """One step's work for a paused refund: the request opened (or refused), reviewers told,
-    and the request's status read once, so an early decision skips the wait."""
-
-    outcome: refunds.GateOutcome
-    notified: dict[str, Any] | None = None
-    check: DecisionCheck | None = None
 
 
 class EmailRunResult(BaseModel):
@@ -246,16 +231,7 @@ async def parse_or_reject(ctx: inngest.Context, schema: type[Schema]) -> Schema:
     try:
         return schema.model_validate(dict(data))
     except ValidationError as error:
-        await reject(ctx, describe_validation_error(error))
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """One line a person can act on, e.g. "body: Field required; customer_id: ..."."""
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "data"
-        parts.append(f"{where}: {item['msg']}")
-    return "; ".join(parts)
+        await reject(ctx, describe_error(error))
 
 
 async def reject(ctx: inngest.Context, why: str) -> NoReturn:
@@ -398,7 +374,14 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
             worker.format_email(customer, subject=intake.subject, body=body),
             context=context,
             run_config=worker.build_run_config(rt.settings.openai_agents_tracing),
-            gate=partial(refund_gate, ctx.step, context, last_attempt=last_attempt),
+            gate=partial(
+                gates.refund_gate,
+                ctx.step,
+                context,
+                pool=pool,
+                settings=rt.settings,
+                tell=partial(tell_reviewers, last_attempt=last_attempt),
+            ),
             max_turns=rt.settings.agent_max_turns,
             token_budget=rt.settings.conversation_token_budget,
         )
@@ -443,51 +426,6 @@ async def escalate(
     return opened.request_id
 
 
-async def refund_gate(
-    step: inngest.Step, context: worker.SupportContext, item: ToolApprovalItem, *, last_attempt: bool = False
-) -> refunds.GateOutcome:
-    """Open a request (the policy first), tell reviewers, and wait for a decision in slices
-    that re-read Postgres, so a decision recorded anywhere settles within one slice even if
-    its announcement never arrived. Every step id comes from the request, never call order."""
-    rt = runtime()
-    pool = rt.require_pool()
-    call_id = item.call_id or "unknown-call"
-    open_request = partial(
-        refunds.open_request,
-        pool,
-        run_id=context.run_id,
-        customer_id=context.customer_id,
-        customer_message=context.customer_message,
-        call_id=call_id,
-        raw_arguments=item.arguments,
-        ttl_seconds=rt.settings.refund_approval_timeout_seconds,
-        four_eyes_cents=rt.settings.refund_four_eyes_cents,
-    )
-    opened = await step.run(
-        f"open-refund-{call_id}",
-        partial(_open_refund, pool, rt.settings, open_request, last_attempt=last_attempt),
-        output_type=OpenedRefund,
-    )
-    if opened.outcome.status != "pending" or opened.outcome.request_id is None or opened.check is None:
-        return opened.outcome
-    return await _await_decision(step, pool, opened.outcome.request_id, first_check=opened.check)
-
-
-async def _open_refund(
-    pool: asyncpg.Pool, settings: Settings, open_request: partial[Any], *, last_attempt: bool
-) -> OpenedRefund:
-    """Open the request, tell reviewers, read its status: each side effect idempotent by key
-    (the request by run and call, the notice by request and channel), so a retried step
-    repeats none. A failing notifier retries the step (Slack's Retry-After honoured); on the
-    step's last attempt it is audited and given up, never costing the refund."""
-    outcome: refunds.GateOutcome = await open_request()
-    if outcome.status != "pending" or outcome.request_id is None:
-        return OpenedRefund(outcome=outcome)
-    notified = await tell_reviewers(outcome.request_id, last_attempt=last_attempt)
-    check = await _check_decision(pool, outcome.request_id)
-    return OpenedRefund(outcome=outcome, notified=notified, check=check)
-
-
 async def tell_reviewers(request_id: str, *, last_attempt: bool) -> dict[str, Any]:
     """notify.py, with Slack's 429 turned into the engine's RetryAfterError (notify.py stays
     engine-free). On the step's last attempt a failure is recorded instead: a notification
@@ -500,108 +438,6 @@ async def tell_reviewers(request_id: str, *, last_attempt: bool) -> dict[str, An
         if last_attempt:
             return await notify.record_failure(pool, request_id=request_id, why=f"gave up on the last attempt: {wait}")
         raise inngest.RetryAfterError(str(wait), retry_after=timedelta(seconds=wait.seconds)) from wait
-
-
-def decision_match(request_id: str) -> str:
-    """The wait's CEL match: a decision about this request. The id is quoted as JSON, which is
-    a valid CEL string literal for any text (astral characters written as themselves)."""
-    return f"async.data.request_id == {json.dumps(request_id, ensure_ascii=False)}"
-
-
-async def _check_decision(pool: asyncpg.Pool, request_id: str) -> DecisionCheck:
-    request = await db.get_refund_request(pool, request_id=request_id)
-    if request is None:
-        raise LookupError(f"refund request {request_id} vanished")
-    return DecisionCheck(status=request.status, seconds_left=request.seconds_left)
-
-
-@dataclasses.dataclass(frozen=True)
-class SlicedWait:
-    """One human gate's wait: which event decides it, how its steps are named, how long it
-    may take, how to re-read Postgres, and what to do with a decision that arrives."""
-
-    subject_id: str
-    event: str
-    check_prefix: str  # e.g. "check-decision": step `check-decision-<id>-<round>`
-    await_prefix: str  # e.g. "await-approval": wait `await-approval-<id>-<round>`
-    timeout_seconds: int
-    check: Callable[[], Awaitable[DecisionCheck]]
-    # Handles one matching event inside its own steps; True when that settled the gate.
-    on_event: Callable[[inngest.Event, int], Awaitable[bool]]
-
-
-async def wait_in_slices(step: inngest.Step, wait: SlicedWait, *, first_check: DecisionCheck | None = None) -> None:
-    """Wait for a decision in slices of DECISION_RECHECK_MINUTES that re-read Postgres between
-    them, so a decision recorded anywhere (its event lost, or sent before the wait began: the
-    engine never looks back) settles within one slice. Each round either uses up a slice or
-    hears one event, so the rounds are bounded; every step id carries the subject and round."""
-    slice_seconds = runtime().settings.decision_recheck_minutes * 60
-    max_rounds = math.ceil(wait.timeout_seconds / slice_seconds) + MAX_IGNORED_DECISIONS + 1
-    for round_no in range(1, max_rounds + 1):
-        check = first_check if round_no == 1 and first_check else None
-        if check is None:
-            step_id = f"{wait.check_prefix}-{wait.subject_id}-{round_no}"
-            check = await step.run(step_id, wait.check, output_type=DecisionCheck)
-        if check.status != "pending" or check.seconds_left <= 0:
-            return
-        wait_seconds = min(math.ceil(check.seconds_left), slice_seconds)
-        event = await step.wait_for_event(
-            f"{wait.await_prefix}-{wait.subject_id}-{round_no}",
-            event=wait.event,
-            if_exp=decision_match(wait.subject_id),
-            timeout=timedelta(seconds=wait_seconds),
-        )
-        if event is None:
-            if wait_seconds >= check.seconds_left:
-                return  # the engine waited out the whole deadline
-            continue  # a slice ran out: re-read Postgres, then wait for what time is left
-        if await wait.on_event(event, round_no):
-            return
-
-
-async def _await_decision(
-    step: inngest.Step, pool: asyncpg.Pool, request_id: str, *, first_check: DecisionCheck
-) -> refunds.GateOutcome:
-    """The refund gate's wait. A malformed decision is audited and the wait goes on; one
-    Postgres refuses (an edit raising the amount) leaves the request pending: also goes on."""
-    settle = partial(refunds.settle, pool, request_id=request_id)
-    settled: list[refunds.GateOutcome] = []
-
-    async def on_event(event: inngest.Event, round_no: int) -> bool:
-        try:
-            decision = ApprovalDecided.model_validate(dict(event.data))
-        except ValidationError as error:
-            why = f"malformed decision: {describe_validation_error(error)}"
-            event_id = event.id or f"{request_id}-{round_no}"
-            ignore = partial(_ignore_malformed, pool, request_id, event_id=event_id, why=why)
-            await step.run(f"ignore-decision-{request_id}-{round_no}", ignore)
-            return False
-        apply = partial(settle, decision=decision, decision_id=decision.decision_id or event.id)
-        outcome = await step.run(f"settle-refund-{request_id}-{round_no}", apply, output_type=refunds.GateOutcome)
-        settled.append(outcome)
-        return outcome.status != "pending"
-
-    wait = SlicedWait(
-        subject_id=request_id,
-        event=APPROVAL_DECIDED,
-        check_prefix="check-decision",
-        await_prefix="await-approval",
-        timeout_seconds=runtime().settings.refund_approval_timeout_seconds,
-        check=partial(_check_decision, pool, request_id),
-        on_event=on_event,
-    )
-    await wait_in_slices(step, wait, first_check=first_check)
-    if settled and settled[-1].status != "pending":
-        return settled[-1]
-    final = partial(settle, decision=None, decision_id=None, time_is_up=True)
-    return await step.run(f"settle-refund-{request_id}", final, output_type=refunds.GateOutcome)
-
-
-async def _ignore_malformed(pool: asyncpg.Pool, request_id: str, *, event_id: str, why: str) -> None:
-    request = await db.get_refund_request(pool, request_id=request_id)
-    await refunds.audit_decision_ignored(
-        pool, key=f"wait:{event_id}", request_id=request_id, why=why, request=request, event_id=event_id
-    )
 
 
 # --------------------------------------------------------------------------- decisions and withdrawals
@@ -684,40 +520,6 @@ async def withdraw_refund_request(ctx: inngest.Context) -> WithdrawalResult:
 # --------------------------------------------------------------------------- customer/escalation.requested
 
 
-async def _escalation_state(pool: asyncpg.Pool, escalation_id: str) -> DecisionCheck:
-    state = await escalations.waiting_state(pool, escalation_id)
-    return DecisionCheck(status=state.status, seconds_left=state.seconds_left)
-
-
-async def _await_escalation_decision(ctx: inngest.Context, pool: asyncpg.Pool, escalation_id: str) -> None:
-    """The escalation's wait: the refund gate's slices; each decision is recorded (or its
-    refusal audited) and the next round's check sees whether it settled the escalation."""
-
-    async def on_event(event: inngest.Event, round_no: int) -> bool:
-        record = partial(
-            escalations.record_event,
-            pool,
-            dict(event.data),
-            event_id=event.id or f"{escalation_id}-{round_no}",
-            run_id=ctx.run_id,
-            expected_id=escalation_id,
-        )
-        step_id = f"record-escalation-decision-{escalation_id}-{round_no}"
-        await ctx.step.run(step_id, record, output_type=escalations.EventRecorded)
-        return False
-
-    wait = SlicedWait(
-        subject_id=escalation_id,
-        event=ESCALATION_DECIDED,
-        check_prefix="check-escalation",
-        await_prefix="await-escalation",
-        timeout_seconds=runtime().settings.escalation_timeout_seconds,
-        check=partial(_escalation_state, pool, escalation_id),
-        on_event=on_event,
-    )
-    await wait_in_slices(ctx.step, wait)
-
-
 async def handle_escalation(ctx: inngest.Context) -> escalations.Settled:
     """Tell the on-call reviewers, wait for approve, edit or reject (or the deadline), then post
     to the senior support channel as the branch says, and audit the branch once."""
@@ -739,7 +541,7 @@ async def handle_escalation(ctx: inngest.Context) -> escalations.Settled:
     except inngest.StepError as error:
         # The escalation is stored and on the desk; a dead notifier must not lose it.
         logger.warning("could not notify reviewers about %s: %s", escalation_id, error)
-    await _await_escalation_decision(ctx, pool, escalation_id)
+    await gates.await_escalation_decision(ctx.step, pool, rt.settings, escalation_id, run_id=ctx.run_id)
     settle = partial(escalations.settle, pool, rt.settings, escalation_id=escalation_id, time_is_up=True)
     return await ctx.step.run(f"settle-escalation-{escalation_id}", settle, output_type=escalations.Settled)
 
