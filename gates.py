@@ -66,7 +66,6 @@ class OpenedRefund(BaseModel):
     check: DecisionCheck | None = None
 
 
-
 async def refund_gate(
     step: Step,
     context: worker.SupportContext,

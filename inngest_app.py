@@ -15,20 +15,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import parse_qs
 
 import asyncpg
 import inngest
 import inngest.fast_api
 from agents import Agent, Model
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 import budget
@@ -38,6 +35,7 @@ import desk
 import escalations
 import gates
 import health
+import host
 import inbound
 import ingress
 import journal
@@ -618,76 +616,102 @@ async def customer_health_check(ctx: inngest.Context) -> dict[str, Any]:
 
 def create_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
     """Register the module's functions with their flow control, all of it from settings."""
-    email = client.create_function(
-        fn_id="handle-customer-email",
-        name="Handle customer email",
-        trigger=inngest.TriggerEvent(event=EMAIL_RECEIVED),
-        retries=4,
-        output_type=EmailRunResult,
-        concurrency=[
-            # All email runs at once: each in-flight step holds at most one pool connection.
-            inngest.Concurrency(limit=settings.email_concurrency),
-            # One customer's share, so a noisy sender cannot starve everyone else.
-            inngest.Concurrency(limit=settings.email_concurrency_per_customer, key=CUSTOMER_KEY),
-        ],
-        # Run starts per minute, matched to the model's rate limit (a few model calls a run).
-        throttle=inngest.Throttle(limit=settings.email_throttle_per_minute, period=timedelta(minutes=1)),
-        priority=inngest.Priority(run=PRIORITY_BY_TIER),
-    )(handle_customer_email)
-    decision = client.create_function(
-        fn_id="record-refund-decision",
-        name="Record refund decision",
-        trigger=inngest.TriggerEvent(event=APPROVAL_DECIDED),
-        retries=4,
-        output_type=DecisionRecorded,
-    )(record_refund_decision)
-    withdrawal = client.create_function(
-        fn_id="withdraw-refund-request",
-        name="Withdraw refund request",
-        trigger=inngest.TriggerEvent(event=REFUND_WITHDRAWN),
-        retries=4,
-        output_type=WithdrawalResult,
-    )(withdraw_refund_request)
-    daily = client.create_function(
-        fn_id="daily-health-check",
-        name="Daily health check",
-        trigger=inngest.TriggerCron(cron=settings.health_check_cron),
-        retries=2,
-    )(daily_health_check)
-    per_customer = client.create_function(
-        fn_id="customer-health-check",
-        name="Customer health check",
-        trigger=inngest.TriggerEvent(event=HEALTH_CHECK_REQUESTED),
-        retries=3,
-        # Gentler than live email: the morning fan-out must never crowd out customers.
-        concurrency=[inngest.Concurrency(limit=settings.health_check_concurrency)],
-        throttle=inngest.Throttle(limit=settings.health_check_throttle_per_minute, period=timedelta(minutes=1)),
-    )(customer_health_check)
-    escalation = client.create_function(
-        fn_id="handle-escalation",
-        name="Handle escalation",
-        trigger=inngest.TriggerEvent(event=ESCALATION_REQUESTED),
-        retries=4,
-        output_type=escalations.Settled,
+    per_minute = timedelta(minutes=1)
+    return [
+        _on_event(
+            client,
+            "handle-customer-email",
+            "Handle customer email",
+            EMAIL_RECEIVED,
+            handle_customer_email,
+            output_type=EmailRunResult,
+            concurrency=[
+                # All email runs at once: each in-flight step holds at most one pool connection.
+                inngest.Concurrency(limit=settings.email_concurrency),
+                # One customer's share, so a noisy sender cannot starve everyone else.
+                inngest.Concurrency(limit=settings.email_concurrency_per_customer, key=CUSTOMER_KEY),
+            ],
+            # Run starts per minute, matched to the model's rate limit (a few model calls a run).
+            throttle=inngest.Throttle(limit=settings.email_throttle_per_minute, period=per_minute),
+            priority=inngest.Priority(run=PRIORITY_BY_TIER),
+        ),
+        _on_event(
+            client,
+            "record-refund-decision",
+            "Record refund decision",
+            APPROVAL_DECIDED,
+            record_refund_decision,
+            output_type=DecisionRecorded,
+        ),
+        _on_event(
+            client,
+            "withdraw-refund-request",
+            "Withdraw refund request",
+            REFUND_WITHDRAWN,
+            withdraw_refund_request,
+            output_type=WithdrawalResult,
+        ),
+        client.create_function(
+            fn_id="daily-health-check",
+            name="Daily health check",
+            trigger=inngest.TriggerCron(cron=settings.health_check_cron),
+            retries=2,
+        )(daily_health_check),
+        _on_event(
+            client,
+            "customer-health-check",
+            "Customer health check",
+            HEALTH_CHECK_REQUESTED,
+            customer_health_check,
+            retries=3,
+            # Gentler than live email: the morning fan-out must never crowd out customers.
+            concurrency=[inngest.Concurrency(limit=settings.health_check_concurrency)],
+            throttle=inngest.Throttle(limit=settings.health_check_throttle_per_minute, period=per_minute),
+        ),
         # Its own small cap: escalations never crowd out live email.
-        concurrency=[inngest.Concurrency(limit=settings.escalation_concurrency)],
-    )(handle_escalation)
-    escalation_decision = client.create_function(
-        fn_id="record-escalation-decision",
-        name="Record escalation decision",
-        trigger=inngest.TriggerEvent(event=ESCALATION_DECIDED),
-        retries=4,
-        output_type=DecisionRecorded,
-    )(record_escalation_decision)
-    # Not an SDK `on_failure` handler: those are registered with zero retries, and the dead
-    # letter must survive a database error. One function for the app's failed runs instead.
-    failures = client.create_function(
-        fn_id="record-run-failure",
-        name="Record run failure",
-        trigger=inngest.TriggerEvent(event="inngest/function.failed", expression=FAILED_HERE),
-        retries=4,
-    )(audit_run_failure)
-    return [email, decision, withdrawal, daily, per_customer, escalation, escalation_decision, failures]
+        _on_event(
+            client,
+            "handle-escalation",
+            "Handle escalation",
+            ESCALATION_REQUESTED,
+            handle_escalation,
+            output_type=escalations.Settled,
+            concurrency=[inngest.Concurrency(limit=settings.escalation_concurrency)],
+        ),
+        _on_event(
+            client,
+            "record-escalation-decision",
+            "Record escalation decision",
+            ESCALATION_DECIDED,
+            record_escalation_decision,
+            output_type=DecisionRecorded,
+        ),
+        # Not an SDK `on_failure` handler: those are registered with zero retries, and the dead
+        # letter must survive a database error. One function for the app's failed runs instead.
+        client.create_function(
+            fn_id="record-run-failure",
+            name="Record run failure",
+            trigger=inngest.TriggerEvent(event="inngest/function.failed", expression=FAILED_HERE),
+            retries=4,
+        )(audit_run_failure),
+    ]
+
+
+def _on_event(
+    client: inngest.Inngest,
+    fn_id: str,
+    name: str,
+    event: str,
+    handler: Any,
+    *,
+    retries: int = 4,
+    output_type: type[BaseModel] | None = None,
+    **flow_control: Any,
+) -> inngest.Function[Any]:
+    """A function triggered by one event, retried `retries` times, with its flow control."""
+    options = flow_control | ({"output_type": output_type} if output_type else {})
+    trigger = inngest.TriggerEvent(event=event)
+    return client.create_function(fn_id=fn_id, name=name, trigger=trigger, retries=retries, **options)(handler)
 
 
 # --------------------------------------------------------------------------- the host
@@ -737,7 +761,16 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         serve_origin=serve_origin,
     )
     if not settings.inngest_dev_mode:
-        app.add_middleware(RefuseStaleSignatures, max_age_seconds=settings.signature_max_age_seconds)
+        app.add_middleware(host.RefuseStaleSignatures, max_age_seconds=settings.signature_max_age_seconds)
+
+    _mount_doors(app, rt, client)
+    host.add_probes(app, settings, rt.require_pool)
+    return app
+
+
+def _mount_doors(app: FastAPI, rt: Runtime, client: inngest.Inngest) -> None:
+    """The webhook and the desk, with the engine injected as plain `send`/`announce` callables."""
+    settings = rt.settings
 
     async def send(name: str, event_id: str, data: dict[str, Any]) -> None:
         check_event_size(settings, name, data)
@@ -754,6 +787,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             settings, find_customer=find_customer, send=send, event_name=EMAIL_RECEIVED, get_pool=rt.require_pool
         )
     )
+
     async def announce_escalation_decision(data: dict[str, Any]) -> None:
         await send(ESCALATION_DECIDED, str(data["decision_id"]), data)
 
@@ -765,65 +799,12 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
             announce_escalation=announce_escalation_decision,
         )
     )
-    _add_probes(app, rt)
-    return app
 
 
 def _serve_origin(settings: Settings) -> str | None:
     """INNGEST_SERVE_ORIGIN without a trailing slash. Production refuses to start without it
     (settings.py): otherwise the SDK registers whatever URL a sync's Host header names."""
     return (settings.inngest_serve_origin or "").strip().rstrip("/") or None
-
-
-class RefuseStaleSignatures:
-    """ASGI middleware: a signed call to the Inngest endpoint whose signature timestamp
-    (`X-Inngest-Signature: t=<unix seconds>&s=...`) is missing or further than
-    `max_age_seconds` from now gets 401 before the SDK sees it. The SDK verifies the HMAC
-    but never the age, so without this a captured request could be replayed forever."""
-
-    def __init__(self, app: Any, *, max_age_seconds: int, path: str = "/api/inngest") -> None:
-        self.app, self.max_age_seconds, self.path = app, max_age_seconds, path
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == self.path:
-            why = self.refusal(dict(scope.get("headers") or []).get(b"x-inngest-signature"))
-            if why is not None:
-                await JSONResponse({"error": why}, status_code=401)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def refusal(self, header: bytes | None, now: float | None = None) -> str | None:
-        """Why this signature header is refused, or None (no header is the SDK's to refuse)."""
-        if header is None:
-            return None
-        stamp = parse_qs(header.decode("latin-1")).get("t", [""])[0]
-        if not stamp.isdigit() or int(stamp) <= 0:
-            return "X-Inngest-Signature has no timestamp"
-        age = (time.time() if now is None else now) - int(stamp)
-        if abs(age) > self.max_age_seconds:
-            return f"X-Inngest-Signature is {int(age)} seconds old; at most {self.max_age_seconds} are accepted"
-        return None
-
-
-def _add_probes(app: FastAPI, rt: Runtime) -> None:
-    """`/healthz` says the process lives; `/readyz` says it can reach Postgres."""
-    settings = rt.settings
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {
-            "ok": True,
-            "dev_mode": settings.inngest_dev_mode,
-            "model": "offline-rules" if settings.uses_offline_model else settings.openai_model,
-        }
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        try:
-            await db.ping(rt.require_pool(), within_seconds=2)
-        except Exception as error:  # any failure to reach the database means not ready
-            return JSONResponse({"ok": False, "database": f"unreachable: {type(error).__name__}"}, status_code=503)
-        return JSONResponse({"ok": True, "database": "reachable"})
 
 
 def __getattr__(name: str) -> Any:
