@@ -35,6 +35,7 @@ import openai
 
 import conversation
 import db
+import decisions
 import desk
 import escalations
 import events
@@ -42,7 +43,6 @@ import inngest_app
 import launcher
 import migrate
 import notify
-import refunds
 import sample_data
 from money import format_money
 from settings import Settings, get_settings
@@ -190,7 +190,7 @@ async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool
     except ValueError as error:
         print(f"--amount {args.amount!r}: {error}", file=sys.stderr)
         return 2
-    decision = refunds.Decision(
+    decision = decisions.Decision(
         request_id=args.request_id,
         approved=approved,
         reviewer=args.reviewer,
@@ -199,7 +199,7 @@ async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool
         reply=args.reply,
     )
     async with db.open_pool(settings, max_size=1) as pool:
-        outcome, _ = await refunds.submit_decision(pool, decision, announce=announce, via="cli")
+        outcome, _ = await decisions.submit_decision(pool, decision, announce=announce, via="cli")
     said = desk.describe_outcome(outcome, announced=True)
     if outcome.applied and unsent:
         said = (
@@ -345,8 +345,8 @@ async def answer(settings: Settings, args: argparse.Namespace) -> int:
         "offline rule-based model (no OPENAI_API_KEY set)" if settings.uses_offline_model else settings.openai_model
     )
 
-    async def fixed(request: db.RefundRequest) -> refunds.Decision:
-        return refunds.Decision(request_id=request.id, approved=args.approve, reviewer="command-line")
+    async def fixed(request: db.RefundRequest) -> decisions.Decision:
+        return decisions.Decision(request_id=request.id, approved=args.approve, reviewer="command-line")
 
     print(f"(model: {model_note})")
     async with db.open_pool(settings) as pool:
@@ -383,7 +383,7 @@ async def _announce_escalation(settings: Settings, escalation_id: str, reason: s
     print(f"  decide with: support-worker approve|edit|reject {escalation_id} --reviewer you")
 
 
-async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:
+async def _ask_in_terminal(request: db.RefundRequest) -> decisions.Decision:
     print("\nRefund waiting for approval")
     print(f"  request  {request.id}\n  order    {request.order_id}\n  amount   {format_money(request.amount_cents)}")
     print(f"  reason   {request.reason}")
@@ -393,7 +393,7 @@ async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:
         reviewer = _prompt("Your name, for the record: ").strip() or "terminal"
     approved = _prompt("Approve this refund? [y/N] ").strip().lower() in {"y", "yes"}
     note = None if approved else _prompt("Note for the record (optional): ").strip() or None
-    return refunds.Decision(request_id=request.id, approved=approved, reviewer=reviewer, note=note)
+    return decisions.Decision(request_id=request.id, approved=approved, reviewer=reviewer, note=note)
 
 
 def _prompt(text: str) -> str:

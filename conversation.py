@@ -35,13 +35,14 @@ from pydantic import BaseModel
 
 import budget
 import db
+import decisions
 import escalations
 import refunds
 import worker
 from settings import Settings
 
 Gate = Callable[[ToolApprovalItem], Awaitable[refunds.GateOutcome]]
-Decider = Callable[[db.RefundRequest], Awaitable[refunds.Decision | None]]
+Decider = Callable[[db.RefundRequest], Awaitable[decisions.Decision | None]]
 
 
 class Conversation(BaseModel):

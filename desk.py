@@ -35,9 +35,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
+import decisions
 import escalations
 import notify
-import refunds
 from fields import MAX_ID
 from ingress import credentials_match
 from money import format_money
@@ -122,7 +122,7 @@ async def status_events(
         waited += poll_seconds
 
 
-def describe_outcome(outcome: refunds.DecisionOutcome, announced: bool) -> str:
+def describe_outcome(outcome: decisions.DecisionOutcome, announced: bool) -> str:
     """One sentence for the reviewer about what their click did."""
     request = outcome.request
     if outcome.applied and request is not None:
@@ -339,7 +339,7 @@ def build_router(
         except ValueError:
             message = f"{amount!r} is not an amount; write it like 12.34. Nothing was changed."
             return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
-        choice = refunds.Decision(
+        choice = decisions.Decision(
             request_id=request_id,
             approved=decision == "approve",
             reviewer=reviewer,
@@ -347,7 +347,7 @@ def build_router(
             amount_cents=amount_cents,
             reply=reply.strip() or None,
         )
-        outcome, announced = await refunds.submit_decision(get_pool(), choice, announce=announce, via="desk")
+        outcome, announced = await decisions.submit_decision(get_pool(), choice, announce=announce, via="desk")
         message = describe_outcome(outcome, announced)
         return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
 
