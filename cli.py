@@ -47,7 +47,7 @@ import sample_data
 from money import format_money
 from settings import Settings, get_settings
 from store import escalations as escalation_store
-from store import ledger, reviews
+from store import ledger, postgres, reviews, schema
 
 DEV_SERVER_PORT = 8288
 
@@ -114,7 +114,7 @@ async def _print_runs(settings: Settings, event_ids: Sequence[str]) -> None:
 async def migrate_database(settings: Settings, args: argparse.Namespace) -> int:
     conn = await db.connect(settings)
     try:
-        applied = await db.migrate_database(conn)
+        applied = await schema.migrate_database(conn)
     finally:
         await conn.close()
     print(f"migrated: applied {', '.join(applied)}" if applied else "migrated: nothing to apply, the schema is current")
@@ -559,7 +559,7 @@ def run(argv: Sequence[str], settings: Settings | None = None) -> int:
 
 def _one_line(error: Exception, settings: Settings | None) -> str | None:
     """What to tell a person about `error`, or None for a bug (which keeps its traceback)."""
-    if isinstance(error, migrate.MigrationError | db.DatabaseUnreachable | conversation.TerminalSessionEnded):
+    if isinstance(error, migrate.MigrationError | postgres.DatabaseUnreachable | conversation.TerminalSessionEnded):
         return str(error)  # each already says what happened and what to do
     if isinstance(error, openai.APIConnectionError):
         where = (settings.openai_base_url if settings else None) or "the OpenAI API"
