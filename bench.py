@@ -35,6 +35,7 @@ from pydantic import SecretStr
 import db
 import sample_data
 from settings import Settings
+from store import postgres, schema
 
 ROOT = Path(__file__).resolve().parent
 # The bench's own connections (its pool, the baseline's), left out of the host's high-water.
@@ -125,7 +126,7 @@ async def _database(server_url: str) -> tuple[str, Callable[[], Awaitable[None]]
     await admin.close()
     url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
     conn = await asyncpg.connect(db.connect_options(url)[0], **db.connect_options(url)[1])
-    await db.migrate_database(conn)
+    await schema.migrate_database(conn)
     await conn.execute("CREATE TABLE bench_bare (id bigserial PRIMARY KEY, body text)")
     await conn.close()
 
@@ -326,7 +327,7 @@ def _import_and_launch(url: str) -> dict[str, float]:
 async def run_bench(*, quick: bool = False, server_url: str | None = None) -> dict[str, Any]:
     """Every measurement, in one run; `quick` keeps counts and sizes, shrinks the samples."""
     drv = _driver()
-    server_url = server_url or db.start_embedded_postgres(Path(tempfile.gettempdir()) / "support-worker-bench-pg")
+    server_url = server_url or postgres.start_embedded_postgres(Path(tempfile.gettempdir()) / "support-worker-bench-pg")
     url, drop = await _database(server_url)
     results: dict[str, Any] = {"quick": quick}
     try:

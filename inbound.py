@@ -293,16 +293,10 @@ async def refuse(
     return Answer(403, {"error": why, "replied_to": sender if replied else None})
 
 
-async def accept(
-    raw: bytes,
-    *,
-    pool: asyncpg.Pool,
-    find_customer: FindCustomer,
-    send: SendEvent,
-    event_name: str,
-    max_event_bytes: int,
-) -> Answer:
-    key = hashlib.sha256(raw).hexdigest()[:32]
+async def _read_inbound(
+    raw: bytes, *, key: str, pool: asyncpg.Pool, find_customer: FindCustomer
+) -> PostmarkInbound | Answer:
+    """Postmark's JSON as a `PostmarkInbound` with a sender address, or the refusal's answer."""
     try:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -336,6 +330,22 @@ async def accept(
             pool, why="From/FromFull.Email: no sender address", advice="", key=key, message_id=inbound.MessageID,
             sender=None, subject=inbound.Subject or None,
         )  # fmt: skip
+    return inbound
+
+
+async def accept(
+    raw: bytes,
+    *,
+    pool: asyncpg.Pool,
+    find_customer: FindCustomer,
+    send: SendEvent,
+    event_name: str,
+    max_event_bytes: int,
+) -> Answer:
+    key = hashlib.sha256(raw).hexdigest()[:32]
+    inbound = await _read_inbound(raw, key=key, pool=pool, find_customer=find_customer)
+    if isinstance(inbound, Answer):
+        return inbound
     customer = await find_customer(inbound.sender)
     try:
         message = await to_message(pool, inbound, customer)

@@ -61,7 +61,7 @@ def retry_after_seconds(header: str | None, *, default: int = 30, cap: int = 600
 async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, request_id: str) -> dict[str, Any]:
     if not settings.reviewer_webhook_url:
         return {"sent": False, "why": "REVIEWER_WEBHOOK_URL is not set, so no one was notified"}
-    if await db.notification_sent(pool, request_id=request_id, channel=CHANNEL):
+    if await notifier.notification_sent(pool, request_id=request_id, channel=CHANNEL):
         return {"sent": True, "why": "already notified"}
     if await notifier.misconfiguration_recorded(pool, key=_misconfigured_key(request_id)):
         return {"sent": False, "why": "REVIEWER_WEBHOOK_URL was refused for this request; not retried"}
@@ -83,7 +83,7 @@ async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, request_id
     if response.status_code in CONFIGURATION_ERRORS:
         return await _misconfigured(pool, request, response)
     response.raise_for_status()  # 5xx (and anything unexpected): the engine retries with backoff
-    if await db.mark_notification_sent(pool, request_id=request_id, channel=CHANNEL):
+    if await notifier.mark_notification_sent(pool, request_id=request_id, channel=CHANNEL):
         await db.record_audit(
             pool,
             action=db.AuditAction.REVIEWER_NOTIFIED,

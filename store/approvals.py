@@ -1,7 +1,7 @@
 """Four eyes: the approvals each refund request has collected, one row per reviewer.
 
 The primary key (request_id, reviewer) is what makes the same reviewer approving twice count
-once, whoever asks and however often a decision is redelivered. `refunds.record_decision`
+once, whoever asks and however often a decision is redelivered. `decisions.record_decision`
 decides what the approvals mean; this module only stores and reads them.
 """
 

@@ -24,6 +24,7 @@ import db
 import migrate
 import sample_data
 from settings import Settings, get_settings
+from store import postgres, schema
 
 # Tracing would upload prompts when a key is set; tests never trace.
 agents.set_tracing_disabled(True)
@@ -49,7 +50,7 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 def _server_url() -> str:
     """TEST_DATABASE_URL (a server where the tests may create databases) or the embedded one."""
-    return os.environ.get("TEST_DATABASE_URL") or db.start_embedded_postgres(_EMBEDDED_DIR / "data")
+    return os.environ.get("TEST_DATABASE_URL") or postgres.start_embedded_postgres(_EMBEDDED_DIR / "data")
 
 
 def with_database(server_url: str, name: str) -> str:
@@ -78,7 +79,7 @@ async def _build_template(admin: asyncpg.Connection, server_url: str, template: 
     await admin.execute(f'CREATE DATABASE "{building}"')
     conn = await _admin(with_database(server_url, building))
     try:
-        await db.migrate_database(conn)
+        await schema.migrate_database(conn)
     finally:
         await conn.close()
     # Templates of older migration files are no use to anyone; only this checkout's are dropped.

@@ -20,6 +20,8 @@ from tests_support import GRACE, Engine, open_request
 import cli
 import conversation
 import db
+import decisions
+import policy
 import refunds
 from offline_model import OfflineSupportModel
 from sample_data import ADA
@@ -41,7 +43,7 @@ def _order(amount_cents: int) -> db.Order:
 
 @pytest.mark.parametrize(("cents", "needed"), [(49_999, 1), (50_000, 1), (50_001, 2), (129_900, 2)])
 def test_the_policy_asks_two_reviewers_only_strictly_above_the_limit(cents: int, needed: int) -> None:
-    verdict = refunds.refund_policy(_order(129_900), customer_id=ADA, order_id=1001, amount_cents=cents)
+    verdict = policy.refund_policy(_order(129_900), customer_id=ADA, order_id=1001, amount_cents=cents)
     assert verdict.allowed and verdict.needs_human
     assert verdict.approvals_needed == needed
 
@@ -115,26 +117,26 @@ async def test_a_rejection_by_either_reviewer_ends_a_four_eyes_refund(engine: En
 async def test_two_edited_amounts_pay_the_lower_and_the_later_reply(pool: asyncpg.Pool) -> None:
     request = await open_request(pool, customer_id=ADA, order_id=1001, cents=129_900)
     assert request.approvals_needed == 2
-    first = refunds.Decision(request_id=request.id, approved=True, reviewer="alice", amount_cents=100_000)
-    second = refunds.Decision(
+    first = decisions.Decision(request_id=request.id, approved=True, reviewer="alice", amount_cents=100_000)
+    second = decisions.Decision(
         request_id=request.id, approved=True, reviewer="bob", amount_cents=110_000, reply="Bob's reply"
     )
-    one = await refunds.record_decision(pool, first, decision_id="d-alice")
+    one = await decisions.record_decision(pool, first, decision_id="d-alice")
     assert one.applied and one.request and one.request.status == "pending" and one.approvers == ["alice"]
-    two = await refunds.record_decision(pool, second, decision_id="d-bob")
+    two = await decisions.record_decision(pool, second, decision_id="d-bob")
     assert two.request and two.request.status == "approved" and two.approvers == ["alice", "bob"]
     assert two.request.approved_amount_cents == 100_000 and two.request.edited_reply == "Bob's reply"
     paid = await refunds.pay_for_call(pool, run_id=request.run_id, customer_id=ADA, tool_call_id=request.tool_call_id)
     assert paid.refund is not None and paid.refund.amount_cents == 100_000
     # A redelivered first approval is the same decision, not a conflict.
-    again = await refunds.record_decision(pool, first, decision_id="d-alice")
+    again = await decisions.record_decision(pool, first, decision_id="d-alice")
     assert again.reason == "same_decision"
 
 
 async def test_a_refund_at_the_limit_needs_one_reviewer(pool: asyncpg.Pool) -> None:
     request = await open_request(pool, customer_id=GRACE, order_id=1003, cents=49_900)
-    decision = refunds.Decision(request_id=request.id, approved=True, reviewer="alice")
-    outcome = await refunds.record_decision(pool, decision, decision_id="d1")
+    decision = decisions.Decision(request_id=request.id, approved=True, reviewer="alice")
+    outcome = await decisions.record_decision(pool, decision, decision_id="d1")
     assert outcome.request and outcome.request.status == "approved" and request.approvals_needed == 1
 
 
@@ -149,10 +151,10 @@ async def test_payment_refuses_a_four_eyes_request_approved_behind_the_workflow(
 async def test_the_terminal_runner_asks_for_two_approvals(pool: asyncpg.Pool, settings: Settings) -> None:
     asked: list[str] = []
 
-    async def two_people(request: db.RefundRequest) -> refunds.Decision:
+    async def two_people(request: db.RefundRequest) -> decisions.Decision:
         name = ["alice", "bob"][len(asked)]
         asked.append(name)
-        return refunds.Decision(request_id=request.id, approved=True, reviewer=name)
+        return decisions.Decision(request_id=request.id, approved=True, reviewer=name)
 
     outcome = await conversation.answer_email(
         pool, customer_id=ADA, body=ADA_CHARGED_TWICE["body"], decide=two_people, settings=settings,
@@ -163,8 +165,8 @@ async def test_the_terminal_runner_asks_for_two_approvals(pool: asyncpg.Pool, se
 
 
 async def test_the_terminal_runner_never_pays_one_reviewer_twice(pool: asyncpg.Pool, settings: Settings) -> None:
-    async def one_person(request: db.RefundRequest) -> refunds.Decision:
-        return refunds.Decision(request_id=request.id, approved=True, reviewer="command-line")
+    async def one_person(request: db.RefundRequest) -> decisions.Decision:
+        return decisions.Decision(request_id=request.id, approved=True, reviewer="command-line")
 
     outcome = await conversation.answer_email(
         pool, customer_id=ADA, body=ADA_CHARGED_TWICE["body"], decide=one_person, settings=settings,

@@ -13,12 +13,13 @@ import db
 import sample_data
 from sample_data import ADA
 from settings import Settings
+from store import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_audit_vocabulary_in_python_equals_the_database_table(pool: asyncpg.Pool) -> None:
-    assert await db.audit_action_names(pool) == {a.value for a in db.AuditAction}
+    assert await schema.audit_action_names(pool) == {a.value for a in db.AuditAction}
 
 
 async def test_an_unknown_audit_action_fails_loudly_in_both_places(pool: asyncpg.Pool) -> None:
@@ -45,8 +46,8 @@ async def test_adding_an_audit_action_takes_no_lock_that_blocks_audit_writers(po
         adding = syncer.transaction()
         await adding.start()
         try:
-            await db.sync_audit_actions(syncer, names=[*db.AuditAction, "refund_reconsidered"])
-            assert "refund_reconsidered" in await db.audit_action_names(syncer)
+            await schema.sync_audit_actions(syncer, names=[*db.AuditAction, "refund_reconsidered"])
+            assert "refund_reconsidered" in await schema.audit_action_names(syncer)
             # (No audit row from `syncer` here: audit writers queue on the hash chain's head
             # until the writer's transaction ends, by design; see tests/test_controls.py.)
             # And the other way round: with the new action uncommitted, the writer goes on writing.
@@ -60,7 +61,7 @@ async def test_adding_an_audit_action_takes_no_lock_that_blocks_audit_writers(po
         await syncer.execute("RESET lock_timeout")
         await pool.release(syncer)
         await pool.release(writer)
-    assert await db.audit_action_names(pool) == {a.value for a in db.AuditAction}
+    assert await schema.audit_action_names(pool) == {a.value for a in db.AuditAction}
 
 
 async def test_seed_never_lands_on_existing_data(pool: asyncpg.Pool) -> None:

@@ -28,10 +28,10 @@ from tests_support import DECISION_FN, EMAIL_FN, GRACE, CountingModel, Engine, s
 
 import conversation
 import db
+import decisions
 import inngest_app
 import journal
 import notify
-import refunds
 from offline_model import OfflineSupportModel
 from sample_data import ADA
 from settings import Settings
@@ -266,8 +266,8 @@ async def test_a_decision_recorded_before_the_wait_began_is_honoured(
         told = await notify_reviewers(pool, settings, request_id=request_id, give_up=give_up)
         if not decided:
             decided.append(request_id)
-            decision = refunds.Decision(request_id=request_id, approved=True, reviewer="ops@example.com")
-            await refunds.record_decision(pool, decision, decision_id="dec-early")
+            decision = decisions.Decision(request_id=request_id, approved=True, reviewer="ops@example.com")
+            await decisions.record_decision(pool, decision, decision_id="dec-early")
         return told
 
     monkeypatch.setattr(notify, "notify_or_record_failure", a_reviewer_decides_as_soon_as_told)

@@ -33,7 +33,7 @@ import inngest_app
 import refunds
 from offline_model import OfflineSupportModel
 from settings import Settings
-from store import reviews
+from store import postgres, reviews
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNING_KEY = "signkey-prod-" + "ab" * 32
@@ -406,5 +406,5 @@ def test_up_refuses_a_port_in_use_before_saying_ready(tmp_path: Path) -> None:
 def test_stale_handles_of_the_embedded_postgres_are_forgotten(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / ".handle_pids.json").write_text(json.dumps([os.getpid(), int(dead.stdout)]))
-    assert db.forget_dead_handles(tmp_path) == [int(dead.stdout)]
+    assert postgres.forget_dead_handles(tmp_path) == [int(dead.stdout)]
     assert json.loads((tmp_path / ".handle_pids.json").read_text()) == [os.getpid()]

@@ -18,6 +18,7 @@ import migrate
 import sample_data
 from sample_data import ADA
 from settings import Settings
+from store import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,19 +46,19 @@ def _write(directory: Path, files: dict[str, str]) -> list[migrate.Migration]:
 
 async def test_migrating_an_empty_database_applies_the_baseline_once(empty_db: asyncpg.Connection) -> None:
     files = migrate.load_migrations()
-    assert await db.migrate_database(empty_db) == [m.filename for m in files]
+    assert await schema.migrate_database(empty_db) == [m.filename for m in files]
     assert [(v, f) for v, f, _ in await _recorded(empty_db)] == [(m.version, m.filename) for m in files]
     assert [c for _, _, c in await _recorded(empty_db)] == [m.checksum for m in files]
-    assert await db.audit_action_names(empty_db) == {a.value for a in db.AuditAction}
+    assert await schema.audit_action_names(empty_db) == {a.value for a in db.AuditAction}
     indexes = {r["indexname"] for r in await empty_db.fetch("SELECT indexname FROM pg_indexes")}
     assert {"refunds_order_idx", "refund_requests_status_expires_idx"} <= indexes
-    await db.check_schema_current(empty_db)
+    await schema.check_schema_current(empty_db)
 
 
 async def test_a_second_migrate_applies_nothing(empty_db: asyncpg.Connection) -> None:
-    await db.migrate_database(empty_db)
+    await schema.migrate_database(empty_db)
     before = await _recorded(empty_db)
-    assert await db.migrate_database(empty_db) == []
+    assert await schema.migrate_database(empty_db) == []
     assert await _recorded(empty_db) == before
 
 
@@ -146,13 +147,13 @@ async def test_opening_a_pool_on_an_unmigrated_database_says_to_run_migrate(empt
 
 async def test_a_new_audit_action_not_yet_migrated_is_named(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
-        await db.check_schema_current(conn)
+        await schema.check_schema_current(conn)
         tx = conn.transaction()
         await tx.start()
         try:
             await conn.execute("DELETE FROM audit_actions WHERE name = 'outreach_recorded'")
             with pytest.raises(migrate.SchemaNotCurrentError, match=r"outreach_recorded.*support-worker migrate"):
-                await db.check_schema_current(conn)
+                await schema.check_schema_current(conn)
         finally:
             await tx.rollback()
 

@@ -34,8 +34,8 @@ from tests_support import GRACE, Engine, serve
 import cli
 import conversation
 import db
+import decisions
 import escalations
-import refunds
 from settings import Settings
 from store import escalations as escalation_store
 
@@ -176,8 +176,8 @@ async def test_a_timeout_is_retried_by_the_step_and_the_run_answers(
 # --------------------------------------------------------------------------- the terminal path
 
 
-async def approve(request: db.RefundRequest) -> refunds.Decision:
-    return refunds.Decision(request_id=request.id, approved=True, reviewer="ops@example.com")
+async def approve(request: db.RefundRequest) -> decisions.Decision:
+    return decisions.Decision(request_id=request.id, approved=True, reviewer="ops@example.com")
 
 
 @pytest.mark.parametrize(("name", "kind", "script", "reason"), FAULTS, ids=[f[0] for f in FAULTS])

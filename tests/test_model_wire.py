@@ -25,8 +25,8 @@ from tests_support import GRACE, serve
 
 import conversation
 import db
+import decisions
 import journal
-import refunds
 from settings import Settings
 
 pytestmark = pytest.mark.fake_openai
@@ -117,8 +117,8 @@ async def test_the_terminal_and_durable_paths_send_identical_requests(
     await reset_data(pool)
     await pool.execute(pin_order_dates)
 
-    async def approve(request: db.RefundRequest) -> refunds.Decision:
-        return refunds.Decision(request_id=request.id, approved=True, reviewer="ops@example.com")
+    async def approve(request: db.RefundRequest) -> decisions.Decision:
+        return decisions.Decision(request_id=request.id, approved=True, reviewer="ops@example.com")
 
     with FakeOpenAI(refund_script()) as terminal_fake:
         await conversation.answer_email(

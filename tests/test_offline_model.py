@@ -7,7 +7,7 @@ import pytest
 
 import conversation
 import db
-import refunds
+import decisions
 from sample_data import ADA, ALAN, GRACE, KATHERINE, LINUS
 from settings import Settings
 
@@ -43,9 +43,9 @@ async def test_offline_model_on_varied_emails(
 ) -> None:
     requested: list[tuple[int, int]] = []
 
-    async def decide(request: db.RefundRequest) -> refunds.Decision:
+    async def decide(request: db.RefundRequest) -> decisions.Decision:
         requested.append((request.order_id, request.amount_cents))
-        return refunds.Decision(request_id=request.id, approved=True, reviewer="table")
+        return decisions.Decision(request_id=request.id, approved=True, reviewer="table")
 
     outcome = await conversation.answer_email(
         pool, customer_id=customer_id, body=body, decide=decide, settings=settings

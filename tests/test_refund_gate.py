@@ -14,7 +14,7 @@ from tests_support import GRACE, Engine, serve, trail, used_up
 
 import conversation
 import db
-import refunds
+import decisions
 from settings import Settings
 
 TWO_REFUNDS = {"customer_id": GRACE, "body": "Orders 1003 and 1004 were both charged twice."}
@@ -131,8 +131,8 @@ async def decide_in_postgres_only(pool: asyncpg.Pool, request_id: str) -> None:
     async def event_api_down(data: dict[str, Any]) -> None:
         raise ConnectionError("event API unreachable")
 
-    decision = refunds.Decision(request_id=request_id, approved=True, reviewer="alice")
-    outcome, announced = await refunds.submit_decision(pool, decision, announce=event_api_down, via="desk")
+    decision = decisions.Decision(request_id=request_id, approved=True, reviewer="alice")
+    outcome, announced = await decisions.submit_decision(pool, decision, announce=event_api_down, via="desk")
     assert outcome.applied and not announced
 
 

@@ -17,6 +17,7 @@ from tests_support import open_request
 
 import conversation
 import db
+import decisions
 import refunds
 import worker
 from sample_data import ADA, GRACE
@@ -24,20 +25,20 @@ from settings import Settings
 
 
 def approve(reviewer: str = "tester") -> conversation.Decider:
-    async def decide(request: db.RefundRequest) -> refunds.Decision:
-        return refunds.Decision(request_id=request.id, approved=True, reviewer=reviewer)
+    async def decide(request: db.RefundRequest) -> decisions.Decision:
+        return decisions.Decision(request_id=request.id, approved=True, reviewer=reviewer)
 
     return decide
 
 
 def reject(note: str = "not a duplicate") -> conversation.Decider:
-    async def decide(request: db.RefundRequest) -> refunds.Decision:
-        return refunds.Decision(request_id=request.id, approved=False, reviewer="tester", note=note)
+    async def decide(request: db.RefundRequest) -> decisions.Decision:
+        return decisions.Decision(request_id=request.id, approved=False, reviewer="tester", note=note)
 
     return decide
 
 
-async def never_asked(request: db.RefundRequest) -> refunds.Decision:
+async def never_asked(request: db.RefundRequest) -> decisions.Decision:
     raise AssertionError(f"a human was asked about {request}, but the policy should have refused it")
 
 
@@ -50,9 +51,9 @@ async def test_charged_twice_pauses_for_the_order_amount_and_approval_pays_once(
 ) -> None:
     seen: list[db.RefundRequest] = []
 
-    async def decide(request: db.RefundRequest) -> refunds.Decision:
+    async def decide(request: db.RefundRequest) -> decisions.Decision:
         seen.append(request)
-        return refunds.Decision(request_id=request.id, approved=True, reviewer="ops@example.com")
+        return decisions.Decision(request_id=request.id, approved=True, reviewer="ops@example.com")
 
     outcome = await conversation.answer_email(
         pool, customer_id=GRACE, body="I was charged twice for order 1003", decide=decide, settings=settings
@@ -201,8 +202,8 @@ async def test_the_tool_pays_the_approved_amount_not_what_the_model_resends(
     """Server-owned values win: the approved request fixes what is paid, whatever amount the
     model's call carries, and running the approved call again pays nothing more."""
     request = await open_request(pool, order_id=1005, cents=2_500)
-    await refunds.record_decision(
-        pool, refunds.Decision(request_id=request.id, approved=True, reviewer="r"), decision_id="d"
+    await decisions.record_decision(
+        pool, decisions.Decision(request_id=request.id, approved=True, reviewer="r"), decision_id="d"
     )
     model = ScriptedModel(
         [
@@ -227,8 +228,8 @@ async def test_two_copies_of_the_payment_call_at_once_pay_once_and_both_say_issu
     """At-least-once delivery can run the payment twice concurrently: the second copy waits
     on the request's lock, then finds the refund, never a false refusal."""
     request = await open_request(pool, order_id=1003, cents=49_900)
-    await refunds.record_decision(
-        pool, refunds.Decision(request_id=request.id, approved=True, reviewer="r"), decision_id="d"
+    await decisions.record_decision(
+        pool, decisions.Decision(request_id=request.id, approved=True, reviewer="r"), decision_id="d"
     )
     pay = [
         refunds.pay_for_call(pool, run_id=request.run_id, customer_id=GRACE, tool_call_id=request.tool_call_id)

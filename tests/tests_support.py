@@ -20,6 +20,7 @@ from agents.testing import ScriptedModel
 from inngest_driver import InngestDriver, Run, StubInngestServer, WaitOp, cel_match
 
 import db
+import decisions
 import inngest_app
 import refunds
 from offline_model import OfflineSupportModel
@@ -230,6 +231,6 @@ async def open_request(
 async def pay_refund(pool: asyncpg.Pool, *, customer_id: int, order_id: int, cents: int) -> None:
     """History for the health check: a refund requested, approved and issued."""
     request = await open_request(pool, customer_id=customer_id, order_id=order_id, cents=cents)
-    decision = refunds.Decision(request_id=request.id, approved=True, reviewer="r")
-    await refunds.record_decision(pool, decision, decision_id=f"d{order_id}")
+    decision = decisions.Decision(request_id=request.id, approved=True, reviewer="r")
+    await decisions.record_decision(pool, decision, decision_id=f"d{order_id}")
     await refunds.pay_for_call(pool, run_id=request.run_id, customer_id=customer_id, tool_call_id=request.tool_call_id)

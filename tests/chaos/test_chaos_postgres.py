@@ -21,6 +21,7 @@ import inngest_app
 import sample_data
 from chaos.chaos_support import CHARGED_TWICE, Host, Ledger, assert_story
 from settings import Settings
+from store import schema
 
 # Deselected by default (minutes of fault injection); CI runs `pytest -n auto -m chaos`.
 pytestmark = pytest.mark.chaos
@@ -76,7 +77,7 @@ async def own_host(throwaway: ThrowawayPostgres, stub: StubInngestServer, tmp_pa
     await throwaway.wait_ready()
     conn = await asyncpg.connect(throwaway.url)
     try:
-        await db.migrate_database(conn)
+        await schema.migrate_database(conn)
     finally:
         await conn.close()
     settings = Settings(_env_file=None, database_url=throwaway.url)  # type: ignore[call-arg]
