@@ -23,6 +23,7 @@ from agents import ToolApprovalItem
 from pydantic import BaseModel, ValidationError
 
 import db
+import decisions
 import escalations
 import refunds
 import worker
@@ -213,7 +214,7 @@ async def _await_decision(
 
 async def _ignore_malformed(pool: asyncpg.Pool, request_id: str, *, event_id: str, why: str) -> None:
     request = await db.get_refund_request(pool, request_id=request_id)
-    await refunds.audit_decision_ignored(
+    await decisions.audit_decision_ignored(
         pool, key=f"wait:{event_id}", request_id=request_id, why=why, request=request, event_id=event_id
     )
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 import budget
 import conversation
 import db
+import decisions
 import desk
 import escalations
 import gates
@@ -449,11 +450,11 @@ async def record_refund_decision(ctx: inngest.Context) -> DecisionRecorded:
         decision = await parse_or_reject(ctx, ApprovalDecided)
         if decision.withdrawn:  # recorded by the withdrawal function that announced it
             return DecisionRecorded(applied=False, reason="withdrawal")
-        outcome = await refunds.record_decision(
+        outcome = await decisions.record_decision(
             pool, decision, decision_id=decision.decision_id or ctx.event.id or ctx.run_id
         )
         if not outcome.applied and outcome.reason != "same_decision":
-            await refunds.audit_decision_ignored(
+            await decisions.audit_decision_ignored(
                 pool,
                 key=ctx.event.id or ctx.run_id,
                 request_id=decision.request_id,
@@ -484,13 +485,13 @@ async def withdraw_refund_request(ctx: inngest.Context) -> WithdrawalResult:
             request_id = pending.id if pending else None
         why = withdrawal.reason or "withdrawn by the customer"
         outcome = (
-            await refunds.withdraw(pool, request_id=request_id, withdrawal_id=withdrawal_id, why=why)
+            await decisions.withdraw(pool, request_id=request_id, withdrawal_id=withdrawal_id, why=why)
             if request_id is not None
-            else refunds.DecisionOutcome(applied=False, reason="unknown_request", request=None)
+            else decisions.DecisionOutcome(applied=False, reason="unknown_request", request=None)
         )
         withdrawn = outcome.applied or outcome.reason == "same_decision"
         if not withdrawn:
-            await refunds.audit_decision_ignored(
+            await decisions.audit_decision_ignored(
                 pool,
                 key=ctx.event.id or ctx.run_id,
                 request_id=request_id,
@@ -506,7 +507,7 @@ async def withdraw_refund_request(ctx: inngest.Context) -> WithdrawalResult:
     result = await ctx.step.run("record-withdrawal", record_withdrawal, output_type=WithdrawalResult)
     if result.withdrawn and result.request_id:
         # The waiting run listens for decisions on its request; a withdrawal is one.
-        wake = refunds.Decision(
+        wake = decisions.Decision(
             request_id=result.request_id, approved=False, reviewer="customer", withdrawn=True, decision_id=withdrawal_id
         )
         await ctx.step.send_event(

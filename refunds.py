@@ -21,10 +21,7 @@ import asyncpg
 from pydantic import BaseModel
 
 import db
-
-# DecisionOutcome, audit_decision_ignored and withdraw moved to decisions.py; re-exported
-# here until inngest_app.py names them there.
-from decisions import Decision, DecisionOutcome, audit_decision_ignored, record_decision, withdraw  # noqa: F401
+from decisions import Decision, record_decision
 from fields import MAX_ID
 from policy import DEFAULT_FOUR_EYES_CENTS, PolicyVerdict, check_policy
 from store import approvals
