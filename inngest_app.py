@@ -39,6 +39,7 @@ import health
 import host
 import inbound
 import ingress
+import intake
 import journal
 import notify
 import refunds
@@ -89,18 +90,6 @@ MAX_IGNORED_DECISIONS = 20
 EMAIL_RETRIES = 4
 
 # --------------------------------------------------------------------------- step outputs
-
-
-class Intake(BaseModel):
-    """What the first step learned about the email; memoized, so later calls reuse it."""
-
-    status: str  # "accepted" | "duplicate"
-    customer: db.Customer
-    subject: str | None = None
-    # The claim ticket: id, digest, excerpt, sizes, attachment names. Never the body: the
-    # conversation loads the text from Postgres (store/messages.py), outside any step output.
-    message: messages.MessageRef | None = None
-    first_run_id: str | None = None
 
 
 class EmailRunResult(BaseModel):
@@ -283,86 +272,33 @@ def _event_time(event: inngest.Event) -> datetime:
 # --------------------------------------------------------------------------- customer/email.received
 
 
-async def receive_message(ctx: inngest.Context) -> Intake:
-    """Validate the email, find the customer, claim-check an inline body (store it once), and
-    claim the message for this run (or learn that another run already answered it)."""
-    pool = runtime().require_pool()
+async def receive_message(ctx: inngest.Context) -> intake.Intake:
+    """The first step: the email validated, claim-checked and claimed for this run (or found
+    answered by another), or refused with an `event_rejected` row and no retries."""
     email = await parse_or_reject(ctx, EmailReceived)
-    limit = runtime().settings.max_email_body_chars
-    if email.body is not None and len(email.body) > limit:
-        await reject(ctx, f"body: longer than {limit} characters")
-    customer = (
-        await db.get_customer(pool, customer_id=email.customer_id)
-        if email.customer_id is not None
-        else await db.find_customer_by_email(pool, email=email.from_email or "")
-    )
-    if customer is None:
-        who = f"customer_id {email.customer_id}" if email.customer_id is not None else email.from_email
-        await reject(ctx, f"unknown customer: {who}")
-    ref = await _claim_check(ctx, pool, email, customer)
-    owner = await conversation.record_message_once(
-        pool,
-        run_id=ctx.run_id,
-        message_key=ctx.event.id or ctx.run_id,
-        customer_id=customer.id,
-        detail={
-            "event_id": ctx.event.id,
-            "subject": email.subject,
-            "message_id": ref.message_id,
-            "digest": ref.digest,
-            "excerpt": ref.excerpt,
-            "text_chars": ref.text_chars,
-            "thread_key": ref.thread_key,
-            "attachments": ref.attachment_count,
-        },
-    )
-    if owner != ctx.run_id:
-        await db.record_audit(
-            pool,
-            action=db.AuditAction.EVENT_DUPLICATE,
+    try:
+        return await intake.receive(
+            runtime().require_pool(),
+            email,
+            event_id=ctx.event.id or ctx.run_id,
             run_id=ctx.run_id,
-            customer_id=customer.id,
-            detail={"event_id": ctx.event.id, "first_run_id": owner},
-            idempotency_key=f"event_duplicate:{ctx.run_id}",
+            max_body_chars=runtime().settings.max_email_body_chars,
         )
-        return Intake(status="duplicate", customer=customer, first_run_id=owner)
-    return Intake(status="accepted", customer=customer, subject=email.subject, message=ref)
-
-
-async def _claim_check(
-    ctx: inngest.Context, pool: asyncpg.Pool, email: EmailReceived, customer: db.Customer
-) -> messages.MessageRef:
-    """The stored message the event names, or the inline body stored once under the event id."""
-    if email.body is None:
-        ref = await messages.get_ref(pool, message_id=email.message_id or "")
-        if ref is None:
-            await reject(ctx, f"message_id: no stored message {email.message_id!r}")
-        return ref
-    inline = messages.NewMessage(
-        # The event id names the message; the digest keeps a reused id from reading another text.
-        id=f"event:{ctx.event.id or ctx.run_id}:{messages.digest(email.body)[:12]}",
-        source="event",
-        customer_id=customer.id,
-        sender=email.from_email or customer.email,
-        subject=email.subject,
-        text_body=email.body,
-        thread_key=email.thread_key,
-    )
-    ref, _ = await messages.store_message(pool, inline)
-    return ref
+    except intake.Refused as refused:
+        await reject(ctx, refused.why)
 
 
 async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     """Answer one email: each model turn and tool call a step, each refund through the gate."""
     rt = runtime()
     pool = rt.require_pool()
-    intake = await ctx.step.run("receive-message", partial(receive_message, ctx), output_type=Intake)
-    if intake.status == "duplicate" or intake.message is None:
-        return EmailRunResult(status="duplicate", first_run_id=intake.first_run_id)
-    customer = intake.customer
+    received = await ctx.step.run("receive-message", partial(receive_message, ctx), output_type=intake.Intake)
+    if received.status == "duplicate" or received.message is None:
+        return EmailRunResult(status="duplicate", first_run_id=received.first_run_id)
+    customer = received.customer
     # The full text, read on each call and never memoized: step outputs stay small.
-    stored = await messages.load_text(pool, message_id=intake.message.message_id)
-    body = inbound.agent_text(stored.text, intake.message, limit=rt.settings.max_email_body_chars)
+    stored = await messages.load_text(pool, message_id=received.message.message_id)
+    body = inbound.agent_text(stored.text, received.message, limit=rt.settings.max_email_body_chars)
     context = worker.SupportContext(
         pool=pool, customer_id=customer.id, run_id=ctx.run_id, now=_event_time(ctx.event), customer_message=body
     )
@@ -370,7 +306,7 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     with journal.recording(ctx.step):
         talk = await conversation.converse(
             rt.agent,
-            worker.format_email(customer, subject=intake.subject, body=body),
+            worker.format_email(customer, subject=received.subject, body=body),
             context=context,
             run_config=worker.build_run_config(rt.settings.openai_agents_tracing),
             gate=partial(
@@ -617,76 +553,10 @@ async def customer_health_check(ctx: inngest.Context) -> dict[str, Any]:
 
 def create_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
     """Register the module's functions with their flow control, all of it from settings."""
-    per_minute = timedelta(minutes=1)
     return [
-        _on_event(
-            client,
-            "handle-customer-email",
-            "Handle customer email",
-            EMAIL_RECEIVED,
-            handle_customer_email,
-            output_type=EmailRunResult,
-            concurrency=[
-                # All email runs at once: each in-flight step holds at most one pool connection.
-                inngest.Concurrency(limit=settings.email_concurrency),
-                # One customer's share, so a noisy sender cannot starve everyone else.
-                inngest.Concurrency(limit=settings.email_concurrency_per_customer, key=CUSTOMER_KEY),
-            ],
-            # Run starts per minute, matched to the model's rate limit (a few model calls a run).
-            throttle=inngest.Throttle(limit=settings.email_throttle_per_minute, period=per_minute),
-            priority=inngest.Priority(run=PRIORITY_BY_TIER),
-        ),
-        _on_event(
-            client,
-            "record-refund-decision",
-            "Record refund decision",
-            APPROVAL_DECIDED,
-            record_refund_decision,
-            output_type=DecisionRecorded,
-        ),
-        _on_event(
-            client,
-            "withdraw-refund-request",
-            "Withdraw refund request",
-            REFUND_WITHDRAWN,
-            withdraw_refund_request,
-            output_type=WithdrawalResult,
-        ),
-        client.create_function(
-            fn_id="daily-health-check",
-            name="Daily health check",
-            trigger=inngest.TriggerCron(cron=settings.health_check_cron),
-            retries=2,
-        )(daily_health_check),
-        _on_event(
-            client,
-            "customer-health-check",
-            "Customer health check",
-            HEALTH_CHECK_REQUESTED,
-            customer_health_check,
-            retries=3,
-            # Gentler than live email: the morning fan-out must never crowd out customers.
-            concurrency=[inngest.Concurrency(limit=settings.health_check_concurrency)],
-            throttle=inngest.Throttle(limit=settings.health_check_throttle_per_minute, period=per_minute),
-        ),
-        # Its own small cap: escalations never crowd out live email.
-        _on_event(
-            client,
-            "handle-escalation",
-            "Handle escalation",
-            ESCALATION_REQUESTED,
-            handle_escalation,
-            output_type=escalations.Settled,
-            concurrency=[inngest.Concurrency(limit=settings.escalation_concurrency)],
-        ),
-        _on_event(
-            client,
-            "record-escalation-decision",
-            "Record escalation decision",
-            ESCALATION_DECIDED,
-            record_escalation_decision,
-            output_type=DecisionRecorded,
-        ),
+        *_email_functions(client, settings),
+        *_health_functions(client, settings),
+        *_escalation_functions(client, settings),
         # Not an SDK `on_failure` handler: those are registered with zero retries, and the dead
         # letter must survive a database error. One function for the app's failed runs instead.
         client.create_function(
@@ -696,6 +566,86 @@ def create_functions(client: inngest.Inngest, settings: Settings) -> list[innges
             retries=4,
         )(audit_run_failure),
     ]
+
+
+def _email_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
+    email = _on_event(
+        client,
+        "handle-customer-email",
+        "Handle customer email",
+        EMAIL_RECEIVED,
+        handle_customer_email,
+        output_type=EmailRunResult,
+        concurrency=[
+            # All email runs at once: each in-flight step holds at most one pool connection.
+            inngest.Concurrency(limit=settings.email_concurrency),
+            # One customer's share, so a noisy sender cannot starve everyone else.
+            inngest.Concurrency(limit=settings.email_concurrency_per_customer, key=CUSTOMER_KEY),
+        ],
+        # Run starts per minute, matched to the model's rate limit (a few model calls a run).
+        throttle=inngest.Throttle(limit=settings.email_throttle_per_minute, period=timedelta(minutes=1)),
+        priority=inngest.Priority(run=PRIORITY_BY_TIER),
+    )
+    decided = _on_event(
+        client,
+        "record-refund-decision",
+        "Record refund decision",
+        APPROVAL_DECIDED,
+        record_refund_decision,
+        output_type=DecisionRecorded,
+    )
+    withdrawn = _on_event(
+        client,
+        "withdraw-refund-request",
+        "Withdraw refund request",
+        REFUND_WITHDRAWN,
+        withdraw_refund_request,
+        output_type=WithdrawalResult,
+    )
+    return [email, decided, withdrawn]
+
+
+def _health_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
+    daily = client.create_function(
+        fn_id="daily-health-check",
+        name="Daily health check",
+        trigger=inngest.TriggerCron(cron=settings.health_check_cron),
+        retries=2,
+    )(daily_health_check)
+    per_customer = _on_event(
+        client,
+        "customer-health-check",
+        "Customer health check",
+        HEALTH_CHECK_REQUESTED,
+        customer_health_check,
+        retries=3,
+        # Gentler than live email: the morning fan-out must never crowd out customers.
+        concurrency=[inngest.Concurrency(limit=settings.health_check_concurrency)],
+        throttle=inngest.Throttle(limit=settings.health_check_throttle_per_minute, period=timedelta(minutes=1)),
+    )
+    return [daily, per_customer]
+
+
+def _escalation_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
+    handle = _on_event(
+        client,
+        "handle-escalation",
+        "Handle escalation",
+        ESCALATION_REQUESTED,
+        handle_escalation,
+        output_type=escalations.Settled,
+        # Its own small cap: escalations never crowd out live email.
+        concurrency=[inngest.Concurrency(limit=settings.escalation_concurrency)],
+    )
+    decided = _on_event(
+        client,
+        "record-escalation-decision",
+        "Record escalation decision",
+        ESCALATION_DECIDED,
+        record_escalation_decision,
+        output_type=DecisionRecorded,
+    )
+    return [handle, decided]
 
 
 def _on_event(
