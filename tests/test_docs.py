@@ -29,3 +29,11 @@ def test_env_example_documents_every_setting() -> None:
     example = (ROOT / ".env.example").read_text()
     documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, re.M))
     assert documented == {name.upper() for name in Settings.model_fields}
+
+
+def test_every_top_level_module_is_packaged() -> None:
+    """A module missing from pyproject's py-modules is absent from a non-editable install."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"])
+    assert {p.stem for p in ROOT.glob("*.py")} == listed

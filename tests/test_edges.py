@@ -224,7 +224,7 @@ def read_until(stream: Any, marker: str, *, seconds: float = 120) -> str:
 async def test_leaving_the_prompt_closes_the_request_at_once_without_a_traceback(
     how: str, database_url: str, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    env = clean_env(DATABASE_URL=database_url)
+    env = clean_env(DATABASE_URL=database_url, PYTHONFAULTHANDLER="1")
     proc = cli_process("answer", "--customer", GRACE, "I was charged twice for order 1003", env=env, cwd=tmp_path)
     assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
     read_until(proc.stdout, "Approve this refund? [y/N] ")
@@ -237,7 +237,13 @@ async def test_leaving_the_prompt_closes_the_request_at_once_without_a_traceback
         proc.stdin.close()
     # At once (before, Ctrl-C waited for input() to return, forever); the bound is generous for a
     # loaded CI machine, where closing the request and exiting the interpreter take seconds.
-    assert proc.wait(timeout=60) != 0
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=10)
+        raise AssertionError("HUNG:\n" + proc.stderr.read()[-6000:]) from None
+    assert proc.returncode != 0
     err = proc.stderr.read()
     assert "Traceback" not in err
     assert err.strip().splitlines() == [
