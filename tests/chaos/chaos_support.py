@@ -127,8 +127,18 @@ class Host:
                 self.process.wait(timeout=10)
 
 
+# One admin connection serves the driver's hooks and a background killer at once; asyncpg
+# runs one operation per connection at a time, so they take turns.
+ADMIN_TURN = asyncio.Lock()
+
+
 async def host_backends(admin: asyncpg.Connection, host: Host) -> list[asyncpg.Record]:
     """The host's Postgres backends (any host process: the killed one's orphans too)."""
+    async with ADMIN_TURN:
+        return await _host_backends(admin, host)
+
+
+async def _host_backends(admin: asyncpg.Connection, host: Host) -> list[asyncpg.Record]:
     return await admin.fetch(
         "SELECT pid, state, wait_event_type, query FROM pg_stat_activity WHERE application_name = $1",
         host.app_name,
@@ -137,15 +147,22 @@ async def host_backends(admin: asyncpg.Connection, host: Host) -> list[asyncpg.R
 
 async def terminate_host_backends(admin: asyncpg.Connection, host: Host) -> int:
     """`pg_terminate_backend` on every connection the host holds; how many were ended."""
-    ended = await admin.fetchval(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-        host.app_name,
-    )
+    async with ADMIN_TURN:
+        ended = await admin.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = $1",
+            host.app_name,
+        )
     return int(ended or 0)
 
 
 async def blocked_backend(admin: asyncpg.Connection, host: Host, query_prefix: str) -> int | None:
     """The pid of a host backend waiting on a lock while running `query_prefix...`."""
+    async with ADMIN_TURN:
+        return await _blocked_backend(admin, host, query_prefix)
+
+
+async def _blocked_backend(admin: asyncpg.Connection, host: Host, query_prefix: str) -> int | None:
     return await admin.fetchval(
         "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'"
         " AND query LIKE $2 LIMIT 1",
