@@ -310,3 +310,50 @@ async def submit_decision(
         logger.warning("decision %s recorded but not announced (%s); the waiting run will read it", decision_id, error)
         return outcome, False
     return outcome, True
+
+
+class Withdrawal(BaseModel):
+    """What a customer's withdrawal did: withdrawn (now or before), or why not."""
+
+    withdrawn: bool
+    request_id: str | None
+    reason: str
+
+
+async def withdraw_as_asked(
+    pool: asyncpg.Pool,
+    *,
+    request_id: str | None,
+    customer_id: db.CustomerId | None,
+    order_id: int | None,
+    reason: str | None,
+    withdrawal_id: str,
+    run_id: str,
+    event_id: str | None,
+    asked: dict[str, Any],
+) -> Withdrawal:
+    """A withdrawal naming the request, or the customer and order of a pending one: withdraw
+    it, or audit once why nothing changed (unknown, already decided)."""
+    if request_id is None and customer_id is not None and order_id is not None:
+        pending = await db.find_pending_request(pool, customer_id=customer_id, order_id=order_id)
+        request_id = pending.id if pending else None
+    why = reason or "withdrawn by the customer"
+    outcome = (
+        await withdraw(pool, request_id=request_id, withdrawal_id=withdrawal_id, why=why)
+        if request_id is not None
+        else DecisionOutcome(applied=False, reason="unknown_request", request=None)
+    )
+    withdrawn = outcome.applied or outcome.reason == "same_decision"
+    if not withdrawn:
+        await audit_decision_ignored(
+            pool,
+            key=event_id or run_id,
+            request_id=request_id,
+            why=outcome.reason,
+            request=outcome.request,
+            customer_id=customer_id,
+            run_id=run_id,
+            event_id=event_id,
+            withdrawal=asked,
+        )
+    return Withdrawal(withdrawn=withdrawn, request_id=request_id, reason=outcome.reason)

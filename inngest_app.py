@@ -110,12 +110,6 @@ class DecisionRecorded(BaseModel):
     reason: str
 
 
-class WithdrawalResult(BaseModel):
-    withdrawn: bool
-    request_id: str | None
-    reason: str
-
-
 class HealthGathered(BaseModel):
     customer: db.Customer
     activity: activity.Activity
@@ -406,41 +400,26 @@ async def record_refund_decision(ctx: inngest.Context) -> DecisionRecorded:
     return await ctx.step.run("record-decision", record, output_type=DecisionRecorded)
 
 
-async def withdraw_refund_request(ctx: inngest.Context) -> WithdrawalResult:
+async def withdraw_refund_request(ctx: inngest.Context) -> decisions.Withdrawal:
     """The customer calls a refund off: record it, then wake the run waiting on it."""
     pool = runtime().require_pool()
     withdrawal_id = f"withdrawal-{ctx.event.id or ctx.run_id}"
 
-    async def record_withdrawal() -> WithdrawalResult:
+    async def record_withdrawal() -> decisions.Withdrawal:
         withdrawal = await parse_or_reject(ctx, RefundWithdrawn)
-        request_id = withdrawal.request_id
-        if request_id is None and withdrawal.customer_id is not None and withdrawal.order_id is not None:
-            pending = await db.find_pending_request(
-                pool, customer_id=withdrawal.customer_id, order_id=withdrawal.order_id
-            )
-            request_id = pending.id if pending else None
-        why = withdrawal.reason or "withdrawn by the customer"
-        outcome = (
-            await decisions.withdraw(pool, request_id=request_id, withdrawal_id=withdrawal_id, why=why)
-            if request_id is not None
-            else decisions.DecisionOutcome(applied=False, reason="unknown_request", request=None)
+        return await decisions.withdraw_as_asked(
+            pool,
+            request_id=withdrawal.request_id,
+            customer_id=withdrawal.customer_id,
+            order_id=withdrawal.order_id,
+            reason=withdrawal.reason,
+            withdrawal_id=withdrawal_id,
+            run_id=ctx.run_id,
+            event_id=ctx.event.id,
+            asked=withdrawal.model_dump(),
         )
-        withdrawn = outcome.applied or outcome.reason == "same_decision"
-        if not withdrawn:
-            await decisions.audit_decision_ignored(
-                pool,
-                key=ctx.event.id or ctx.run_id,
-                request_id=request_id,
-                why=outcome.reason,
-                request=outcome.request,
-                customer_id=withdrawal.customer_id,
-                run_id=ctx.run_id,
-                event_id=ctx.event.id,
-                withdrawal=withdrawal.model_dump(),
-            )
-        return WithdrawalResult(withdrawn=withdrawn, request_id=request_id, reason=outcome.reason)
 
-    result = await ctx.step.run("record-withdrawal", record_withdrawal, output_type=WithdrawalResult)
+    result = await ctx.step.run("record-withdrawal", record_withdrawal, output_type=decisions.Withdrawal)
     if result.withdrawn and result.request_id:
         # The waiting run listens for decisions on its request; a withdrawal is one.
         wake = decisions.Decision(
@@ -600,7 +579,7 @@ def _email_functions(client: inngest.Inngest, settings: Settings) -> list[innges
         "Withdraw refund request",
         REFUND_WITHDRAWN,
         withdraw_refund_request,
-        output_type=WithdrawalResult,
+        output_type=decisions.Withdrawal,
     )
     return [email, decided, withdrawn]
 
