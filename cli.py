@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -131,7 +132,8 @@ async def seed(settings: Settings, args: argparse.Namespace) -> int:
     async with db.open_pool(settings, max_size=1) as pool:
         seeded = await sample_data.seed(pool)
     if seeded:
-        print(f"seeded: {len(sample_data.CUSTOMERS)} sample customers (ids from 1) with orders (ids from 1001)")
+        first, last = sample_data.CUSTOMERS[0][0], sample_data.CUSTOMERS[-1][0]
+        print(f"seeded: {len(sample_data.CUSTOMERS)} sample customers ({first} to {last}) with orders (ids from 1001)")
     else:
         print("seed: nothing to do, customers already has rows (sample data only goes into an empty database)")
     return 0
@@ -299,16 +301,39 @@ def _prompt(text: str) -> str:
     """`input()` that Ctrl-C, SIGTERM or a closed terminal (SIGHUP) interrupt at once.
 
     It blocks the event loop on purpose: nothing else runs while the person decides, and a
-    thread blocked in `input()` would keep `asyncio.run` from returning after Ctrl-C. The
-    terminal runner closes the request when this raises (`conversation._decide_here`).
+    thread blocked in `input()` would keep `asyncio.run` from returning after Ctrl-C. It reads
+    with short `select` waits rather than one blocking read: a signal that lands between the
+    prompt and the read would otherwise wait for the next key press (the read is only
+    interrupted by a signal that arrives while it blocks). The terminal runner closes the
+    request when this raises (`conversation._decide_here`).
     """
     stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in stops}
     try:
-        return input(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return _read_line(sys.stdin.fileno())
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _read_line(fd: int) -> str:
+    """One line from `fd`, a byte at a time (no buffer to hide input from `select`), back in
+    Python every 0.2 s so a pending signal's KeyboardInterrupt is raised; EOFError at the end."""
+    line = bytearray()
+    while True:
+        if not select.select([fd], [], [], 0.2)[0]:
+            continue
+        byte = os.read(fd, 1)
+        if not byte:
+            if line:
+                break
+            raise EOFError
+        if byte == b"\n":
+            break
+        line += byte
+    return line.decode(errors="replace").rstrip("\r")
 
 
 async def notifier_status(settings: Settings) -> str:
