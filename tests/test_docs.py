@@ -21,7 +21,7 @@ def test_ci_installs_and_tests_exactly_as_the_readme_says() -> None:
     assert checks is not None
     for command in checks.group(1).split(" && "):
         assert command in ci, command
-    chaos = re.search(r"^(\S+pytest -n auto -m chaos)", readme, re.M)
+    chaos = re.search(r"^(\.venv/bin/pytest -n auto -m chaos)", readme, re.M)
     assert chaos is not None and chaos.group(1) in ci.splitlines(), "CI runs the chaos suite README names"
 
 
