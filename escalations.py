@@ -26,6 +26,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import db
+import notify
 from fields import StorableText
 from settings import Settings
 from store import escalations as store
@@ -216,13 +217,13 @@ async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, escalation
     )
     if not sent:
         return {"sent": False, "why": "REVIEWER_WEBHOOK_URL is not set, so no one was notified"}
-    await db.record_audit(
+    await notify.audit_notified(
         pool,
-        action=db.AuditAction.REVIEWER_NOTIFIED,
         run_id=escalation.run_id,
         customer_id=escalation.customer_id,
-        detail={"request_id": escalation_id, "channel": REVIEWERS, "desk": link},
-        idempotency_key=f"reviewer_notified:{escalation_id}:{REVIEWERS}",
+        subject_id=escalation_id,
+        link=link,
+        channel=REVIEWERS,
     )
     return {"sent": True, "why": "delivered"}
 

@@ -84,13 +84,8 @@ async def notify_reviewers(pool: asyncpg.Pool, settings: Settings, *, request_id
         return await _misconfigured(pool, request, response)
     response.raise_for_status()  # 5xx (and anything unexpected): the engine retries with backoff
     if await notifier.mark_notification_sent(pool, request_id=request_id, channel=CHANNEL):
-        await db.record_audit(
-            pool,
-            action=db.AuditAction.REVIEWER_NOTIFIED,
-            run_id=request.run_id,
-            customer_id=request.customer_id,
-            detail={"request_id": request_id, "channel": CHANNEL, "desk": desk_link},
-            idempotency_key=f"reviewer_notified:{request_id}:{CHANNEL}",
+        await audit_notified(
+            pool, run_id=request.run_id, customer_id=request.customer_id, subject_id=request_id, link=desk_link
         )
     return {"sent": True, "why": "delivered"}
 
@@ -162,3 +157,18 @@ async def record_failure(pool: asyncpg.Pool, *, request_id: str, why: str) -> di
         idempotency_key=f"reviewer_notify_failed:{request_id}:{CHANNEL}",
     )
     return {"sent": False, "why": f"not delivered: {why}"}
+
+
+async def audit_notified(
+    pool: asyncpg.Pool, *, run_id: str, customer_id: db.CustomerId, subject_id: str, link: str, channel: str = CHANNEL
+) -> None:
+    """The one writer of `reviewer_notified`, for a refund request or an escalation: once per
+    subject and channel, whoever retries."""
+    await db.record_audit(
+        pool,
+        action=db.AuditAction.REVIEWER_NOTIFIED,
+        run_id=run_id,
+        customer_id=customer_id,
+        detail={"request_id": subject_id, "channel": channel, "desk": link},
+        idempotency_key=f"reviewer_notified:{subject_id}:{channel}",
+    )

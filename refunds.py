@@ -66,6 +66,22 @@ async def _audit_blocked(
     )
 
 
+async def _audit_request_blocked(
+    conn: db.Executor, request: db.RefundRequest, *, stage: BlockedStage, why: str, **detail: Any
+) -> None:
+    """`_audit_blocked` for a request that exists: keyed by its stage and id, naming its order
+    and (unless `detail` says otherwise) its requested amount."""
+    await _audit_blocked(
+        conn,
+        stage=stage,
+        key=f"{stage}:{request.id}",
+        run_id=request.run_id,
+        customer_id=request.customer_id,
+        why=why,
+        **({"request_id": request.id, "order_id": request.order_id, "amount_cents": request.amount_cents} | detail),
+    )
+
+
 # --------------------------------------------------------------------------- open
 
 
@@ -208,18 +224,7 @@ async def end_terminal_request(
     async with db.transaction(pool) as conn:
         request = await db.expire_refund_request(conn, request_id=request_id)
         if request is not None:
-            await _audit_blocked(
-                conn,
-                stage="review",
-                key=f"review:{request.id}",
-                run_id=request.run_id,
-                customer_id=request.customer_id,
-                why=why,
-                request_id=request.id,
-                order_id=request.order_id,
-                amount_cents=request.amount_cents,
-                terminal_session_ended=True,
-            )
+            await _audit_request_blocked(conn, request, stage="review", why=why, terminal_session_ended=True)
     return request
 
 
@@ -236,16 +241,11 @@ async def outcome_of(pool: asyncpg.Pool, request: db.RefundRequest) -> GateOutco
         message = "Refund withdrawn: the customer withdrew this request, so no refund was issued."
         return GateOutcome(**base, status="withdrawn", message_for_model=message)
     rejected = request.status == "rejected"
-    await _audit_blocked(
+    await _audit_request_blocked(
         pool,
+        request,
         stage="review",
-        key=f"review:{request.id}",
-        run_id=request.run_id,
-        customer_id=request.customer_id,
         why="rejected by reviewer" if rejected else "approval expired",
-        request_id=request.id,
-        order_id=request.order_id,
-        amount_cents=request.amount_cents,
         **({"reviewer": request.reviewer, "note": request.note} if rejected else {"expired": True}),
     )
     if rejected:
@@ -329,14 +329,4 @@ async def pay_for_call(pool: asyncpg.Pool, *, run_id: str, customer_id: db.Custo
 
 
 async def _block_payment(conn: db.Executor, request: db.RefundRequest, why: str) -> None:
-    await _audit_blocked(
-        conn,
-        stage="payment",
-        key=f"payment:{request.id}",
-        run_id=request.run_id,
-        customer_id=request.customer_id,
-        why=why,
-        request_id=request.id,
-        order_id=request.order_id,
-        amount_cents=request.payable_cents,
-    )
+    await _audit_request_blocked(conn, request, stage="payment", why=why, amount_cents=request.payable_cents)
