@@ -188,16 +188,3 @@ async def record_usage(
         output_tokens,
         total_tokens,
     )
-
-
-async def usage_before(pool: Executor, *, run_id: str, turn: int) -> tuple[int, int]:
-    """Tokens recorded for this run's turns before `turn`: the sum, and the last turn's total."""
-    row = await pool.fetchrow(
-        "SELECT COALESCE(sum(total_tokens), 0)::bigint AS spent,"
-        " COALESCE((SELECT total_tokens FROM model_usage WHERE run_id = $1 AND turn < $2"
-        "           ORDER BY turn DESC LIMIT 1), 0)::bigint AS last"
-        " FROM model_usage WHERE run_id = $1 AND turn < $2",
-        run_id,
-        turn,
-    )
-    return (int(row["spent"]), int(row["last"])) if row else (0, 0)

@@ -129,7 +129,7 @@ async def test_a_run_over_its_token_budget_stops_calling_the_model_and_escalates
     assert run.status == "completed", run.error
     assert run.output["status"] == "escalated" and holding(run.output["reply"])
     # Every call after the escalation replayed the run and took the same decision at turn 3,
-    # from recorded usage: the model was never asked a third time.
+    # from the replayed turns' usage: the model was never asked a third time.
     assert len(fake.received) == 2 and "model-turn-3" not in run.trail
     escalation = await only_escalation(pool)
     assert escalation.source == "budget" and "token budget" in escalation.reason
