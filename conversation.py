@@ -213,9 +213,10 @@ async def record_message_once(
     """
     key = f"message_received:{message_key}"
     action = db.AuditAction.MESSAGE_RECEIVED
-    await db.record_audit(
+    if await db.record_audit(
         pool, action=action, run_id=run_id, customer_id=customer_id, detail=detail, idempotency_key=key
-    )
+    ):
+        return run_id  # the row is this run's: nothing to look up
     owner = await db.audit_run_id(pool, idempotency_key=key) or run_id
     if owner == run_id or not await db.run_has_action(pool, run_id=owner, action=db.AuditAction.RUN_FAILED):
         return owner
