@@ -24,7 +24,7 @@ from typing import Any, NoReturn, TypeVar
 import asyncpg
 import inngest
 import inngest.fast_api
-from agents import Agent, Model
+from agents import Agent, Model, RunConfig
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 
@@ -60,7 +60,7 @@ from events import (
 )
 from fields import customer_id_or_none
 from settings import Settings, get_settings
-from store import activity, messages
+from store import activity, message_cache
 from store import escalations as escalation_store
 
 logger = logging.getLogger("support_worker.inngest")
@@ -121,11 +121,13 @@ class HealthGathered(BaseModel):
 
 @dataclasses.dataclass
 class Runtime:
-    """What the functions share in one process: settings, the agent (built once, journaled),
-    and the pool the host's lifespan opens."""
+    """What the functions share in one process: settings, the agent and its run config (built
+    once: building a RunConfig resolves type hints, a millisecond a call), and the pool the
+    host's lifespan opens."""
 
     settings: Settings
     agent: Agent[worker.SupportContext]
+    run_config: RunConfig
     client: inngest.Inngest | None = None
     pool: asyncpg.Pool | None = None
 
@@ -271,7 +273,7 @@ async def receive_message(ctx: inngest.Context) -> intake.Intake:
     answered by another), or refused with an `event_rejected` row and no retries."""
     email = await parse_or_reject(ctx, EmailReceived)
     try:
-        return await intake.receive(
+        received = await intake.receive(
             runtime().require_pool(),
             email,
             event_id=ctx.event.id or ctx.run_id,
@@ -280,6 +282,9 @@ async def receive_message(ctx: inngest.Context) -> intake.Intake:
         )
     except intake.Refused as refused:
         await reject(ctx, refused.why)
+    if received.message is not None and email.body is not None:
+        message_cache.remember(received.message, email.body)  # the next call reads no text
+    return received
 
 
 async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
@@ -290,9 +295,10 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     if received.status == "duplicate" or received.message is None:
         return EmailRunResult(status="duplicate", first_run_id=received.first_run_id)
     customer = received.customer
-    # The full text, read on each call and never memoized: step outputs stay small.
-    stored = await messages.load_text(pool, message_id=received.message.message_id)
-    body = inbound.agent_text(stored.text, received.message, limit=rt.settings.max_email_body_chars)
+    # The full text, needed on each call and never memoized (step outputs stay small): read
+    # from Postgres once per process, then from store/message_cache.py.
+    text = await message_cache.text_of(pool, received.message)
+    body = inbound.agent_text(text, received.message, limit=rt.settings.max_email_body_chars)
     context = worker.SupportContext(
         pool=pool, customer_id=customer.id, run_id=ctx.run_id, now=_event_time(ctx.event), customer_message=body
     )
@@ -302,7 +308,7 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
             rt.agent,
             worker.format_email(customer, subject=received.subject, body=body),
             context=context,
-            run_config=worker.build_run_config(rt.settings.openai_agents_tracing),
+            run_config=rt.run_config,
             gate=partial(
                 gates.refund_gate,
                 ctx.step,
@@ -667,7 +673,8 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     # The budget check wraps the journal, so it runs (from recorded usage) on every replay.
     agent = journaled_agent.clone(model=budget.MeteredModel(journaled_agent.model))  # type: ignore[arg-type]
     client = create_client(settings)
-    rt = _runtime = Runtime(settings=settings, agent=agent, client=client)
+    run_config = worker.build_run_config(settings.openai_agents_tracing)
+    rt = _runtime = Runtime(settings=settings, agent=agent, run_config=run_config, client=client)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
