@@ -279,7 +279,7 @@ async def _per_call(env: Env, bare_url: str, samples: int) -> dict[str, float]:
     return {"host_p50": h50, "host_p95": h95, "bare_p50": b50, "bare_p95": b95, "samples": len(host)}
 
 
-async def _burst(env: Env, url: str, emails: int, in_flight: int) -> dict[str, float]:
+async def _burst(env: Env, url: str, emails: int, in_flight: int, *, tag: str = "") -> dict[str, float]:
     """`emails` plain emails, `in_flight` at once, through one host whose pool holds 5. The
     cost per email is this process's CPU seconds (host and driver: they share it) and the
     wall time, each divided by the emails."""
@@ -308,7 +308,7 @@ async def _burst(env: Env, url: str, emails: int, in_flight: int) -> dict[str, f
     async def one(n: int) -> str:
         event = {
             "name": "customer/email.received",
-            "id": f"burst-{emails}-{n}",
+            "id": f"burst-{emails}{tag}-{n}",
             "data": {"customer_id": sample_data.GRACE, "body": f"Do you ship to Canada? ({n})"},
         }
         async with gate:
@@ -338,6 +338,15 @@ async def _burst(env: Env, url: str, emails: int, in_flight: int) -> dict[str, f
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "pg_high": high,
     }
+
+
+async def _small_bursts(env: Env, url: str, emails: int, times: int = 3) -> dict[str, float]:
+    """The small burst `times` over, the run of median CPU per email kept (a burst of 50 lasts
+    about a second, so one run would swing with whatever else the machine does); its errors
+    are every run's."""
+    runs = [await _burst(env, url, emails, 50, tag=f"-{n}") for n in range(times)]
+    kept = sorted(runs, key=lambda run: run["cpu_ms_per_email"])[times // 2]
+    return kept | {"errors": sum(run["errors"] for run in runs), "runs": times}
 
 
 async def _fan_out(env: Env, customers: int) -> dict[str, float]:
@@ -448,7 +457,7 @@ async def _with_host(drv: Any, url: str, pool: asyncpg.Pool, quick: bool) -> dic
                 out: dict[str, Any] = {"kinds": await _kinds(env), "webhook": await _webhook_big(env)}
                 out["per_call"] = await _per_call(env, bare_url, 30 if quick else 300)
                 small, large = (10, 50) if quick else (50, 500)
-                out["burst_small"] = await _burst(env, url, small, 50)
+                out["burst_small"] = await _small_bursts(env, url, small)
                 out["burst"] = await _burst(env, url, large, 50)
                 out["fan_out"] = await _fan_out(env, 10_000)
     return out
@@ -490,7 +499,7 @@ def _burst_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         (f"burst {burst['emails']} emails, 50 in flight, pool 5", f"{burst['per_second']:.1f} emails/s", ""),
         *(
             (
-                f"cost per email, burst of {b['emails']}",
+                f"cost per email, burst of {b['emails']}" + (f" (median of {b['runs']})" if "runs" in b else ""),
                 f"{b['cpu_ms_per_email']:.1f} ms CPU (host and driver), {b['wall_ms_per_email']:.1f} ms wall",
                 "",
             )
