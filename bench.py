@@ -446,6 +446,8 @@ async def _with_host(drv: Any, url: str, pool: asyncpg.Pool, quick: bool) -> dic
             openai_api_key=None,
             openai_base_url=None,
             decision_recheck_minutes=24 * 60,
+            # Each email its own run, as from many customers: the cost per email, not per burst.
+            email_burst_seconds=0,
         )
         meter = Meter()
         app = inngest_app.create_app(settings)

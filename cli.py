@@ -160,6 +160,8 @@ async def send_email(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print(f"sent {events.EMAIL_RECEIVED} {event_id} for {customer.name} (customer {customer.id})")
     print(f"  event id  {', '.join(internal_ids) or '(the event API returned none)'}")
+    if settings.email_burst_seconds:  # the run below only records it; EMAIL_BURST_SECONDS
+        print(f"  answer    about {settings.email_burst_seconds} s after the customer's last email, one for all")
     await _print_runs(target, internal_ids)
     return 0
 

@@ -19,6 +19,8 @@ REFUND_WITHDRAWN = "customer/refund.withdrawn"
 HEALTH_CHECK_REQUESTED = "customer/health_check.requested"
 ESCALATION_REQUESTED = "customer/escalation.requested"
 ESCALATION_DECIDED = "escalation/decision.made"
+# Sent by the app itself: a customer has emails waiting that no coming run is sure to answer.
+EMAILS_WAITING = "customer/emails.waiting"
 
 
 class EmailReceived(BaseModel):
@@ -68,6 +70,14 @@ class RefundWithdrawn(BaseModel):
         if self.request_id is None and (self.customer_id is None or self.order_id is None):
             raise ValueError("give request_id, or customer_id and order_id")
         return self
+
+
+class EmailsWaiting(BaseModel):
+    """`customer/emails.waiting` data: whose waiting emails a run of the email function answers."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    customer_id: CustomerIdText
 
 
 class HealthCheckRequested(BaseModel):

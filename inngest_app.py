@@ -47,12 +47,14 @@ import worker
 from events import (
     APPROVAL_DECIDED,
     EMAIL_RECEIVED,
+    EMAILS_WAITING,
     ESCALATION_DECIDED,
     ESCALATION_REQUESTED,
     HEALTH_CHECK_REQUESTED,
     REFUND_WITHDRAWN,
     ApprovalDecided,
     EmailReceived,
+    EmailsWaiting,
     EscalationRequested,
     HealthCheckRequested,
     RefundWithdrawn,
@@ -95,7 +97,7 @@ EMAIL_RETRIES = 4
 class EmailRunResult(BaseModel):
     """The run's output in the dashboard: the reply as sent and each refund's fate."""
 
-    status: str  # "replied" | "escalated" | "duplicate"
+    status: str  # "replied" | "escalated" | "duplicate" | "merged" | "nothing_waiting"
     first_run_id: str | None = None
     escalation_id: str | None = None
     reply: str | None = None
@@ -209,13 +211,21 @@ Schema = TypeVar("Schema", bound=BaseModel)
 async def parse_or_reject(ctx: inngest.Context, schema: type[Schema]) -> Schema:
     """The event's data as `schema`, or an `event_rejected` row saying why and a run that ends
     without retries. Call it inside a step, so the audit write itself is retried."""
+    try:
+        return parse(ctx, schema)
+    except intake.Refused as refused:
+        await reject(ctx, refused.why)
+
+
+def parse(ctx: inngest.Context, schema: type[Schema]) -> Schema:
+    """The event's data as `schema`, or `intake.Refused` saying what is wrong with it."""
     data = ctx.event.data
     if not isinstance(data, dict):
-        await reject(ctx, "data: must be a JSON object")
+        raise intake.Refused("data: must be a JSON object")
     try:
         return schema.model_validate(dict(data))
     except ValidationError as error:
-        await reject(ctx, describe_error(error))
+        raise intake.Refused(describe_error(error)) from error
 
 
 async def reject(ctx: inngest.Context, why: str) -> NoReturn:
@@ -228,7 +238,8 @@ async def reject(ctx: inngest.Context, why: str) -> NoReturn:
         run_id=ctx.run_id,
         customer_id=customer_id,
         detail={"event": ctx.event.name, "event_id": ctx.event.id, "why": why},
-        idempotency_key=f"event_rejected:{ctx.run_id}",
+        # One row per event, however many functions it starts (the email recorder and handler).
+        idempotency_key=f"event_rejected:{ctx.event.id or ctx.run_id}",
     )
     raise inngest.NonRetriableError(f"{REJECTION_PREFIX}{ctx.event.name}: {why}")
 
@@ -269,22 +280,68 @@ def _event_time(event: inngest.Event) -> datetime:
 
 
 async def receive_message(ctx: inngest.Context) -> intake.Intake:
-    """The first step: the email validated, claim-checked and claimed for this run (or found
-    answered by another), or refused with an `event_rejected` row and no retries."""
-    email = await parse_or_reject(ctx, EmailReceived)
+    """The first step: the messages this run answers (its own, and with bursts gathered, what
+    else its customer has waiting), or a refusal with an `event_rejected` row and no retries."""
+    rt = runtime()
+    pool, settings = rt.require_pool(), rt.settings
+    at, event_id = _event_time(ctx.event), ctx.event.id or ctx.run_id
+    gather = settings.email_burst_max_messages if settings.email_burst_seconds else 0
     try:
-        received = await intake.receive(
-            runtime().require_pool(),
+        if ctx.event.name == EMAILS_WAITING:
+            waiting = parse(ctx, EmailsWaiting)
+            return await intake.gather_waiting(
+                pool, customer_id=waiting.customer_id, event_id=event_id, event_at=at, run_id=ctx.run_id, limit=gather
+            )
+        email = parse(ctx, EmailReceived)
+        return await intake.receive(
+            pool,
             email,
-            event_id=ctx.event.id or ctx.run_id,
+            event_id=event_id,
+            event_at=at,
             run_id=ctx.run_id,
-            max_body_chars=runtime().settings.max_email_body_chars,
+            max_body_chars=settings.max_email_body_chars,
+            gather=max(gather - 1, 0),
         )
     except intake.Refused as refused:
+        if gather and ctx.event.name == EMAIL_RECEIVED:
+            raw = ctx.event.data.get("customer_id") if isinstance(ctx.event.data, dict) else None
+            customer_id = customer_id_or_none(raw)
+            if customer_id and await intake.left_waiting_by_refusal(pool, customer_id=customer_id, event_at=at):
+                await _ask_for_a_run(customer_id, key=f"after-refusal-{event_id}")
         await reject(ctx, refused.why)
-    if received.message is not None and email.body is not None:
-        message_cache.remember(received.message, email.body)  # the next call reads no text
-    return received
+
+
+async def record_customer_email(ctx: inngest.Context) -> intake.Stored:
+    """With bursts gathered, Inngest runs the email function once per burst, with its last event
+    only: this function stores every event's message first, so the run can answer them all."""
+    rt = runtime()
+
+    async def store() -> intake.Stored:
+        try:
+            return await intake.record(
+                rt.require_pool(),
+                parse(ctx, EmailReceived),
+                event_id=ctx.event.id or ctx.run_id,
+                event_at=_event_time(ctx.event),
+                max_body_chars=rt.settings.max_email_body_chars,
+            )
+        except intake.Refused as refused:
+            await reject(ctx, refused.why)
+
+    stored = await ctx.step.run("store-message", store, output_type=intake.Stored)
+    if stored.passed_over:
+        # Stored after the run that should have taken it had already gathered: ask for another.
+        await ctx.step.send_event("ask-for-a-run", _waiting_event(stored.customer_id, key=ctx.event.id or ctx.run_id))
+    return stored
+
+
+def _waiting_event(customer_id: str, *, key: str) -> inngest.Event:
+    """`customer/emails.waiting`; the id makes a resend (a retried step) a no-op."""
+    return inngest.Event(name=EMAILS_WAITING, id=f"waiting-{key}", data={"customer_id": customer_id})
+
+
+async def _ask_for_a_run(customer_id: str, *, key: str) -> None:
+    await runtime().require_client().send(_waiting_event(customer_id, key=key))
 
 
 async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
@@ -292,13 +349,13 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     rt = runtime()
     pool = rt.require_pool()
     received = await ctx.step.run("receive-message", partial(receive_message, ctx), output_type=intake.Intake)
-    if received.status == "duplicate" or received.message is None:
-        return EmailRunResult(status="duplicate", first_run_id=received.first_run_id)
+    if received.status != "accepted":
+        return EmailRunResult(status=received.status, first_run_id=received.first_run_id)
     customer = received.customer
-    # The full text, needed on each call and never memoized (step outputs stay small): read
-    # from Postgres once per process, then from store/message_cache.py.
-    text = await message_cache.text_of(pool, received.message)
-    body = inbound.agent_text(text, received.message, limit=rt.settings.max_email_body_chars)
+    if received.more_waiting:  # more than one answer's worth: the rest get a run of their own
+        await ctx.step.send_event("ask-for-a-run", _waiting_event(customer.id, key=f"more-{ctx.run_id}"))
+    emails = await _texts(pool, received.answering, limit=rt.settings.max_email_body_chars)
+    body = "\n\n".join(text for _, text in emails)
     context = worker.SupportContext(
         pool=pool, customer_id=customer.id, run_id=ctx.run_id, now=_event_time(ctx.event), customer_message=body
     )
@@ -306,7 +363,7 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     with journal.recording(ctx.step):
         talk = await conversation.converse(
             rt.agent,
-            worker.format_email(customer, subject=received.subject, body=body),
+            worker.format_burst(customer, emails),
             context=context,
             run_config=rt.run_config,
             gate=partial(
@@ -328,6 +385,17 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     sent = await conversation.send_reply(pool, run_id=ctx.run_id, customer=customer, draft=draft, gate=talk.gate)
     status = "escalated" if escalation_id else "replied"
     return EmailRunResult(status=status, escalation_id=escalation_id, gate=talk.gate, **sent.model_dump())
+
+
+async def _texts(pool: asyncpg.Pool, answering: list[intake.Answering], *, limit: int) -> list[tuple[str | None, str]]:
+    """Subject and text of each message the run answers, needed on each call and never memoized
+    (step outputs stay small): read from Postgres once per process, then from
+    store/message_cache.py."""
+    texts = []
+    for item in answering:
+        text = await message_cache.text_of(pool, item.message)
+        texts.append((item.subject, inbound.agent_text(text, item.message, limit=limit)))
+    return texts
 
 
 class EscalationOpened(BaseModel):
@@ -554,11 +622,12 @@ def create_functions(client: inngest.Inngest, settings: Settings) -> list[innges
 
 
 def _email_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
+    burst = settings.email_burst_seconds > 0
     email = _on_event(
         client,
         "handle-customer-email",
         "Handle customer email",
-        EMAIL_RECEIVED,
+        [EMAIL_RECEIVED, EMAILS_WAITING] if burst else EMAIL_RECEIVED,
         handle_customer_email,
         output_type=EmailRunResult,
         concurrency=[
@@ -570,6 +639,22 @@ def _email_functions(client: inngest.Inngest, settings: Settings) -> list[innges
         # Run starts per minute, matched to the model's rate limit (a few model calls a run).
         throttle=inngest.Throttle(limit=settings.email_throttle_per_minute, period=timedelta(minutes=1)),
         priority=inngest.Priority(run=PRIORITY_BY_TIER),
+        # One run per customer's burst, with its last event; the recorder stored the others.
+        debounce=inngest.Debounce(
+            key=CUSTOMER_KEY,
+            period=timedelta(seconds=settings.email_burst_seconds),
+            timeout=timedelta(seconds=settings.email_burst_timeout_seconds),
+        )
+        if burst
+        else None,
+    )
+    recorder = _on_event(
+        client,
+        "record-customer-email",
+        "Record customer email",
+        EMAIL_RECEIVED,
+        record_customer_email,
+        output_type=intake.Stored,
     )
     decided = _on_event(
         client,
@@ -587,7 +672,7 @@ def _email_functions(client: inngest.Inngest, settings: Settings) -> list[innges
         withdraw_refund_request,
         output_type=decisions.Withdrawal,
     )
-    return [email, decided, withdrawn]
+    return [email, *([recorder] if burst else []), decided, withdrawn]
 
 
 def _health_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
@@ -637,16 +722,19 @@ def _on_event(
     client: inngest.Inngest,
     fn_id: str,
     name: str,
-    event: str,
+    event: str | list[str],
     handler: Any,
     *,
     retries: int = 4,
     output_type: type[BaseModel] | None = None,
     **flow_control: Any,
 ) -> inngest.Function[Any]:
-    """A function triggered by one event, retried `retries` times, with its flow control."""
+    """A function triggered by an event (or any of several), retried `retries` times, with its
+    flow control."""
     options = flow_control | ({"output_type": output_type} if output_type else {})
-    trigger = inngest.TriggerEvent(event=event)
+    names = [event] if isinstance(event, str) else event
+    triggers: list[inngest.TriggerCron | inngest.TriggerEvent] = [inngest.TriggerEvent(event=e) for e in names]
+    trigger = triggers[0] if len(triggers) == 1 else triggers
     return client.create_function(fn_id=fn_id, name=name, trigger=trigger, retries=retries, **options)(handler)
 
 

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     email_concurrency: int = Field(default=8, ge=1)  # all email runs at once: protects the pool
     email_concurrency_per_customer: int = Field(default=2, ge=1)  # one noisy customer's share
     email_throttle_per_minute: int = Field(default=30, ge=1)  # run starts/min: the model's rate limit
+    # One answer to a burst (README "Controls"): a customer's emails less than this many seconds
+    # apart are answered together, by one run, this long after the last (Inngest debounce keyed
+    # on the customer). 0 answers every email on its own, at once.
+    email_burst_seconds: int = Field(default=60, ge=0, le=7 * 24 * 3600)
+    # A customer who keeps writing is answered at the latest this long after the burst began.
+    email_burst_timeout_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    email_burst_max_messages: int = Field(default=10, ge=1, le=50)  # at most this many in one answer
     # The daily health check: when, and how gently it shares the model and the pool.
     health_check_cron: str = "0 9 * * *"  # Inngest crons are UTC unless prefixed with TZ=
     health_check_concurrency: int = Field(default=2, ge=1)

@@ -202,6 +202,20 @@ def format_email(customer: db.Customer, *, subject: str | None, body: str) -> st
     )
 
 
+def format_burst(customer: db.Customer, emails: list[tuple[str | None, str]]) -> str:
+    """The agent's input for several emails answered together (a burst), oldest first: one
+    email reads exactly as `format_email` has it."""
+    if len(emails) == 1:
+        subject, body = emails[0]
+        return format_email(customer, subject=subject, body=body)
+    parts = "\n\n".join(
+        f"--- Email {n} of {len(emails)}, subject: {subject or '(no subject)'} ---\n{body}"
+        for n, (subject, body) in enumerate(emails, start=1)
+    )
+    note = f"The customer wrote {len(emails)} emails in a row; answer all of them in one reply."
+    return format_email(customer, subject=emails[-1][0], body=f"{note}\n\n{parts}")
+
+
 def main() -> None:
     """`python worker.py ...`: the terminal runner lives in the one CLI (cli.py)."""
     import cli

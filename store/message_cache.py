@@ -3,7 +3,7 @@
 The email function needs the customer's text on every call of its run (the text is never put
 in a step output: the memo stays small), and a stored message's text never changes once
 written (`store/messages.py` inserts it once; nothing updates it). So each process keeps the
-texts it has read or stored, up to `MAX_CACHED_CHARS`, least recently used forgotten first.
+texts it has read, up to `MAX_CACHED_CHARS`, least recently used forgotten first.
 
 A cached text is used only when its sha256 equals the reference's digest: an id reused for
 another text (a test database truncated and refilled, say) reads Postgres again, never the
@@ -22,12 +22,6 @@ MAX_CACHED_CHARS = 8_000_000
 
 _texts: OrderedDict[str, tuple[str, str]] = OrderedDict()  # message id -> (digest, text)
 _held = 0
-
-
-def remember(ref: messages.MessageRef, text: str) -> None:
-    """Keep `text` as the text of `ref` (ignored unless its digest is the reference's)."""
-    if messages.digest(text) == ref.digest:
-        _keep(ref.message_id, ref.digest, text)
 
 
 async def text_of(conn: Executor, ref: messages.MessageRef) -> str:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import heapq
 import http.server
 import inspect
 import json
+import re
 import threading
 import time
 import uuid
@@ -311,6 +313,35 @@ async def timeout_resolver(op: WaitOp) -> None:
 
 
 @dataclasses.dataclass
+class _Burst:
+    first: int  # ms: when the burst began (its `timeout` counts from here)
+    event: JSONDict  # the latest event: the one the run gets
+    version: int  # bumped by each event, so only the latest scheduled firing runs
+
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def _millis(duration: str | None) -> int:
+    """An Inngest duration string ("45s", "1h30m") in milliseconds; none: forever."""
+    if not duration:
+        return 1 << 62
+    parts = _DURATION.findall(duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise DriverError(f"not an Inngest duration: {duration!r}")
+    return sum(int(n) * _UNIT_MS[u] for n, u in parts)
+
+
+def _debounce_key(debounce: JSONDict, event: JSONDict) -> str:
+    """The burst an event belongs to: its `key` expression evaluated (one burst without a key)."""
+    expression = debounce.get("key")
+    if not expression:
+        return ""
+    return str(cel_evaluate(expression, event=event))
+
+
+@dataclasses.dataclass
 class CallRecord:
     """One HTTP call to the app. ``request`` may be mutated by a ``before_call`` hook."""
 
@@ -527,6 +558,52 @@ class InngestDriver:
             for handler in self.triggered_by(normalize_event(failed)):
                 run.on_failure = await self.run(handler, failed, resolver=resolver, run_on_failure=False)
         return run
+
+    async def deliver(self, events: Iterable[Mapping[str, Any]], **run_kwargs: Any) -> list[Run]:
+        """Route events as the engine does, in virtual time (each event's ``ts``): every function
+        whose trigger takes an event starts at that time, except one with ``debounce``, which
+        runs once per burst of its key (CEL), with the burst's last event, ``period`` after that
+        event or ``timeout`` after the burst began, whichever comes first. Events the app sends
+        during a run are routed too, at that run's time; a reused event id starts nothing (the
+        Event API drops it). Returns the runs in the order they ran."""
+        agenda: list[tuple[int, int, str, Any]] = []  # (ms, seq, kind, payload)
+        seq = iter(range(1 << 30))
+        for event in events:
+            ev = normalize_event(event)
+            heapq.heappush(agenda, (ev["ts"], next(seq), "event", ev))
+        bursts: dict[tuple[str, str], _Burst] = {}
+        runs: list[Run] = []
+        while agenda:
+            now, _, kind, payload = heapq.heappop(agenda)
+            if kind == "event":
+                for fn_id in self.triggered_by(payload):
+                    debounce = self.functions[fn_id].get("debounce")
+                    if not debounce:
+                        heapq.heappush(agenda, (now, next(seq), "run", (fn_id, payload)))
+                        continue
+                    key = (fn_id, _debounce_key(debounce, payload))
+                    burst = bursts.get(key)
+                    if burst is None:
+                        burst = bursts[key] = _Burst(first=now, event=payload, version=0)
+                    burst.event, burst.version = payload, burst.version + 1
+                    due = min(now + _millis(debounce["period"]), burst.first + _millis(debounce.get("timeout")))
+                    heapq.heappush(agenda, (due, next(seq), "fire", (key, burst.version)))
+                continue
+            if kind == "fire":
+                key, version = payload
+                burst = bursts.get(key)
+                if burst is None or burst.version != version:
+                    continue  # a later event of the burst moved it
+                del bursts[key]
+                fn_id, event = key[0], burst.event
+            else:
+                fn_id, event = payload
+            sent_before = len(self.stub.events) if self.stub else 0
+            runs.append(await self.run(fn_id, event, **run_kwargs))
+            for captured in self.stub.events[sent_before:] if self.stub else []:
+                if not captured.duplicate:
+                    heapq.heappush(agenda, (now, next(seq), "event", captured.as_event() | {"ts": now}))
+        return runs
 
     def triggered_by(self, event: JSONDict) -> list[str]:
         """The registered functions an event starts: its name, and each trigger's CEL

@@ -28,6 +28,7 @@ import db
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_SERVER = os.environ.get("INNGEST_DEV_SERVER_URL", "http://127.0.0.1:8288")
+BURST_SECONDS = 3
 
 
 def _dev_server_reachable() -> bool:
@@ -49,6 +50,7 @@ def served_app(database_url: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INNGEST_", "OPENAI_"))}
     env |= {"INNGEST_DEV": DEV_SERVER, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
+    env["EMAIL_BURST_SECONDS"] = str(BURST_SECONDS)  # the real debounce, short enough to wait for
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "inngest_app:app", "--port", str(port)], cwd=tmp_path, env=env
     )
@@ -100,3 +102,13 @@ async def test_rejected_refund_pays_nothing(served_app: str, pool: asyncpg.Pool)
     reply = (await wait_for_action(pool, db.AuditAction.REPLY_SENT))[0]
     assert "no refund has been issued" in reply.detail["reply"]
     assert await db.list_refunds(pool) == []
+
+
+async def test_three_quick_emails_get_one_answer_from_the_real_debounce(served_app: str, pool: asyncpg.Pool) -> None:
+    for body in ("Do you ship to Canada?", "Also, where is order 1004?", "Thanks!"):
+        await send("customer/email.received", {"customer_id": "c-4429", "body": body})
+    (reply,) = await wait_for_action(pool, db.AuditAction.REPLY_SENT)
+    received = await wait_for_action(pool, db.AuditAction.MESSAGE_RECEIVED, count=3)
+    assert {row.run_id for row in received} == {reply.run_id}
+    await asyncio.sleep(2 * BURST_SECONDS)  # nothing else answers them later
+    assert len(await db.list_audit(pool, action=db.AuditAction.REPLY_SENT)) == 1

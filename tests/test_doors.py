@@ -425,6 +425,8 @@ async def test_cli_send_email_prints_the_event_id_and_the_run_with_its_dashboard
     assert f"event id  {event.id}" in out
     assert f"run       {run_id}  {doors.stub.url}/run?runID={run_id}" in out
     assert doors.stub.run_lookups == [event.id]
+    # Bursts are gathered by default: the sender learns when the answer comes.
+    assert f"answer    about {settings.email_burst_seconds} s after the customer's last email" in out
 
 
 async def test_cli_send_email_says_when_the_dev_server_started_no_run_in_time(

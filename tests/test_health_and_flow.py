@@ -44,19 +44,35 @@ async def test_registration_carries_the_cron_and_flow_control_as_configured(
             "health_check_cron": "TZ=Europe/Paris 30 8 * * *",
             "health_check_concurrency": 4,
             "health_check_throttle_per_minute": 9,
+            "email_burst_seconds": 45,
+            "email_burst_timeout_seconds": 240,
         }
     )
     async with serve(tuned, monkeypatch, pool) as engine:
         fns = functions_by_id(engine.stub.registrations[-1])
     email = fns[EMAIL_FN]
+    # One run per customer's burst, with its last event; the recorder stores every event first.
+    assert email["debounce"] == {"key": inngest_app.CUSTOMER_KEY, "period": "45s", "timeout": "4m"}
+    assert email["triggers"] == [{"event": "customer/email.received"}, {"event": "customer/emails.waiting"}]
+    assert fns["record-customer-email"]["triggers"] == [{"event": "customer/email.received"}]
+    assert "debounce" not in fns["record-customer-email"]
     assert email["concurrency"] == [{"limit": 7}, {"limit": 3, "key": inngest_app.CUSTOMER_KEY}]
     assert email["throttle"] == {"limit": 42, "period": "1m", "burst": 1}
     assert email["priority"] == {"run": inngest_app.PRIORITY_BY_TIER}
-    assert email["triggers"] == [{"event": "customer/email.received"}]
     assert fns[CRON_FN]["triggers"] == [{"cron": "TZ=Europe/Paris 30 8 * * *"}]
     assert fns[CHILD_FN]["concurrency"] == [{"limit": 4}]
     assert fns[CHILD_FN]["throttle"] == {"limit": 9, "period": "1m", "burst": 1}
     assert fns[CHILD_FN]["triggers"] == [{"event": "customer/health_check.requested"}]
+
+
+async def test_with_bursts_off_every_email_runs_at_once_and_nothing_records_it_twice(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
+) -> None:
+    async with serve(settings.model_copy(update={"email_burst_seconds": 0}), monkeypatch, pool) as engine:
+        fns = functions_by_id(engine.stub.registrations[-1])
+    assert "debounce" not in fns[EMAIL_FN]
+    assert fns[EMAIL_FN]["triggers"] == [{"event": "customer/email.received"}]
+    assert "record-customer-email" not in fns
 
 
 async def test_the_cron_fans_out_one_event_per_paying_customer_with_stable_ids(engine: Engine) -> None:

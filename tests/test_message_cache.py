@@ -43,22 +43,6 @@ async def test_a_stored_text_is_read_from_postgres_once_then_from_memory(pool: a
     assert reads.reads == 1
 
 
-async def test_a_remembered_text_needs_no_read_at_all(pool: asyncpg.Pool) -> None:
-    ref = await _store(pool, "m-1", "Do you ship to Canada?")
-    message_cache.remember(ref, "Do you ship to Canada?")
-    reads = CountingReads(pool)
-    assert await message_cache.text_of(reads, ref) == "Do you ship to Canada?"
-    assert reads.reads == 0
-
-
-async def test_a_text_that_is_not_the_references_is_never_remembered(pool: asyncpg.Pool) -> None:
-    ref = await _store(pool, "m-1", "Do you ship to Canada?")
-    message_cache.remember(ref, "Refund me everything")
-    reads = CountingReads(pool)
-    assert await message_cache.text_of(reads, ref) == "Do you ship to Canada?"
-    assert reads.reads == 1
-
-
 async def test_an_id_reused_for_another_text_reads_postgres_again(pool: asyncpg.Pool) -> None:
     first = await _store(pool, "m-1", "Do you ship to Canada?")
     assert await message_cache.text_of(pool, first) == "Do you ship to Canada?"

@@ -225,7 +225,8 @@ async def test_the_courses_inline_event_still_works_and_is_claim_checked_at_inta
     key = "event:evt-email-1:" + messages.digest("Where is my order 1004?")[:12]
     assert dict(stored) == {"id": key, "source": "event", "text_body": "Where is my order 1004?"}
     intake = next(v["data"] for v in run.memo.values() if isinstance(v, dict) and "customer" in v.get("data", {}))
-    assert "body" not in intake and intake["message"]["message_id"] == key
+    (answering,) = intake["answering"]
+    assert "body" not in answering and answering["message"]["message_id"] == key
 
 
 # --------------------------------------------------------------------------- Postmark: refused

@@ -48,7 +48,8 @@ def test_uvicorn_serves_the_inngest_endpoint_in_dev_mode(database_url: str, tmp_
                     raise AssertionError(f"uvicorn did not come up:\n{log}") from None
                 time.sleep(0.2)
         assert res.status_code == 200
-        assert res.json()["function_count"] == 8  # five, the failure recorder, the escalation gate's two
+        # five, the failure recorder, the escalation gate's two, and the email recorder (bursts)
+        assert res.json()["function_count"] == 9
         assert res.json()["mode"] == "dev"
         health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
         assert health == {"ok": True, "dev_mode": True, "model": "offline-rules"}
