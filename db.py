@@ -146,12 +146,27 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(settings: Settings, *, max_size: int | None = None) -> asyncpg.Pool:
+async def keep_no_session_state(conn: asyncpg.Connection) -> None:
+    """A pool `reset` that sends nothing: for pools whose code keeps no session state.
+
+    asyncpg's default reset sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
+    on every release, a round trip per query the app makes through the pool (more than half of
+    an email's round trips). The host's code never uses session state: no `SET` outside a
+    transaction, session advisory locks, `LISTEN` or held cursors, none of which Neon's pooled
+    (PgBouncer) URL would allow either; `tests/test_pool_sessions.py` checks the connections
+    after the flows. asyncpg still rolls back a transaction left open before calling this.
+    """
+
+
+async def create_pool(
+    settings: Settings, *, max_size: int | None = None, reset_sessions: bool = True
+) -> asyncpg.Pool:
     """Create the one pool the app uses for its whole life.
 
     It never migrates or seeds (`support-worker migrate` / `seed` do); it refuses a database
     whose schema is behind this code, with the command to run, instead of failing later on a
-    missing table.
+    missing table. `reset_sessions=False` is for the host, whose code keeps no session state
+    (`keep_no_session_state`); other pools (the CLI's, the tests') keep asyncpg's reset.
     """
     dsn, options = connect_options(resolve_database_url(settings))
     size = max_size or settings.db_pool_max_size
@@ -161,6 +176,7 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> asy
             min_size=min(settings.db_pool_min_size, size),
             max_size=size,
             init=_init_connection,
+            reset=None if reset_sessions else keep_no_session_state,
             **options,
         )
     from store.schema import check_schema_current  # store.schema builds on this module

@@ -766,7 +766,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt.pool = await db.create_pool(settings)
+        rt.pool = await db.create_pool(settings, reset_sessions=False)  # db.keep_no_session_state
         try:
             yield
         finally:
