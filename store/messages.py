@@ -114,7 +114,7 @@ async def store_message(pool: asyncpg.Pool, message: NewMessage) -> tuple[Messag
             len(message.attachments),
             sum(len(a.content) for a in message.attachments),
         )
-        if inserted:
+        if inserted and message.attachments:  # executemany of nothing is still a round trip
             await conn.executemany(
                 "INSERT INTO message_attachments (message_id, position, name, content_type, content_id, size_bytes,"
                 " content) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -138,11 +138,15 @@ async def get_ref(conn: Executor, *, message_id: str) -> MessageRef | None:
     )
     if row is None:
         return None
-    listed = await conn.fetch(
-        "SELECT position, name, content_type, size_bytes FROM message_attachments"
-        " WHERE message_id = $1 ORDER BY position LIMIT $2",
-        message_id,
-        LISTED_ATTACHMENTS,
+    listed = (
+        await conn.fetch(
+            "SELECT position, name, content_type, size_bytes FROM message_attachments"
+            " WHERE message_id = $1 ORDER BY position LIMIT $2",
+            message_id,
+            LISTED_ATTACHMENTS,
+        )
+        if row["attachment_count"]
+        else []
     )
     return MessageRef(
         message_id=row["id"],
