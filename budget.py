@@ -49,7 +49,7 @@ class Meter:
 # (run, turn) pairs this process has written to `model_usage`: a replay of a turn it wrote
 # skips the insert (which would do nothing). A bounded memory, oldest forgotten first; a
 # forgotten pair only costs the idempotent insert again.
-RECORDED_TURNS_KEPT = 50_000
+RECORDED_TURNS_KEPT = 10_000  # about 2 MB
 _recorded: OrderedDict[tuple[str, int], None] = OrderedDict()
 
 
