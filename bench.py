@@ -299,8 +299,9 @@ async def _burst(env: Env, url: str, emails: int, in_flight: int, *, tag: str = 
         nonlocal high
         while not stop.is_set():
             count = await watcher.fetchval(
-                # Client backends only: an autovacuum worker on the database is no connection of
-                # the host's (counting it once printed a high-water of 6 for a pool of 5).
+                # Client backends only: a background worker on the database (autovacuum, a
+                # parallel query's worker) is no connection of the host's. One run counting every
+                # backend printed 6 for a pool of 5; it did not happen again, so its cause is open.
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name <> $2"
                 " AND backend_type = 'client backend'",
                 name,
