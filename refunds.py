@@ -40,7 +40,6 @@ class GateOutcome(BaseModel):
     edited_reply: str | None = None  # a reviewer's replacement for the agent's reply
 
 
-
 # --------------------------------------------------------------------------- audit writers
 
 
@@ -190,7 +189,6 @@ async def _insert_request(
     return GateOutcome(call_id=call_id, status="pending", request_id=request.id)
 
 
-
 # --------------------------------------------------------------------------- settle
 
 
@@ -207,12 +205,19 @@ async def settle(
     neither and `time_is_up`, expire it. The first decision recorded wins."""
     if decision is not None and not decision.withdrawn:  # a withdrawal is recorded by whoever announced it
         await record_decision(pool, decision, decision_id=decision_id or f"inline:{request_id}", terminal=terminal)
+    request = await _reread(pool, request_id)
+    if request.status == "pending" and time_is_up:
+        # None: another copy of this step (a duplicate delivery) closed it since the read above;
+        # answer with what it is now, never with the stale "pending".
+        request = await db.expire_refund_request(pool, request_id=request_id) or await _reread(pool, request_id)
+    return await outcome_of(pool, request)
+
+
+async def _reread(pool: asyncpg.Pool, request_id: str) -> db.RefundRequest:
     request = await db.get_refund_request(pool, request_id=request_id)
     if request is None:
         raise LookupError(f"refund request {request_id} vanished")
-    if request.status == "pending" and time_is_up:
-        request = await db.expire_refund_request(pool, request_id=request_id) or request
-    return await outcome_of(pool, request)
+    return request
 
 
 async def end_terminal_request(

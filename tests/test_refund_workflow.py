@@ -242,6 +242,26 @@ async def test_two_copies_of_the_payment_call_at_once_pay_once_and_both_say_issu
     assert await db.list_audit(pool, action=db.AuditAction.REFUND_BLOCKED) == []
 
 
+async def test_a_copy_of_the_expiry_that_loses_the_race_still_says_expired(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two copies of the closing `settle-refund` step at once: both read the request pending,
+    the other copy expires it first. The loser must answer "expired" as well: its answer may be
+    the one the engine keeps, and a pending outcome would reach the model as an empty refusal."""
+    request = await open_request(pool, order_id=1003, cents=49_900, ttl_seconds=1)
+    expire = db.expire_refund_request
+
+    async def the_other_copy_expires_it_first(conn: Any, *, request_id: str) -> db.RefundRequest | None:
+        assert await expire(pool, request_id=request_id) is not None
+        return await expire(conn, request_id=request_id)
+
+    monkeypatch.setattr(db, "expire_refund_request", the_other_copy_expires_it_first)
+    outcome = await refunds.settle(pool, request_id=request.id, decision=None, decision_id=None, time_is_up=True)
+    assert outcome.status == "expired"
+    assert outcome.message_for_model and "expired" in outcome.message_for_model
+    assert len(await db.list_audit(pool, action=db.AuditAction.REFUND_BLOCKED)) == 1
+
+
 async def test_ids_beyond_64_bits_are_refused_without_touching_the_database(pool: asyncpg.Pool) -> None:
     arguments = json.dumps({"order_id": 10**20, "amount_cents": 100, "reason": "x"})
     outcome = await refunds.open_request(
