@@ -165,6 +165,15 @@ class Settings(BaseSettings):
         return hours
 
     @model_validator(mode="after")
+    def _burst_timeout_covers_a_window(self) -> Self:
+        if self.email_burst_seconds and self.email_burst_timeout_seconds < self.email_burst_seconds:
+            raise ValueError(
+                f"EMAIL_BURST_TIMEOUT_SECONDS ({self.email_burst_timeout_seconds}) must be at least "
+                f"EMAIL_BURST_SECONDS ({self.email_burst_seconds}): it caps how long a burst may keep growing"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Self:
         problems = [] if self.environment == "development" else production_problems(self)
         if problems:

@@ -115,6 +115,14 @@ def test_a_zero_or_negative_timeout_is_refused() -> None:
             fresh(refund_approval_timeout_hours=hours)
 
 
+def test_a_burst_timeout_shorter_than_the_burst_window_is_refused() -> None:
+    """Inngest's debounce `timeout` caps how long `period` may stretch: shorter than one period,
+    every burst would end at the timeout, which is a misconfiguration to name, not to run."""
+    with pytest.raises(ValidationError, match=r"EMAIL_BURST_TIMEOUT_SECONDS .* at least EMAIL_BURST_SECONDS"):
+        fresh(email_burst_seconds=120, email_burst_timeout_seconds=60)
+    assert fresh(email_burst_seconds=0, email_burst_timeout_seconds=1).email_burst_seconds == 0  # bursts off
+
+
 # --------------------------------------------------------------------------- production refusals
 
 
