@@ -7,6 +7,9 @@ the function accepts. What happens after is the functions' business (inngest_app
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 import decisions
@@ -109,3 +112,14 @@ def describe_error(error: ValidationError) -> str:
         where = ".".join(str(p) for p in item["loc"]) or "data"
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
+
+
+def check_size(max_bytes: int, name: str, data: dict[str, Any]) -> None:
+    """No event above MAX_EVENT_BYTES leaves the app (Inngest Cloud's free plan refuses
+    events over 256 KiB): large messages travel as a `message_id` reference instead."""
+    size = len(json.dumps(data, ensure_ascii=False).encode())
+    if size > max_bytes:
+        raise ValueError(
+            f"{name}: event data is {size} bytes, above MAX_EVENT_BYTES={max_bytes}; "
+            "send large messages through the email webhook, which stores them and sends a reference"
+        )

@@ -1,12 +1,13 @@
-"""The host's own HTTP pieces, engine-free: health probes, and refusing replayed signed calls.
+"""The host's own HTTP pieces, engine-free: the doors (webhook and desk), health probes, and
+refusing replayed signed calls.
 
-inngest_app.py mounts them beside the engine's endpoint, the webhook and the desk.
+inngest_app.py mounts them beside the engine's endpoint, with the engine injected as `send`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -15,7 +16,13 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 import db
+import desk
+import ingress
+from events import APPROVAL_DECIDED, EMAIL_RECEIVED, ESCALATION_DECIDED
 from settings import Settings
+
+# Send one event: name, id (a resend with the same id is a no-op), data.
+Send = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 
 class RefuseStaleSignatures:
@@ -66,3 +73,27 @@ def add_probes(app: FastAPI, settings: Settings, get_pool: Callable[[], asyncpg.
         except Exception as error:  # any failure to reach the database means not ready
             return JSONResponse({"ok": False, "database": f"unreachable: {type(error).__name__}"}, status_code=503)
         return JSONResponse({"ok": True, "database": "reachable"})
+
+
+def mount_doors(app: FastAPI, settings: Settings, *, get_pool: Callable[[], asyncpg.Pool], send: Send) -> None:
+    """The email webhook and the review desk, which announce what they record through `send`."""
+
+    async def find_customer(email: str) -> db.Customer | None:
+        return await db.find_customer_by_email(get_pool(), email=email)
+
+    async def announce_decision(data: dict[str, Any]) -> None:
+        await send(APPROVAL_DECIDED, str(data["decision_id"]), data)
+
+    async def announce_escalation_decision(data: dict[str, Any]) -> None:
+        await send(ESCALATION_DECIDED, str(data["decision_id"]), data)
+
+    app.include_router(
+        ingress.build_router(
+            settings, find_customer=find_customer, send=send, event_name=EMAIL_RECEIVED, get_pool=get_pool
+        )
+    )
+    app.include_router(
+        desk.build_router(
+            settings, get_pool=get_pool, announce=announce_decision, announce_escalation=announce_escalation_decision
+        )
+    )

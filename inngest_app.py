@@ -13,7 +13,6 @@ Serve it with `uvicorn inngest_app:app --port 8000` and point the dev server at 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,13 +31,11 @@ import budget
 import conversation
 import db
 import decisions
-import desk
 import escalations
 import gates
 import health
 import host
 import inbound
-import ingress
 import intake
 import journal
 import notify
@@ -58,6 +55,7 @@ from events import (
     EscalationRequested,
     HealthCheckRequested,
     RefundWithdrawn,
+    check_size,
     describe_error,
 )
 from fields import customer_id_or_none
@@ -168,19 +166,8 @@ def create_client(settings: Settings) -> inngest.Inngest:
 async def send_event(settings: Settings, name: str, event_id: str, data: dict[str, Any]) -> list[str]:
     """Send one event from outside a function (the CLI); `event_id` makes a resend a no-op.
     Returns the ids the event API assigned."""
-    check_event_size(settings, name, data)
+    check_size(settings.max_event_bytes, name, data)
     return await create_client(settings).send(inngest.Event(name=name, id=event_id, data=data))
-
-
-def check_event_size(settings: Settings, name: str, data: dict[str, Any]) -> None:
-    """No event above MAX_EVENT_BYTES leaves the app (Inngest Cloud's free plan refuses
-    events over 256 KiB): large messages travel as a `message_id` reference instead."""
-    size = len(json.dumps(data, ensure_ascii=False).encode())
-    if size > settings.max_event_bytes:
-        raise ValueError(
-            f"{name}: event data is {size} bytes, above MAX_EVENT_BYTES={settings.max_event_bytes}; "
-            "send large messages through the email webhook, which stores them and sends a reference"
-        )
 
 
 def _error_monitoring(settings: Settings) -> list[Any]:
@@ -788,42 +775,13 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     if not settings.inngest_dev_mode:
         app.add_middleware(host.RefuseStaleSignatures, max_age_seconds=settings.signature_max_age_seconds)
 
-    _mount_doors(app, rt, client)
-    host.add_probes(app, settings, rt.require_pool)
-    return app
-
-
-def _mount_doors(app: FastAPI, rt: Runtime, client: inngest.Inngest) -> None:
-    """The webhook and the desk, with the engine injected as plain `send`/`announce` callables."""
-    settings = rt.settings
-
     async def send(name: str, event_id: str, data: dict[str, Any]) -> None:
-        check_event_size(settings, name, data)
+        check_size(settings.max_event_bytes, name, data)
         await client.send(inngest.Event(name=name, id=event_id, data=data))
 
-    async def find_customer(email: str) -> db.Customer | None:
-        return await db.find_customer_by_email(rt.require_pool(), email=email)
-
-    async def announce_decision(data: dict[str, Any]) -> None:
-        await send(APPROVAL_DECIDED, str(data["decision_id"]), data)
-
-    app.include_router(
-        ingress.build_router(
-            settings, find_customer=find_customer, send=send, event_name=EMAIL_RECEIVED, get_pool=rt.require_pool
-        )
-    )
-
-    async def announce_escalation_decision(data: dict[str, Any]) -> None:
-        await send(ESCALATION_DECIDED, str(data["decision_id"]), data)
-
-    app.include_router(
-        desk.build_router(
-            settings,
-            get_pool=rt.require_pool,
-            announce=announce_decision,
-            announce_escalation=announce_escalation_decision,
-        )
-    )
+    host.mount_doors(app, settings, get_pool=rt.require_pool, send=send)
+    host.add_probes(app, settings, rt.require_pool)
+    return app
 
 
 def _serve_origin(settings: Settings) -> str | None:

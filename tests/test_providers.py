@@ -20,6 +20,7 @@ from tests_support import EMAIL_FN, GRACE, Engine, free_port, open_request, serv
 
 import cli
 import db
+import events
 import notify
 from offline_model import OfflineSupportModel
 from settings import Settings
@@ -317,10 +318,8 @@ async def test_no_event_above_max_event_bytes_leaves_the_app(doors: Engine) -> N
     assert (await post(doors, postmark_example(Attachments=many, MessageID="m-many"))).status_code == 200
     [event] = doors.stub.events
     assert len(json.dumps(event.data).encode()) <= 262_144 and event.data["attachment_count"] == 3000
-    import inngest_app
-
     with pytest.raises(ValueError, match="MAX_EVENT_BYTES"):
-        inngest_app.check_event_size(Settings(), "x", {"body": "y" * 300_000})
+        events.check_size(Settings().max_event_bytes, "x", {"body": "y" * 300_000})
 
 
 # --------------------------------------------------------------------------- Slack
