@@ -568,8 +568,12 @@ class InngestDriver:
         Event API drops it). Returns the runs in the order they ran."""
         agenda: list[tuple[int, int, str, Any]] = []  # (ms, seq, kind, payload)
         seq = iter(range(1 << 30))
+        seen: set[str] = set()
         for event in events:
             ev = normalize_event(event)
+            if event.get("id") and ev["id"] in seen:
+                continue  # the Event API drops an event whose id it has seen
+            seen.add(ev["id"])
             heapq.heappush(agenda, (ev["ts"], next(seq), "event", ev))
         bursts: dict[tuple[str, str], _Burst] = {}
         runs: list[Run] = []

@@ -182,8 +182,24 @@ def build_toy(*, is_production: bool = False) -> Toy:
     async def invoker(ctx: inngest.Context) -> object:
         return await ctx.step.invoke("call-three", function=three_steps)
 
+    @client.create_function(
+        fn_id="debounced",
+        trigger=inngest.TriggerEvent(event="toy/typed-key"),
+        debounce=inngest.Debounce(
+            key="event.data.user", period=datetime.timedelta(seconds=10), timeout=datetime.timedelta(seconds=30)
+        ),
+    )
+    async def debounced(ctx: inngest.Context) -> object:
+        return ctx.event.data["n"]
+
+    @client.create_function(fn_id="tally", trigger=inngest.TriggerEvent(event="toy/typed-key"))
+    async def tally(ctx: inngest.Context) -> object:
+        return ctx.event.data["n"]
+
     app = fastapi.FastAPI()
     fns: list[inngest.Function[typing.Any]] = [
+        debounced,
+        tally,
         configured,
         three_steps,
         flaky,
@@ -432,6 +448,39 @@ async def test_deliver_twice_and_before_call(driver: InngestDriver, toy: Toy) ->
 
     with pytest.raises(RuntimeError, match="injected"):
         await driver.run("three-steps", {"name": "toy/three"}, before_call=explode)
+
+
+T0 = 1_790_000_000_000  # ms: events carry their own time (a zero `ts` would be "now")
+
+
+def typed_key(user: str, n: int, at_seconds: int, event_id: str | None = None) -> dict[str, object]:
+    return {
+        "name": "toy/typed-key",
+        "id": event_id or f"{user}-{n}",
+        "ts": T0 + at_seconds * 1000,
+        "data": {"user": user, "n": n},
+    }
+
+
+@pytest.mark.asyncio
+async def test_deliver_debounces_by_key_period_and_timeout_and_runs_the_rest_per_event(driver: InngestDriver) -> None:
+    """Inngest's debounce: one run per key's burst, with its last event, `period` after it or
+    `timeout` after the burst began; every other function runs once per event at its time."""
+    events = [
+        typed_key("a", 1, 0),
+        typed_key("b", 2, 3),
+        typed_key("a", 3, 5),
+        typed_key("a", 4, 12),  # 7 s after the last: still a's first burst
+        typed_key("a", 5, 40),  # 28 s later: a burst of its own
+        *(typed_key("c", 10 + k, 8 * k) for k in range(6)),  # every 8 s: the 30 s timeout ends it
+        typed_key("a", 1, 41, event_id="a-1"),  # a reused id: the Event API drops it
+    ]
+    runs = await driver.deliver(events)
+    debounced = [r.output for r in runs if r.fn_id.endswith("-debounced")]
+    tallied = sorted(r.output for r in runs if r.fn_id.endswith("-tally"))
+    # b fires at 13 s, a at 22 s, c at 30 s (the timeout, with the event at 24 s), then the rest.
+    assert debounced == [2, 4, 13, 5, 15]
+    assert tallied == sorted([1, 2, 3, 4, 5, *range(10, 16)])
 
 
 @pytest.mark.asyncio
