@@ -132,6 +132,7 @@ async def test_a_recorder_on_time_asks_for_nothing(engine: Engine) -> None:
     early = email("Do you ship to Canada?", event_id="evt-early", at_seconds=0)
     recorded = await engine.driver.run(RECORDER_FN, early)
     assert recorded.output["passed_over"] is False
+    assert len(recorded.calls) == 2  # what bursts add per email: run the one step, then finish
     assert not [e for e in engine.stub.events if e.name == EMAILS_WAITING]
 
 
