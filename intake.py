@@ -11,6 +11,7 @@ its `message_received` row, written once per message (conversation.record_messag
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 from pydantic import BaseModel
@@ -45,7 +46,7 @@ class Intake(BaseModel):
     # "accepted": answer `answering`; "duplicate": this event was delivered again and another
     # run answers it; "merged": another run took this email into its answer to a burst;
     # "nothing_waiting": a run asked for waiting messages found them answered already.
-    status: str
+    status: Literal["accepted", "duplicate", "merged", "nothing_waiting"]
     customer: db.Customer
     answering: list[Answering] = []  # oldest first
     first_run_id: str | None = None
@@ -109,8 +110,9 @@ async def gather_waiting(
         raise Refused(f"unknown customer: customer_id {customer_id}")
     await inbox.mark_swept(pool, customer_id=customer.id, through=event_at)
     taken, more = await _gather(pool, customer, run_id=run_id, answered_with=event_id, limit=limit)
-    status = "accepted" if taken else "nothing_waiting"
-    return Intake(status=status, customer=customer, answering=taken, more_waiting=more)
+    if not taken:
+        return Intake(status="nothing_waiting", customer=customer)
+    return Intake(status="accepted", customer=customer, answering=taken, more_waiting=more)
 
 
 async def left_waiting_by_refusal(pool: asyncpg.Pool, *, customer_id: db.CustomerId | None, event_at: datetime) -> bool:
