@@ -202,7 +202,7 @@ async def send_reply(
 
 
 async def record_message_once(
-    pool: asyncpg.Pool, *, run_id: str, message_key: str, customer_id: db.CustomerId, detail: dict[str, Any]
+    conn: db.Executor, *, run_id: str, message_key: str, customer_id: db.CustomerId, detail: dict[str, Any]
 ) -> str:
     """Write `message_received` once per message; return the run that owns the message.
 
@@ -214,14 +214,14 @@ async def record_message_once(
     key = f"message_received:{message_key}"
     action = db.AuditAction.MESSAGE_RECEIVED
     if await db.record_audit(
-        pool, action=action, run_id=run_id, customer_id=customer_id, detail=detail, idempotency_key=key
+        conn, action=action, run_id=run_id, customer_id=customer_id, detail=detail, idempotency_key=key
     ):
         return run_id  # the row is this run's: nothing to look up
-    owner = await db.audit_run_id(pool, idempotency_key=key) or run_id
-    if owner == run_id or not await db.run_has_action(pool, run_id=owner, action=db.AuditAction.RUN_FAILED):
+    owner = await db.audit_run_id(conn, idempotency_key=key) or run_id
+    if owner == run_id or not await db.run_has_action(conn, run_id=owner, action=db.AuditAction.RUN_FAILED):
         return owner
     await db.record_audit(
-        pool,
+        conn,
         action=action,
         run_id=run_id,
         customer_id=customer_id,
@@ -398,9 +398,7 @@ async def _converse_here(
     )
     try:
         return await converse(
-            worker.build_agent(
-                budget.MeteredModel(model or worker.build_model(settings)), store=settings.openai_store
-            ),
+            worker.build_agent(budget.MeteredModel(model or worker.build_model(settings)), store=settings.openai_store),
             worker.format_email(customer, subject=subject, body=body),
             context=context,
             run_config=worker.build_run_config(settings.openai_agents_tracing),

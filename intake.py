@@ -66,7 +66,8 @@ async def record(
 ) -> Stored:
     """Store an event's message in the inbox, whether or not a run of its own will come
     (with debounce, only a burst's last event starts one)."""
-    customer, ref = await _store(pool, email, event_id=event_id, event_at=event_at, max_body_chars=max_body_chars)
+    customer, ref = await _store(pool, email, event_id=event_id, max_body_chars=max_body_chars)
+    await _into_inbox(pool, event_id=event_id, customer=customer, ref=ref, subject=email.subject, event_at=event_at)
     return Stored(
         customer_id=customer.id, message_id=ref.message_id, passed_over=await inbox.passed_over(pool, event_id=event_id)
     )
@@ -85,13 +86,17 @@ async def receive(
     """Store the event's message and claim it for this run, or learn that another run answers
     it. With `gather` > 0, also take up to `gather` more messages the customer has waiting.
     Raises `Refused` for an email that can never be answered (audited by the durable layer)."""
-    customer, ref = await _store(pool, email, event_id=event_id, event_at=event_at, max_body_chars=max_body_chars)
+    customer, ref = await _store(pool, email, event_id=event_id, max_body_chars=max_body_chars)
     if gather:
         # Marked before anything is taken: a message stored after this, but older, sees the
         # mark and asks for a run of its own (inbox.passed_over), so none is left waiting.
         await inbox.mark_swept(pool, customer_id=customer.id, through=event_at)
     own = Answering(event_id=event_id, event_ms=_ms(event_at), subject=email.subject, message=ref)
-    owner = await _claim(pool, own, customer, run_id=run_id, answered_with=None)
+    async with db.transaction(pool) as conn:
+        # Into the inbox already claimed: never visible unclaimed, so a concurrent run of the
+        # same customer cannot gather this run's own email (the recorder's copy may be gathered).
+        await _into_inbox(conn, event_id=event_id, customer=customer, ref=ref, subject=email.subject, event_at=event_at)
+        owner = await _claim(conn, own, customer, run_id=run_id, answered_with=None)
     if owner != run_id:
         return await _answered_elsewhere(pool, customer, event_id=event_id, owner=owner, run_id=run_id)
     taken, more = (
@@ -128,9 +133,9 @@ async def left_waiting_by_refusal(pool: asyncpg.Pool, *, customer_id: db.Custome
 
 
 async def _store(
-    pool: asyncpg.Pool, email: EmailReceived, *, event_id: str, event_at: datetime, max_body_chars: int
+    pool: asyncpg.Pool, email: EmailReceived, *, event_id: str, max_body_chars: int
 ) -> tuple[db.Customer, messages.MessageRef]:
-    """Find the customer, claim-check an inline body, and put the message in the inbox."""
+    """Find the customer and claim-check an inline body (store it once)."""
     if email.body is not None and len(email.body) > max_body_chars:
         raise Refused(f"body: longer than {max_body_chars} characters")
     customer = (
@@ -141,20 +146,25 @@ async def _store(
     if customer is None:
         who = f"customer_id {email.customer_id}" if email.customer_id is not None else email.from_email
         raise Refused(f"unknown customer: {who}")
-    ref = await _claim_check(pool, email, customer, event_id=event_id)
+    return customer, await _claim_check(pool, email, customer, event_id=event_id)
+
+
+async def _into_inbox(
+    conn: db.Executor,
+    *,
+    event_id: str,
+    customer: db.Customer,
+    ref: messages.MessageRef,
+    subject: str | None,
+    event_at: datetime,
+) -> None:
     await inbox.add(
-        pool,
-        event_id=event_id,
-        customer_id=customer.id,
-        message_id=ref.message_id,
-        subject=email.subject,
-        event_at=event_at,
+        conn, event_id=event_id, customer_id=customer.id, message_id=ref.message_id, subject=subject, event_at=event_at
     )
-    return customer, ref
 
 
 async def _claim(
-    pool: asyncpg.Pool, item: Answering, customer: db.Customer, *, run_id: str, answered_with: str | None
+    conn: db.Executor, item: Answering, customer: db.Customer, *, run_id: str, answered_with: str | None
 ) -> str:
     """Write the message's `message_received` row once; the run that owns it answers it."""
     ref = item.message
@@ -171,7 +181,7 @@ async def _claim(
     if answered_with is not None:
         detail["answered_with"] = answered_with  # taken into the answer to another event
     return await conversation.record_message_once(
-        pool, run_id=run_id, message_key=item.event_id, customer_id=customer.id, detail=detail
+        conn, run_id=run_id, message_key=item.event_id, customer_id=customer.id, detail=detail
     )
 
 

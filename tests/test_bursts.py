@@ -17,10 +17,12 @@ from agents.testing import assistant_message
 from inngest_driver import DriverError, Run
 from tests_support import EMAIL_FN, GRACE, Engine, scripted, serve, used_up
 
+import conversation
 import db
 from events import EMAIL_RECEIVED, EMAILS_WAITING
 from sample_data import ADA
 from settings import Settings
+from store import inbox
 
 RECORDER_FN = "record-customer-email"
 T0 = 1_790_000_000_000  # ms
@@ -204,3 +206,23 @@ async def test_a_replay_of_a_failed_burst_answers_every_message_it_had_gathered(
         replay.run_id,
     )
     assert sorted(r["event_id"] for r in taken_over) == ["evt-0", "evt-1", "evt-2"]
+
+
+async def test_a_runs_own_email_is_never_up_for_grabs_before_the_run_claims_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without debounce (bursts off at the engine, or two bursts racing) runs of one customer
+    overlap. A run's own email must enter the inbox already claimed: were it visible unclaimed
+    for a moment, a concurrent run could gather it, and its own run would end "merged"."""
+    seen_unclaimed: list[str] = []
+    record_once = conversation.record_message_once
+
+    async def peek_then_claim(conn: Any, **kwargs: Any) -> str:
+        waiting = await inbox.waiting(engine.pool, customer_id=GRACE, limit=10)  # another connection
+        seen_unclaimed.extend(entry.event_id for entry in waiting)
+        return await record_once(conn, **kwargs)
+
+    monkeypatch.setattr(conversation, "record_message_once", peek_then_claim)
+    run = await engine.driver.run(EMAIL_FN, email("Do you ship to Canada?", event_id="evt-own", at_seconds=0))
+    assert run.output["status"] == "replied"
+    assert seen_unclaimed == []
