@@ -226,3 +226,16 @@ async def test_a_runs_own_email_is_never_up_for_grabs_before_the_run_claims_it(
     run = await engine.driver.run(EMAIL_FN, email("Do you ship to Canada?", event_id="evt-own", at_seconds=0))
     assert run.output["status"] == "replied"
     assert seen_unclaimed == []
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [({"customer_id": "c-nobody"}, "unknown customer: customer_id c-nobody"), ({}, "customer_id: Field required")],
+)
+async def test_a_waiting_event_for_no_known_customer_is_rejected_once_with_why(
+    engine: Engine, data: dict[str, Any], why: str
+) -> None:
+    run = await engine.driver.run(EMAIL_FN, {"name": EMAILS_WAITING, "id": "waiting-x", "ts": T0, "data": data})
+    assert run.status == "failed" and run.calls[-1].no_retry
+    rejected = await engine.pool.fetch("SELECT detail FROM audit_log WHERE action = 'event_rejected'")
+    assert [(r["detail"]["event_id"], r["detail"]["why"]) for r in rejected] == [("waiting-x", why)]
