@@ -93,7 +93,7 @@ async def _serve(app: Any) -> AsyncIterator[str]:
 
 def _bare_app(url: str) -> FastAPI:
     """The baseline: FastAPI, an asyncpg pool and one insert per call. Its pool releases
-    connections as the host's does (no reset round trip: db.keep_no_session_state), so the
+    connections as the host's does (no reset round trip: store.postgres.keep_no_session_state), so the
     baseline is one round trip a call, the cheapest useful endpoint."""
     pools: list[asyncpg.Pool] = []
 
@@ -106,7 +106,7 @@ def _bare_app(url: str) -> FastAPI:
                 min_size=1,
                 max_size=5,
                 server_settings=BENCH_APP,
-                reset=db.keep_no_session_state,
+                reset=postgres.keep_no_session_state,
                 **options,
             )
         )

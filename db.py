@@ -24,7 +24,7 @@ from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel
 
 from settings import Settings
-from store.postgres import reaching, resolve_database_url
+from store.postgres import keep_no_session_state, reaching, resolve_database_url
 from store.urls import connect_options, direct_url
 
 logger = logging.getLogger("support_worker.db")
@@ -146,18 +146,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def keep_no_session_state(conn: asyncpg.Connection) -> None:
-    """A pool `reset` that sends nothing: for pools whose code keeps no session state.
-
-    asyncpg's default reset sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
-    on every release, a round trip per query the app makes through the pool (more than half of
-    an email's round trips). The host's code never uses session state: no `SET` outside a
-    transaction, session advisory locks, `LISTEN` or held cursors, none of which Neon's pooled
-    (PgBouncer) URL would allow either; `tests/test_pool_sessions.py` checks the connections
-    after the flows. asyncpg still rolls back a transaction left open before calling this.
-    """
-
-
 async def create_pool(
     settings: Settings, *, max_size: int | None = None, reset_sessions: bool = True
 ) -> asyncpg.Pool:
@@ -166,7 +154,7 @@ async def create_pool(
     It never migrates or seeds (`support-worker migrate` / `seed` do); it refuses a database
     whose schema is behind this code, with the command to run, instead of failing later on a
     missing table. `reset_sessions=False` is for the host, whose code keeps no session state
-    (`keep_no_session_state`); other pools (the CLI's, the tests') keep asyncpg's reset.
+    (`store.postgres.keep_no_session_state`); other pools (the CLI's, the tests') keep asyncpg's reset.
     """
     dsn, options = connect_options(resolve_database_url(settings))
     size = max_size or settings.db_pool_max_size

@@ -753,7 +753,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt.pool = await db.create_pool(settings, reset_sessions=False)  # db.keep_no_session_state
+        rt.pool = await db.create_pool(settings, reset_sessions=False)  # store.postgres.keep_no_session_state
         try:
             yield
         finally:

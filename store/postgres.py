@@ -98,3 +98,15 @@ def _redacted(dsn: str) -> str:
     except ValueError:
         return "an unparseable DATABASE_URL"
     return f"{host}{port}{parts.path or ''}"
+
+
+async def keep_no_session_state(conn: asyncpg.Connection) -> None:
+    """A pool `reset` that sends nothing: for pools whose code keeps no session state.
+
+    asyncpg's default reset sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
+    on every release, a round trip per query the app makes through the pool (more than half of
+    an email's round trips). The host's code never uses session state: no `SET` outside a
+    transaction, session advisory locks, `LISTEN` or held cursors, none of which Neon's pooled
+    (PgBouncer) URL would allow either; `tests/test_pool_sessions.py` checks the connections
+    after the flows. asyncpg still rolls back a transaction left open before calling this.
+    """

@@ -1,4 +1,4 @@
-"""The host's pool skips asyncpg's reset round trip on release (db.keep_no_session_state), so
+"""The host's pool skips asyncpg's reset round trip on release (store.postgres.keep_no_session_state), so
 its connections must come back from every flow without session state: no settings changed by
 `SET`, no other role, no advisory locks, no `LISTEN`, no open cursors, no temporary tables."""
 
