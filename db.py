@@ -16,51 +16,19 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Literal
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel
 
-from settings import Settings
-from store.postgres import keep_no_session_state, reaching, resolve_database_url
-from store.urls import connect_options, direct_url
+from support_worker.core.settings import Settings
+from support_worker.store.audit_actions import AuditAction
+from support_worker.store.postgres import keep_no_session_state, reaching, resolve_database_url
+from support_worker.store.schema import check_schema_current
+from support_worker.store.urls import connect_options, direct_url
 
 logger = logging.getLogger("support_worker.db")
-
-
-class AuditAction(StrEnum):
-    """The closed vocabulary of the audit trail.
-
-    The one definition: migrating copies it into the `audit_actions` lookup table that
-    `audit_log.action` references (`sync_audit_actions`), so a typo fails in Python and in
-    Postgres alike. Adding an action is one line here, then `support-worker migrate`.
-    """
-
-    MESSAGE_RECEIVED = "message_received"
-    REPLY_SENT = "reply_sent"
-    REFUND_REQUESTED = "refund_requested"
-    REFUND_ISSUED = "refund_issued"
-    REFUND_BLOCKED = "refund_blocked"
-    DECISION_RECORDED = "decision_recorded"
-    DECISION_IGNORED = "decision_ignored"
-    EVENT_REJECTED = "event_rejected"
-    EVENT_DUPLICATE = "event_duplicate"
-    HEALTH_CHECK_COMPLETED = "health_check_completed"
-    RUN_FAILED = "run_failed"
-    REVIEWER_NOTIFIED = "reviewer_notified"
-    REFUND_WITHDRAWN = "refund_withdrawn"
-    OUTREACH_RECORDED = "outreach_recorded"
-    REVIEWER_NOTIFY_FAILED = "reviewer_notify_failed"
-    WEBHOOK_REFUSED = "webhook_refused"
-    NOTIFIER_MISCONFIGURED = "notifier_misconfigured"
-    ESCALATION_REQUESTED = "escalation_requested"
-    ESCALATION_APPROVED = "escalation_approved"
-    ESCALATION_EDITED = "escalation_edited"
-    ESCALATION_REJECTED = "escalation_rejected"
-    ESCALATION_POSTED_VIA_TIMEOUT = "escalation_posted_via_timeout"
-    MODEL_UNAVAILABLE = "model_unavailable"
 
 
 Tier = Literal["free", "pro", "enterprise"]
@@ -167,8 +135,6 @@ async def create_pool(
             reset=None if reset_sessions else keep_no_session_state,
             **options,
         )
-    from store.schema import check_schema_current  # store.schema builds on this module
-
     try:
         async with pool.acquire() as conn:
             await check_schema_current(conn)

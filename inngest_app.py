@@ -27,21 +27,11 @@ from agents import Agent, Model, RunConfig
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 
-import budget
-import conversation
 import db
-import decisions
-import escalations
-import gates
-import health
-import host
-import inbound
-import intake
-import journal
-import notify
-import refunds
 import worker
-from events import (
+from support_worker.conversation import intake
+from support_worker.conversation import loop as conversation
+from support_worker.core.events import (
     APPROVAL_DECIDED,
     EMAIL_RECEIVED,
     EMAILS_WAITING,
@@ -58,10 +48,13 @@ from events import (
     check_size,
     describe_error,
 )
-from fields import customer_id_or_none
-from settings import Settings, get_settings
-from store import activity, message_cache
-from store import escalations as escalation_store
+from support_worker.core.fields import customer_id_or_none
+from support_worker.core.settings import Settings, get_settings
+from support_worker.doors import host, inbound
+from support_worker.durable import gates, journal
+from support_worker.store import activity, message_cache
+from support_worker.store import escalations as escalation_store
+from support_worker.workflows import budget, decisions, escalations, health, notify, refunds
 
 logger = logging.getLogger("support_worker.inngest")
 

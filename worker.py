@@ -13,7 +13,6 @@ in `conversation.py`, durability in `inngest_app.py`. Run it on one email from a
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -35,10 +34,10 @@ from agents.tool_context import ToolContext
 from openai import AsyncOpenAI
 
 import db
-import refunds
-from money import format_money
-from offline_model import OfflineSupportModel
-from settings import Settings
+from support_worker.agent.offline_model import OfflineSupportModel
+from support_worker.core.money import format_money
+from support_worker.core.settings import Settings
+from support_worker.workflows import refunds
 
 AGENT_NAME = "support_agent"
 
@@ -215,13 +214,3 @@ def format_burst(customer: db.Customer, emails: list[tuple[str | None, str]]) ->
     note = f"The customer wrote {len(emails)} emails in a row; answer all of them in one reply."
     return format_email(customer, subject=emails[-1][0], body=f"{note}\n\n{parts}")
 
-
-def main() -> None:
-    """`python worker.py ...`: the terminal runner lives in the one CLI (cli.py)."""
-    import cli
-
-    sys.exit(cli.run(cli.worker_argv(sys.argv[1:])))
-
-
-if __name__ == "__main__":
-    main()

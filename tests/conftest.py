@@ -21,11 +21,11 @@ import pytest
 from tests_support import Engine, serve
 
 import db
-import migrate
-import sample_data
-from settings import Settings, get_settings
-from store import postgres, schema
+from support_worker.core.settings import Settings, get_settings
+from support_worker.store import migrate, postgres, sample_data, schema
 
+# A developer's own `.env` never changes a test's outcome (subprocesses inherit this).
+os.environ["SUPPORT_WORKER_ENV_FILE"] = os.devnull
 # Tracing would upload prompts when a key is set; tests never trace.
 agents.set_tracing_disabled(True)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import bench
+from support_worker.ops import bench
 
 
 async def test_the_quick_benchmark_meets_the_count_and_size_goals(server_url: str) -> None:

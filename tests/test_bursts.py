@@ -17,12 +17,12 @@ from agents.testing import assistant_message
 from inngest_driver import DriverError, Run
 from tests_support import EMAIL_FN, GRACE, Engine, scripted, serve, used_up
 
-import conversation
 import db
-from events import EMAIL_RECEIVED, EMAILS_WAITING
-from sample_data import ADA
-from settings import Settings
-from store import inbox
+from support_worker.conversation import loop as conversation
+from support_worker.core.events import EMAIL_RECEIVED, EMAILS_WAITING
+from support_worker.core.settings import Settings
+from support_worker.store import inbox
+from support_worker.store.sample_data import ADA
 
 RECORDER_FN = "record-customer-email"
 T0 = 1_790_000_000_000  # ms

@@ -16,8 +16,8 @@ import pytest
 from inngest_driver import cel_evaluate, cel_match
 from tests_support import EMAIL_FN, GRACE, Engine
 
-import gates
 import inngest_app
+from support_worker.durable import gates
 
 CHARGED_TWICE = {"customer_id": GRACE, "subject": "Double charge", "body": "I was charged twice for order 1003"}
 

@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 from tests_support import GRACE
 
-import cli
 import db
-from settings import Settings
+from support_worker.cli import main as cli
+from support_worker.core.settings import Settings
 
 
 def args(*argv: str) -> argparse.Namespace:

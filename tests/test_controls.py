@@ -17,16 +17,14 @@ import pytest
 from inngest_driver import WaitOp, cel_match
 from tests_support import GRACE, Engine, open_request
 
-import cli
-import conversation
 import db
-import decisions
-import policy
-import refunds
-from offline_model import OfflineSupportModel
-from sample_data import ADA
-from settings import Settings
-from store import ledger
+from support_worker.agent.offline_model import OfflineSupportModel
+from support_worker.cli import main as cli
+from support_worker.conversation import loop as conversation
+from support_worker.core.settings import Settings
+from support_worker.store import ledger
+from support_worker.store.sample_data import ADA
+from support_worker.workflows import decisions, policy, refunds
 
 ADA_CHARGED_TWICE = {"customer_id": ADA, "subject": "Double charge", "body": "I was charged twice for order 1001"}
 

@@ -19,11 +19,11 @@ from playwright.async_api import Browser, async_playwright, expect
 from tests_support import GRACE, free_port, open_request
 
 import db
-import escalations
 import inngest_app
-from offline_model import OfflineSupportModel
-from sample_data import ADA
-from settings import Settings
+from support_worker.agent.offline_model import OfflineSupportModel
+from support_worker.core.settings import Settings
+from support_worker.store.sample_data import ADA
+from support_worker.workflows import escalations
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(

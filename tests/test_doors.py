@@ -15,10 +15,10 @@ import pytest
 from inngest_driver import pool_resolver
 from tests_support import EMAIL_FN, Engine, free_port, open_request, serve
 
-import cli
 import db
-from sample_data import GRACE
-from settings import Settings
+from support_worker.cli import main as cli
+from support_worker.core.settings import Settings
+from support_worker.store.sample_data import GRACE
 
 AUTH = ("postmark", "hook-secret")
 ALICE = ("alice", "alice-pw")
@@ -302,7 +302,7 @@ async def test_cli_pending_approve_reject_and_audit(
 
 
 def test_desk_amounts_parse_as_dollars_and_refuse_anything_else() -> None:
-    from desk import parse_dollars
+    from support_worker.doors.desk import parse_dollars
 
     assert [parse_dollars(t) for t in ("12.34", "$1,299", " 5 ", "0.5", "")] == [1234, 129_900, 500, 50, None]
     for bad in ("12.345", "-3", "ten", "1e3"):
@@ -349,7 +349,7 @@ async def test_a_non_ascii_form_token_gets_403_and_changes_nothing(doors: Engine
 async def test_a_form_rendered_by_one_process_is_accepted_by_another(settings: Settings, pool: asyncpg.Pool) -> None:
     import fastapi
 
-    import desk
+    from support_worker.doors import desk
 
     shared = settings.model_copy(update={"review_desk_users": "alice:alice-pw", "desk_form_secret": "shared-secret-1"})
     announced: list[dict[str, Any]] = []

@@ -26,15 +26,14 @@ from inngest_driver import (
 )
 from tests_support import DECISION_FN, EMAIL_FN, GRACE, CountingModel, Engine, scripted, serve, trail, used_up
 
-import conversation
 import db
-import decisions
 import inngest_app
-import journal
-import notify
-from offline_model import OfflineSupportModel
-from sample_data import ADA
-from settings import Settings
+from support_worker.agent.offline_model import OfflineSupportModel
+from support_worker.conversation import loop as conversation
+from support_worker.core.settings import Settings
+from support_worker.durable import journal
+from support_worker.store.sample_data import ADA
+from support_worker.workflows import decisions, notify
 
 # The audit rows of an email whose refund a reviewer approved, in order.
 APPROVED_STORY = ["message_received", "refund_requested", "decision_recorded", "refund_issued", "reply_sent"]

@@ -27,13 +27,13 @@ from inngest_driver import InngestDriver, StubInngestServer, signed_headers
 from pydantic import ValidationError
 from tests_support import EMAIL_FN, GRACE, free_port, open_request
 
-import cli
 import db
 import inngest_app
-import refunds
-from offline_model import OfflineSupportModel
-from settings import Settings
-from store import postgres, reviews
+from support_worker.agent.offline_model import OfflineSupportModel
+from support_worker.cli import main as cli
+from support_worker.core.settings import Settings
+from support_worker.store import postgres, reviews
+from support_worker.workflows import refunds
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNING_KEY = "signkey-prod-" + "ab" * 32
@@ -188,7 +188,7 @@ async def test_the_signature_age_is_configurable(settings: Settings, monkeypatch
 
 def cli_process(*argv: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", *argv],
+        [sys.executable, "-m", "support_worker", *argv],
         cwd=cwd,
         env=env,
         stdin=subprocess.PIPE,

@@ -18,12 +18,12 @@ from fake_openai import FakeOpenAI, call
 from inngest_driver import WaitOp, cel_match, timeout_resolver
 from tests_support import GRACE, CaptureServer, Engine, serve
 
-import cli
 import db
-import escalations
-import events
-from settings import Settings
-from store import escalations as escalation_store
+from support_worker.cli import main as cli
+from support_worker.core import events
+from support_worker.core.settings import Settings
+from support_worker.store import escalations as escalation_store
+from support_worker.workflows import escalations
 
 ESCALATION_FN = "handle-escalation"
 RECORDER_FN = "record-escalation-decision"

@@ -11,12 +11,11 @@ import pytest
 from tests_support import EMAIL_FN, Engine, pay_refund, serve
 
 import db
-import health
 import inngest_app
-import sample_data
-from sample_data import ADA, ALAN, GRACE
-from settings import Settings
-from store import activity
+from support_worker.core.settings import Settings
+from support_worker.store import activity, sample_data
+from support_worker.store.sample_data import ADA, ALAN, GRACE
+from support_worker.workflows import health
 
 CRON_FN = "daily-health-check"
 CHILD_FN = "customer-health-check"

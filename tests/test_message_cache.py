@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from store import message_cache, messages
+from support_worker.store import message_cache, messages
 
 
 class CountingReads:

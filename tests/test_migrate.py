@@ -14,11 +14,9 @@ import asyncpg
 import pytest
 
 import db
-import migrate
-import sample_data
-from sample_data import ADA
-from settings import Settings
-from store import schema
+from support_worker.core.settings import Settings
+from support_worker.store import migrate, sample_data, schema
+from support_worker.store.sample_data import ADA
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -167,7 +165,7 @@ async def test_a_database_from_the_old_in_code_migrations_gets_told_to_recreate(
 async def test_migrate_and_seed_commands_on_a_fresh_database(
     empty_database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import cli
+    from support_worker.cli import main as cli
 
     settings = Settings(_env_file=None, database_url=empty_database_url)  # type: ignore[call-arg]
     # Only the environment matters here; the production checks on secrets are tested in test_settings.
@@ -198,7 +196,7 @@ async def test_migrate_and_seed_commands_on_a_fresh_database(
 def test_a_command_on_an_unmigrated_database_prints_what_to_run_not_a_traceback(empty_database_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "INNGEST"))}
     done = subprocess.run(
-        [sys.executable, "-m", "cli", "pending"],
+        [sys.executable, "-m", "support_worker", "pending"],
         cwd=ROOT,
         env=env | {"DATABASE_URL": empty_database_url},
         capture_output=True,

@@ -31,13 +31,12 @@ from fake_openai import (
 )
 from tests_support import GRACE, Engine, serve
 
-import cli
-import conversation
 import db
-import decisions
-import escalations
-from settings import Settings
-from store import escalations as escalation_store
+from support_worker.cli import main as cli
+from support_worker.conversation import loop as conversation
+from support_worker.core.settings import Settings
+from support_worker.store import escalations as escalation_store
+from support_worker.workflows import decisions, escalations
 
 pytestmark = pytest.mark.fake_openai
 
@@ -98,7 +97,7 @@ async def test_a_fault_retrying_cannot_fix_ends_the_durable_run_at_once_with_a_h
 
 
 def escalations_event() -> str:
-    import events
+    from support_worker.core import events
 
     return events.ESCALATION_REQUESTED
 

@@ -23,11 +23,11 @@ from fake_openai import FakeOpenAI, Turn, answer, call
 from openai.types.responses import Response
 from tests_support import GRACE, serve
 
-import conversation
 import db
-import decisions
-import journal
-from settings import Settings
+from support_worker.conversation import loop as conversation
+from support_worker.core.settings import Settings
+from support_worker.durable import journal
+from support_worker.workflows import decisions
 
 pytestmark = pytest.mark.fake_openai
 

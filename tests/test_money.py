@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from money import format_money
+from support_worker.core.money import format_money
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-import conversation
 import db
-import decisions
-from sample_data import ADA, ALAN, GRACE, KATHERINE, LINUS
-from settings import Settings
+from support_worker.conversation import loop as conversation
+from support_worker.core.settings import Settings
+from support_worker.store.sample_data import ADA, ALAN, GRACE, KATHERINE, LINUS
+from support_worker.workflows import decisions
 
 # (customer, email, expected refund request as (order, cents) or None, words the reply must contain)
 EMAILS: list[tuple[int, str, tuple[int, int] | None, str]] = [
@@ -58,6 +58,6 @@ async def test_offline_model_on_varied_emails(
 
 
 def test_offline_model_says_what_it_is() -> None:
-    from offline_model import OFFLINE_MODEL_NAME, OfflineSupportModel
+    from support_worker.agent.offline_model import OFFLINE_MODEL_NAME, OfflineSupportModel
 
     assert "offline" in OFFLINE_MODEL_NAME and "rule" in (OfflineSupportModel.__doc__ or "").lower()

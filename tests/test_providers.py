@@ -18,13 +18,13 @@ import pytest
 from inngest_driver import Run, timeout_resolver
 from tests_support import EMAIL_FN, GRACE, Engine, free_port, open_request, serve
 
-import cli
 import db
-import events
-import notify
-from offline_model import OfflineSupportModel
-from settings import Settings
-from store import messages
+from support_worker.agent.offline_model import OfflineSupportModel
+from support_worker.cli import main as cli
+from support_worker.core import events
+from support_worker.core.settings import Settings
+from support_worker.store import messages
+from support_worker.workflows import notify
 
 AUTH = ("postmark", "hook-secret")
 ALICE = ("alice", "alice-pw")

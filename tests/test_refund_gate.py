@@ -12,10 +12,10 @@ from agents.testing import ScriptedModel, assistant_message, function_call
 from inngest_driver import Run, WaitOp
 from tests_support import GRACE, Engine, serve, trail, used_up
 
-import conversation
 import db
-import decisions
-from settings import Settings
+from support_worker.conversation import loop as conversation
+from support_worker.core.settings import Settings
+from support_worker.workflows import decisions
 
 TWO_REFUNDS = {"customer_id": GRACE, "body": "Orders 1003 and 1004 were both charged twice."}
 

@@ -15,13 +15,12 @@ from agents.testing import ScriptedModel, assistant_message, function_call
 from pydantic import SecretStr
 from tests_support import open_request
 
-import conversation
 import db
-import decisions
-import refunds
 import worker
-from sample_data import ADA, GRACE
-from settings import Settings
+from support_worker.conversation import loop as conversation
+from support_worker.core.settings import Settings
+from support_worker.store.sample_data import ADA, GRACE
+from support_worker.workflows import decisions, refunds
 
 
 def approve(reviewer: str = "tester") -> conversation.Decider:
@@ -284,7 +283,7 @@ async def test_unreadable_refund_arguments_are_blocked_with_what_the_model_sent(
 def test_model_choice_follows_configuration(settings: Settings) -> None:
     from agents import OpenAIChatCompletionsModel, OpenAIResponsesModel
 
-    from offline_model import OfflineSupportModel
+    from support_worker.agent.offline_model import OfflineSupportModel
 
     assert isinstance(worker.build_model(settings), OfflineSupportModel)
     with_key = settings.model_copy(update={"openai_api_key": SecretStr("sk-test"), "openai_model": "gpt-test"})

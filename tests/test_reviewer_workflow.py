@@ -28,13 +28,13 @@ from tests_support import (
     used_up,
 )
 
-import cli
-import conversation
 import db
 import inngest_app
-from sample_data import ADA, ALAN
-from settings import Settings
-from store import reviews
+from support_worker.cli import main as cli
+from support_worker.conversation import loop as conversation
+from support_worker.core.settings import Settings
+from support_worker.store import reviews
+from support_worker.store.sample_data import ADA, ALAN
 
 CHARGED_TWICE = {"customer_id": GRACE, "body": "I was charged twice for order 1003"}
 ALICE = ("alice", "alice-pw")

@@ -80,7 +80,7 @@ def test_support_worker_up_starts_the_host_and_is_honest_about_the_dev_server(
     port = free_port()
     env = clean_env(DATABASE_URL=database_url, PYTHONPATH=str(ROOT), PATH=f"{fake_bin}:{os.environ['PATH']}")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "up", "--port", str(port), "--dev-server-wait", "5"],
+        [sys.executable, "-m", "support_worker", "up", "--port", str(port), "--dev-server-wait", "5"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-import settings as settings_module
-from settings import DEV_DESK_FORM_SECRET, Settings
+from support_worker.core import settings as settings_module
+from support_worker.core.settings import DEV_DESK_FORM_SECRET, Settings
 
 SAFE_PRODUCTION: dict[str, Any] = {
     "environment": "production",
@@ -190,7 +190,7 @@ def test_env_file_is_read_once_and_only_inngest_dev_is_exported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / ".env").write_text("INNGEST_DEV=http://127.0.0.1:9999\nWEBHOOK_PASSWORD=from-dotenv\n")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SUPPORT_WORKER_ENV_FILE", str(tmp_path / ".env"))
     for key in ("INNGEST_DEV", "WEBHOOK_PASSWORD"):
         monkeypatch.setenv(key, "")  # so that monkeypatch restores whatever get_settings exports
         monkeypatch.delenv(key)
@@ -204,7 +204,7 @@ def test_env_file_is_read_once_and_only_inngest_dev_is_exported(
 
 def test_the_real_environment_wins_over_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / ".env").write_text("INNGEST_DEV=1\n")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SUPPORT_WORKER_ENV_FILE", str(tmp_path / ".env"))
     monkeypatch.setenv("INNGEST_DEV", "http://127.0.0.1:7777")
     settings_module.get_settings.cache_clear()
     assert settings_module.get_settings().inngest_dev == "http://127.0.0.1:7777"

@@ -20,12 +20,11 @@ from agents.testing import ScriptedModel
 from inngest_driver import InngestDriver, Run, StubInngestServer, WaitOp, cel_match
 
 import db
-import decisions
 import inngest_app
-import refunds
-from offline_model import OfflineSupportModel
-from sample_data import ADA, ALAN, GRACE, KATHERINE, LINUS  # noqa: F401  (re-exported for tests)
-from settings import Settings
+from support_worker.agent.offline_model import OfflineSupportModel
+from support_worker.core.settings import Settings
+from support_worker.store.sample_data import ADA, ALAN, GRACE, KATHERINE, LINUS  # noqa: F401  (re-exported for tests)
+from support_worker.workflows import decisions, refunds
 
 EMAIL_FN = "handle-customer-email"
 DECISION_FN = "record-refund-decision"

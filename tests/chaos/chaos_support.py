@@ -25,7 +25,7 @@ from inngest_driver import InngestDriver, StubInngestServer
 from tests_support import free_port
 
 import db
-from money import format_money
+from support_worker.core.money import format_money
 
 ROOT = Path(__file__).resolve().parents[2]
 DESK_USERS = {"ada": "pw-ada", "alan": "pw-alan", "grace": "pw-grace"}

@@ -14,11 +14,11 @@ import pytest
 from inngest_driver import InngestDriver, StubInngestServer, WaitOp, stub_resolver, timeout_resolver
 from tests_support import DECISION_FN, EMAIL_FN
 
-import cli
 import db
 import inngest_app
 from chaos.chaos_support import CHARGED_TWICE, DESK_USERS, Host, Ledger, assert_story
-from settings import Settings
+from support_worker.cli import main as cli
+from support_worker.core.settings import Settings
 
 # Deselected by default (minutes of fault injection); CI runs `pytest -n auto -m chaos`.
 pytestmark = pytest.mark.chaos

@@ -18,10 +18,9 @@ from tests_support import EMAIL_FN, CountingModel, Engine, serve
 
 import db
 import inngest_app
-import sample_data
 from chaos.chaos_support import CHARGED_TWICE, Host, Ledger, assert_story
-from settings import Settings
-from store import schema
+from support_worker.core.settings import Settings
+from support_worker.store import sample_data, schema
 
 # Deselected by default (minutes of fault injection); CI runs `pytest -n auto -m chaos`.
 pytestmark = pytest.mark.chaos

@@ -1,0 +1,414 @@
+"""The reviewers' approval desk: a small server-rendered page to approve or reject refunds.
+
+Reviewers sign in with HTTP basic auth (FastAPI's `HTTPBasic`) against REVIEW_DESK_USERS;
+the user name is the reviewer identity recorded with each decision. A decision is recorded in
+Postgres first (the first decision on a live request wins) and then announced through
+`announce`, which the host wires to the engine's `refund/approval.decided` event. Pages come
+from Jinja2 templates in `templates/` with autoescaping, so customer text can never become
+markup; every response carries a Content-Security-Policy without 'unsafe-inline' (the page's
+script and styles are files in `static/`). This module knows nothing about Inngest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import asyncpg
+import jinja2
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import db
+from support_worker.core.fields import MAX_ID
+from support_worker.core.money import format_money
+from support_worker.core.settings import Settings
+from support_worker.doors.ingress import credentials_match
+from support_worker.store import approvals, reviews
+from support_worker.store import escalations as escalation_store
+from support_worker.workflows import decisions, escalations, notify
+
+logger = logging.getLogger("support_worker.desk")
+
+Announce = Callable[[dict[str, Any]], Awaitable[None]]
+
+IGNORED_REASONS = {
+    "unknown_request": "There is no such refund request.",
+    "already_decided": "This request was already decided",
+    "expired": "This request expired before a decision; nothing was changed.",
+    "same_decision": "This decision was already recorded.",
+    "amount_raised": "An edit may only lower the amount, never raise it; nothing was changed.",
+    "bad_amount": "The edited amount must be a positive amount of money; nothing was changed.",
+    "recorded": "Recorded.",
+    "same_reviewer": (
+        "You have already approved this refund; the second approval must come from a different reviewer."
+        " Nothing was changed."
+    ),
+    "no_waiting_run": (
+        "This request was opened by a terminal session (support-worker answer), which decides it at its own "
+        "prompt; no run waits for another decision, so nothing was changed and nothing will be paid."
+    ),
+}
+
+# What each audit action means to someone watching a run, for the live status stream.
+STATUS_LINES = {
+    "message_received": "received, drafting a reply",
+    "refund_requested": "waiting for approval",
+    "reviewer_notified": "waiting for approval (reviewers notified)",
+    "decision_recorded": "decision recorded",
+    "refund_withdrawn": "withdrawn by the customer",
+    "refund_issued": "refund issued",
+    "refund_blocked": "refund not issued",
+    "reply_sent": "reply sent",
+    "run_failed": "failed",
+    "event_rejected": "rejected",
+    "event_duplicate": "duplicate, already answered",
+    "escalation_requested": "handed to a person (escalated)",
+    "model_unavailable": "the model did not answer",
+}
+FINAL_ACTIONS = {"reply_sent", "run_failed", "event_rejected", "event_duplicate"}
+
+
+def parse_dollars(text: str) -> int | None:
+    """Dollars as a reviewer types them ("12.34", "$1,299") to cents; None for an empty field."""
+    cleaned = text.strip().removeprefix("$")
+    if not cleaned:
+        return None
+    # Commas only as thousands separators: "1,299.00" yes, "12,3.4" no.
+    if not re.fullmatch(r"(\d{1,3}(,\d{3})+|\d+)(\.\d{1,2})?", cleaned):
+        raise ValueError(f"not an amount: {text!r}")
+    cleaned = cleaned.replace(",", "")
+    whole, _, fraction = cleaned.partition(".")
+    cents = int(whole) * 100 + int((fraction + "00")[:2])
+    if cents > MAX_ID:
+        raise ValueError(f"too large to be an amount of money: {text!r}")
+    return cents
+
+
+async def status_events(
+    pool: asyncpg.Pool, run_id: str, *, poll_seconds: float = 0.5, max_seconds: float = 900
+) -> AsyncIterator[str]:
+    """Server-sent events for one run, fed by its audit rows, ending when the run does.
+
+    The audit trail is already the run's story, written once per step; streaming it needs
+    no engine feature and works the same against the dev server, Cloud or self-hosted.
+    """
+    last_id, waited = 0, 0.0
+    while waited < max_seconds:
+        for entry in await db.list_audit(pool, run_id=run_id, after_id=last_id):
+            last_id, action = entry.id, entry.action.value
+            payload = {"run_id": run_id, "action": action, "line": STATUS_LINES.get(action, action), "at": entry.at}
+            yield f"data: {json.dumps(payload)}\n\n"
+            if action in FINAL_ACTIONS:
+                return
+        await asyncio.sleep(poll_seconds)
+        waited += poll_seconds
+
+
+def describe_outcome(outcome: decisions.DecisionOutcome, announced: bool) -> str:
+    """One sentence for the reviewer about what their click did."""
+    request = outcome.request
+    if outcome.applied and request is not None:
+        verb = "Rejected" if request.status == "rejected" else "Approved"
+        edit = ""
+        if request.approved_amount_cents is not None:
+            lowered, requested = format_money(request.approved_amount_cents), format_money(request.amount_cents)
+            edit = f" at {lowered} (lowered from {requested})"
+        if request.edited_reply:
+            edit += " with your reply"
+        tail = "" if announced else " (recorded; the waiting run will pick it up when it next checks)"
+        if request.approvals_needed > 1 and request.status != "rejected":
+            count = f"{len(outcome.approvers)} of {request.approvals_needed} approvals: {', '.join(outcome.approvers)}"
+            if request.status == "pending":
+                count += "; a different reviewer must approve before anything is paid"
+            edit = f" ({count}){edit}"
+        return f"{verb} refund {request.id} for order {request.order_id}{edit}{tail}."
+    message = IGNORED_REASONS[outcome.reason]
+    if outcome.reason == "already_decided" and request is not None:
+        message += f": {request.status} by {request.reviewer}. Nothing was changed."
+    return message
+
+
+def time_left(seconds: int) -> str:
+    """What a reviewer reads for the time a request has left: "3h 59m left", "59m left"."""
+    hours, rest = divmod(max(seconds, 0), 3600)
+    return f"{hours}h {rest // 60:02d}m left" if hours else f"{rest // 60}m left"
+
+
+# Every desk response carries these, refusals included: the desk is a page that decides
+# money, so it may not be framed (clickjacking), leak its URLs, or run any inline script.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+STATIC_FILES = {"desk.js": "text/javascript", "desk.css": "text/css"}
+REFUSAL_TITLES = {
+    401: "Sign in to review refunds",
+    403: "This form cannot be used",
+    503: "The review desk is closed",
+}
+REALM = "refund reviews"
+# Module level, not inside a factory: FastAPI resolves these postponed annotations from the
+# module's globals. auto_error=False so the closed desk answers 503 before asking to sign in.
+basic_credentials = HTTPBasic(realm=REALM, auto_error=False)
+
+# Package data, installed beside this module (pyproject), so the desk works from any folder.
+DOORS_DIR = Path(__file__).resolve().parent
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.FileSystemLoader(DOORS_DIR / "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+    )
+)
+templates.env.filters["money"] = format_money
+templates.env.filters["time_left"] = time_left
+
+
+def refusal_page(request: Request, error: StarletteHTTPException) -> Response:
+    """An HTML page for a refused desk request, keeping the error's headers (WWW-Authenticate)."""
+    context = {"title": REFUSAL_TITLES.get(error.status_code, "Refused"), "detail": error.detail}
+    return templates.TemplateResponse(
+        request, "refusal.html", context, status_code=error.status_code, headers=error.headers
+    )
+
+
+class DeskRoute(APIRoute):
+    """A route whose every response, a refusal raised by a dependency included, carries the
+    security headers. App-level exception handlers run outside the router, too late to add them."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def secured(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except StarletteHTTPException as error:
+                response = refusal_page(request, error)
+            except RequestValidationError as error:
+                response = await request_validation_exception_handler(request, error)
+            response.headers.update(SECURITY_HEADERS)
+            return response
+
+        return secured
+
+
+def form_token(settings: Settings, *, reviewer: str, request_id: str) -> str:
+    """The token a desk form carries, bound to the reviewer and the request.
+
+    Basic-auth credentials are sent by the browser automatically, so without it another site
+    could post a decision. Signed with DESK_FORM_SECRET, so any process sharing the setting
+    accepts a form another one rendered.
+    """
+    secret = settings.desk_form_secret.get_secret_value().encode()
+    return hmac.new(secret, f"{reviewer}:{request_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def signed_in_reviewer(settings: Settings) -> Callable[..., str]:
+    """A dependency: the signed-in reviewer's name, or a 503 (desk closed) or 401 refusal."""
+
+    def reviewer(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic_credentials)]) -> str:
+        users = settings.reviewers
+        if not users:
+            raise HTTPException(503, "Set REVIEW_DESK_USERS (e.g. alice:a-long-password) to open it.")
+        # Every pair is compared, so the time taken does not say which names exist.
+        matches = [
+            name
+            for name, password in users.items()
+            if credentials is not None and credentials_match(credentials, username=name, password=password)
+        ]
+        if not matches:
+            raise HTTPException(
+                401, "Sign in with your desk name and password.", {"WWW-Authenticate": f'Basic realm="{REALM}"'}
+            )
+        return matches[0]
+
+    return reviewer
+
+
+class PendingEscalation(BaseModel):
+    escalation: escalation_store.Escalation
+    customer_name: str
+
+
+async def pending_escalations(pool: asyncpg.Pool) -> list[PendingEscalation]:
+    return [
+        PendingEscalation(escalation=e, customer_name=name)
+        for e, name in await escalation_store.list_pending_escalations(pool)
+    ]
+
+
+ESCALATION_REASONS = {
+    "unknown_request": "There is no such escalation.",
+    "already_decided": "This escalation was already decided",
+    "expired": "This escalation timed out before a decision; nothing was changed.",
+    "same_decision": "This decision was already recorded.",
+    "no_text": "Edit needs the text to post; nothing was changed.",
+}
+
+
+def describe_escalation_outcome(outcome: escalations.DecisionOutcome, announced: bool) -> str:
+    """One sentence for the reviewer about what their decision on an escalation did."""
+    escalation = outcome.escalation
+    if outcome.applied and escalation is not None:
+        tail = "" if announced else " (recorded; the waiting run will pick it up when it next checks)"
+        return f"Escalation {escalation.id}: {escalation.status}{tail}."
+    message = ESCALATION_REASONS[outcome.reason]
+    if outcome.reason == "already_decided" and escalation is not None:
+        message += f": {escalation.status} by {escalation.reviewer}. Nothing was changed."
+    return message
+
+
+async def _page_context(settings: Settings, pool: asyncpg.Pool, *, reviewer: str, msg: str) -> dict[str, Any]:
+    """What the desk page shows: waiting refunds with their approvals, escalations, a flash."""
+    waiting = await reviews.list_pending_reviews(pool)
+    return {
+        "reviews": waiting,
+        "approvals": await approvals.approvals_by_request(pool, request_ids=[r.request.id for r in waiting]),
+        "escalations": await pending_escalations(pool),
+        "reviewer": reviewer,
+        # A notifier Slack refuses (a revoked URL) is said at the top until it works again.
+        "flash": " ".join(filter(None, [await notify.configuration_problem(pool), msg[:300]])),
+        "token_for": lambda request_id: form_token(settings, reviewer=reviewer, request_id=request_id),
+    }
+
+
+def _check_form(settings: Settings, *, reviewer: str, request_id: str, csrf: str, decision: str) -> None:
+    """Refuse a decision form the desk did not send (403) or that chose nothing (400)."""
+    expected = form_token(settings, reviewer=reviewer, request_id=request_id)
+    # Bytes, so a token with non-ASCII characters is a mismatch (403), not a TypeError.
+    if not secrets.compare_digest(csrf.encode(), expected.encode()):
+        raise HTTPException(403, "This form is stale or was not sent from the desk. Reload the desk.")
+    if decision not in ("approve", "reject"):
+        raise HTTPException(400, "Choose Approve or Reject.")
+
+
+def _form_decision(
+    request_id: str, decision: str, *, reviewer: str, note: str, amount_cents: int | None, reply: str
+) -> decisions.Decision:
+    """The desk form's fields as a reviewer's decision (note and reply trimmed)."""
+    return decisions.Decision(
+        request_id=request_id,
+        approved=decision == "approve",
+        reviewer=reviewer,
+        note=note.strip()[:2000] or None,
+        amount_cents=amount_cents,
+        reply=reply.strip() or None,
+    )
+
+
+def build_router(
+    settings: Settings,
+    *,
+    get_pool: Callable[[], asyncpg.Pool],
+    announce: Announce,
+    announce_escalation: Announce | None = None,
+) -> APIRouter:
+    """The desk's routes: the page, its static files, the live status stream and decisions."""
+    router = APIRouter(route_class=DeskRoute)
+    signed_in = signed_in_reviewer(settings)
+
+    @router.get("/reviews")
+    async def reviews_page(request: Request, reviewer: str = Depends(signed_in), msg: str = "") -> Response:
+        context = await _page_context(settings, get_pool(), reviewer=reviewer, msg=msg)
+        return templates.TemplateResponse(request, "desk.html", context)
+
+    @router.get("/reviews/static/{name}")
+    async def static_file(name: str) -> Response:
+        """The page's script and stylesheet (files, so the CSP needs no 'unsafe-inline')."""
+        if name not in STATIC_FILES:
+            raise HTTPException(404, "No such file.")
+        return FileResponse(DOORS_DIR / "static" / name, media_type=STATIC_FILES[name])
+
+    @router.get("/runs/{run_id}/status")
+    async def run_status(run_id: str, reviewer: str = Depends(signed_in)) -> Response:
+        """Live status lines for one run, as server-sent events (reviewers only)."""
+        return StreamingResponse(
+            status_events(get_pool(), run_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @router.post("/reviews/{request_id}")
+    async def decide(
+        request_id: str,
+        decision: Annotated[str, Form()],
+        # A default, not Annotated: `signed_in` is local, and annotations here are strings
+        # FastAPI resolves from the module's globals.
+        reviewer: str = Depends(signed_in),
+        csrf: Annotated[str, Form()] = "",
+        note: Annotated[str, Form()] = "",
+        amount: Annotated[str, Form()] = "",
+        reply: Annotated[str, Form()] = "",
+    ) -> Response:
+        _check_form(settings, reviewer=reviewer, request_id=request_id, csrf=csrf, decision=decision)
+        try:
+            amount_cents = parse_dollars(amount) if decision == "approve" else None
+        except ValueError:
+            message = f"{amount!r} is not an amount; write it like 12.34. Nothing was changed."
+            return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
+        choice = _form_decision(
+            request_id, decision, reviewer=reviewer, note=note, amount_cents=amount_cents, reply=reply
+        )
+        outcome, announced = await decisions.submit_decision(get_pool(), choice, announce=announce, via="desk")
+        message = describe_outcome(outcome, announced)
+        return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
+
+    _add_escalation_routes(router, settings, signed_in, get_pool, announce_escalation or _nobody)
+    return router
+
+
+def _add_escalation_routes(
+    router: APIRouter,
+    settings: Settings,
+    signed_in: Callable[..., str],
+    get_pool: Callable[[], asyncpg.Pool],
+    announce_escalation: Announce,
+) -> None:
+    """The escalation decision beside the refund one: the same sign-in and form tokens."""
+
+    @router.post("/reviews/escalations/{escalation_id}")
+    async def decide_escalation(
+        escalation_id: str,
+        decision: Annotated[str, Form()],
+        reviewer: str = Depends(signed_in),
+        csrf: Annotated[str, Form()] = "",
+        edited_text: Annotated[str, Form()] = "",
+    ) -> Response:
+        expected = form_token(settings, reviewer=reviewer, request_id=escalation_id)
+        if not secrets.compare_digest(csrf.encode(), expected.encode()):
+            raise HTTPException(403, "This form is stale or was not sent from the desk. Reload the desk.")
+        if decision not in ("approve", "edit", "reject"):
+            raise HTTPException(400, "Choose Approve, Edit or Reject.")
+        choice = escalations.Decision(
+            request_id=escalation_id,
+            decision=decision,  # type: ignore[arg-type]
+            reviewer=reviewer,
+            edited_text=edited_text.strip() or None,
+        )
+        outcome, announced = await escalations.submit_decision(
+            get_pool(), choice, announce=announce_escalation, via="desk"
+        )
+        message = describe_escalation_outcome(outcome, announced)
+        return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
+
+
+async def _nobody(data: dict[str, Any]) -> None:
+    raise RuntimeError("no engine to announce escalation decisions to")

@@ -1,0 +1,253 @@
+"""The human gates' durable waits, engine-free: a paused refund opened, reviewers told, and a
+decision awaited in slices that re-read Postgres; the same slices for escalations.
+
+Like journal.py, this module takes the engine's step object as a parameter (`Step`: `run`
+and `wait_for_event`, which Inngest's `ctx.step` has) and never imports the engine; what is
+engine-specific (Slack's Retry-After as a retry of the step) arrives as a callable. Every
+step id comes from data (`open-refund-<call>`, `await-approval-<request>-<round>`), never
+from call order, so a new release never shifts the steps of a run paused for hours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from functools import partial
+from typing import Any, Protocol
+
+import asyncpg
+from agents import ToolApprovalItem
+from pydantic import BaseModel, ValidationError
+
+import db
+import worker
+from support_worker.core.events import APPROVAL_DECIDED, ESCALATION_DECIDED, ApprovalDecided, describe_error
+from support_worker.core.settings import Settings
+from support_worker.workflows import decisions, escalations, refunds
+
+# Malformed or refused decisions a waiting gate hears out before it stops listening early.
+MAX_IGNORED_DECISIONS = 20
+# Tells reviewers about a request; the engine decides what a rate limit means (a step retry).
+TellReviewers = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+class Step(Protocol):
+    """What a gate needs from a durable engine: memoized steps and waits for an event."""
+
+    async def run(self, step_id: str, handler: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any: ...
+
+    async def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        if_exp: str | None = None,
+        timeout: timedelta,  # noqa: ASYNC109 (the engine's signature: a durable wait, not a deadline)
+    ) -> Any: ...
+
+
+class DecisionCheck(BaseModel):
+    """A waiting request as Postgres has it, read before each slice of the wait."""
+
+    status: str  # a refund request's or an escalation's status; "pending" while it waits
+    seconds_left: float
+
+
+class OpenedRefund(BaseModel):
+    """One step's work for a paused refund: the request opened (or refused), reviewers told,
+    and the request's status read once, so an early decision skips the wait."""
+
+    outcome: refunds.GateOutcome
+    notified: dict[str, Any] | None = None
+    check: DecisionCheck | None = None
+
+
+async def refund_gate(
+    step: Step,
+    context: worker.SupportContext,
+    item: ToolApprovalItem,
+    *,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    tell: TellReviewers,
+) -> refunds.GateOutcome:
+    """Open a request (the policy first), tell reviewers, and wait for a decision in slices
+    that re-read Postgres, so a decision recorded anywhere settles within one slice even if
+    its announcement never arrived. Every step id comes from the request, never call order."""
+    call_id = item.call_id or "unknown-call"
+    open_request = partial(
+        refunds.open_request,
+        pool,
+        run_id=context.run_id,
+        customer_id=context.customer_id,
+        customer_message=context.customer_message,
+        call_id=call_id,
+        raw_arguments=item.arguments,
+        ttl_seconds=settings.refund_approval_timeout_seconds,
+        four_eyes_cents=settings.refund_four_eyes_cents,
+    )
+    opened = await step.run(
+        f"open-refund-{call_id}",
+        partial(_open_refund, pool, open_request, tell),
+        output_type=OpenedRefund,
+    )
+    if opened.outcome.status != "pending" or opened.outcome.request_id is None or opened.check is None:
+        return opened.outcome
+    request_id = opened.outcome.request_id
+    return await _await_decision(step, pool, settings, request_id, first_check=opened.check)
+
+
+async def _open_refund(pool: asyncpg.Pool, open_request: partial[Any], tell: TellReviewers) -> OpenedRefund:
+    """Open the request, tell reviewers, read its status: each side effect idempotent by key
+    (the request by run and call, the notice by request and channel), so a retried step
+    repeats none. A failing notifier retries the step (Slack's Retry-After honoured); on the
+    step's last attempt it is audited and given up, never costing the refund."""
+    outcome: refunds.GateOutcome = await open_request()
+    if outcome.status != "pending" or outcome.request_id is None:
+        return OpenedRefund(outcome=outcome)
+    notified = await tell(outcome.request_id)
+    check = await _check_decision(pool, outcome.request_id)
+    return OpenedRefund(outcome=outcome, notified=notified, check=check)
+
+
+def decision_match(request_id: str) -> str:
+    """The wait's CEL match: a decision about this request. The id is quoted as JSON, which is
+    a valid CEL string literal for any text (astral characters written as themselves)."""
+    return f"async.data.request_id == {json.dumps(request_id, ensure_ascii=False)}"
+
+
+async def _check_decision(pool: asyncpg.Pool, request_id: str) -> DecisionCheck:
+    request = await db.get_refund_request(pool, request_id=request_id)
+    if request is None:
+        raise LookupError(f"refund request {request_id} vanished")
+    return DecisionCheck(status=request.status, seconds_left=request.seconds_left)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlicedWait:
+    """One human gate's wait: which event decides it, how its steps are named, how long it
+    may take, how to re-read Postgres, and what to do with a decision that arrives."""
+
+    subject_id: str
+    event: str
+    check_prefix: str  # e.g. "check-decision": step `check-decision-<id>-<round>`
+    await_prefix: str  # e.g. "await-approval": wait `await-approval-<id>-<round>`
+    timeout_seconds: int
+    check: Callable[[], Awaitable[DecisionCheck]]
+    # Handles one matching event inside its own steps; True when that settled the gate.
+    on_event: Callable[[Any, int], Awaitable[bool]]
+
+
+async def wait_in_slices(
+    step: Step, wait: SlicedWait, *, recheck_seconds: int, first_check: DecisionCheck | None = None
+) -> None:
+    """Wait for a decision in slices of DECISION_RECHECK_MINUTES that re-read Postgres between
+    them, so a decision recorded anywhere (its event lost, or sent before the wait began: the
+    engine never looks back) settles within one slice. Each round either uses up a slice or
+    hears one event, so the rounds are bounded; every step id carries the subject and round."""
+    slice_seconds = recheck_seconds
+    max_rounds = math.ceil(wait.timeout_seconds / slice_seconds) + MAX_IGNORED_DECISIONS + 1
+    for round_no in range(1, max_rounds + 1):
+        check = first_check if round_no == 1 and first_check else None
+        if check is None:
+            step_id = f"{wait.check_prefix}-{wait.subject_id}-{round_no}"
+            check = await step.run(step_id, wait.check, output_type=DecisionCheck)
+        if check.status != "pending" or check.seconds_left <= 0:
+            return
+        wait_seconds = min(math.ceil(check.seconds_left), slice_seconds)
+        event = await step.wait_for_event(
+            f"{wait.await_prefix}-{wait.subject_id}-{round_no}",
+            event=wait.event,
+            if_exp=decision_match(wait.subject_id),
+            timeout=timedelta(seconds=wait_seconds),
+        )
+        if event is None:
+            if wait_seconds >= check.seconds_left:
+                return  # the engine waited out the whole deadline
+            continue  # a slice ran out: re-read Postgres, then wait for what time is left
+        if await wait.on_event(event, round_no):
+            return
+
+
+async def _await_decision(
+    step: Step, pool: asyncpg.Pool, settings: Settings, request_id: str, *, first_check: DecisionCheck
+) -> refunds.GateOutcome:
+    """The refund gate's wait. A malformed decision is audited and the wait goes on; one
+    Postgres refuses (an edit raising the amount) leaves the request pending: also goes on."""
+    settle = partial(refunds.settle, pool, request_id=request_id)
+    settled: list[refunds.GateOutcome] = []
+
+    async def on_event(event: Any, round_no: int) -> bool:
+        try:
+            decision = ApprovalDecided.model_validate(dict(event.data))
+        except ValidationError as error:
+            why = f"malformed decision: {describe_error(error)}"
+            event_id = event.id or f"{request_id}-{round_no}"
+            ignore = partial(_ignore_malformed, pool, request_id, event_id=event_id, why=why)
+            await step.run(f"ignore-decision-{request_id}-{round_no}", ignore)
+            return False
+        apply = partial(settle, decision=decision, decision_id=decision.decision_id or event.id)
+        outcome = await step.run(f"settle-refund-{request_id}-{round_no}", apply, output_type=refunds.GateOutcome)
+        settled.append(outcome)
+        return outcome.status != "pending"
+
+    wait = SlicedWait(
+        subject_id=request_id,
+        event=APPROVAL_DECIDED,
+        check_prefix="check-decision",
+        await_prefix="await-approval",
+        timeout_seconds=settings.refund_approval_timeout_seconds,
+        check=partial(_check_decision, pool, request_id),
+        on_event=on_event,
+    )
+    await wait_in_slices(step, wait, recheck_seconds=settings.decision_recheck_minutes * 60, first_check=first_check)
+    if settled and settled[-1].status != "pending":
+        return settled[-1]
+    final = partial(settle, decision=None, decision_id=None, time_is_up=True)
+    return await step.run(f"settle-refund-{request_id}", final, output_type=refunds.GateOutcome)
+
+
+async def _ignore_malformed(pool: asyncpg.Pool, request_id: str, *, event_id: str, why: str) -> None:
+    request = await db.get_refund_request(pool, request_id=request_id)
+    await decisions.audit_decision_ignored(
+        pool, key=f"wait:{event_id}", request_id=request_id, why=why, request=request, event_id=event_id
+    )
+
+
+async def _escalation_state(pool: asyncpg.Pool, escalation_id: str) -> DecisionCheck:
+    state = await escalations.waiting_state(pool, escalation_id)
+    return DecisionCheck(status=state.status, seconds_left=state.seconds_left)
+
+
+async def await_escalation_decision(
+    step: Step, pool: asyncpg.Pool, settings: Settings, escalation_id: str, *, run_id: str
+) -> None:
+    """The escalation's wait: the refund gate's slices; each decision is recorded (or its
+    refusal audited) and the next round's check sees whether it settled the escalation."""
+
+    async def on_event(event: Any, round_no: int) -> bool:
+        record = partial(
+            escalations.record_event,
+            pool,
+            dict(event.data),
+            event_id=event.id or f"{escalation_id}-{round_no}",
+            run_id=run_id,
+            expected_id=escalation_id,
+        )
+        step_id = f"record-escalation-decision-{escalation_id}-{round_no}"
+        await step.run(step_id, record, output_type=escalations.EventRecorded)
+        return False
+
+    wait = SlicedWait(
+        subject_id=escalation_id,
+        event=ESCALATION_DECIDED,
+        check_prefix="check-escalation",
+        await_prefix="await-escalation",
+        timeout_seconds=settings.escalation_timeout_seconds,
+        check=partial(_escalation_state, pool, escalation_id),
+        on_event=on_event,
+    )
+    await wait_in_slices(step, wait, recheck_seconds=settings.decision_recheck_minutes * 60)
