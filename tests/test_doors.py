@@ -17,6 +17,7 @@ from tests_support import EMAIL_FN, Engine, free_port, open_request, serve
 
 import db
 from support_worker.cli import main as cli
+from support_worker.cli import sending as cli_sending
 from support_worker.core.settings import Settings
 from support_worker.store.sample_data import GRACE
 
@@ -432,7 +433,7 @@ async def test_cli_send_email_prints_the_event_id_and_the_run_with_its_dashboard
 async def test_cli_send_email_says_when_the_dev_server_started_no_run_in_time(
     doors: Engine, settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "RUN_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(cli_sending, "RUN_WAIT_SECONDS", 0.3)
     assert await cli.run_async(args("send-email", "--customer", GRACE, "Where is order 1004?"), settings) == 0
     out = capsys.readouterr().out
     [event] = doors.stub.events

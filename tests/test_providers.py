@@ -20,7 +20,7 @@ from tests_support import EMAIL_FN, GRACE, Engine, free_port, open_request, serv
 
 import db
 from support_worker.agent.offline_model import OfflineSupportModel
-from support_worker.cli import main as cli
+from support_worker.cli import database as cli_database
 from support_worker.core import events
 from support_worker.core.settings import Settings
 from support_worker.store import messages
@@ -413,7 +413,7 @@ async def test_a_misconfigured_webhook_is_audited_once_never_retried_and_shown(
         assert row.detail["status"] == status
         page = (await engine.driver.http.get("/reviews", auth=ALICE)).text
         assert f"Reviewer notifications are failing: REVIEWER_WEBHOOK_URL answered {status}" in page
-    assert "answered" in await cli.notifier_status(tuned)
+    assert "answered" in await cli_database.notifier_status(tuned)
 
 
 async def test_a_delivery_after_the_fix_clears_the_desk_line(
