@@ -28,11 +28,12 @@ import jinja2
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
@@ -103,7 +104,7 @@ def parse_dollars(text: str) -> int | None:
 
 async def status_events(
     pool: asyncpg.Pool, run_id: str, *, poll_seconds: float = 0.5, max_seconds: float = 900
-) -> AsyncIterator[str]:
+) -> AsyncIterator[dict[str, str]]:
     """Server-sent events for one run, fed by its audit rows, ending when the run does.
 
     The audit trail is already the run's story, written once per step; streaming it needs
@@ -114,7 +115,7 @@ async def status_events(
         for entry in await db.list_audit(pool, run_id=run_id, after_id=last_id):
             last_id, action = entry.id, entry.action.value
             payload = {"run_id": run_id, "action": action, "line": STATUS_LINES.get(action, action), "at": entry.at}
-            yield f"data: {json.dumps(payload)}\n\n"
+            yield {"data": json.dumps(payload)}
             if action in FINAL_ACTIONS:
                 return
         await asyncio.sleep(poll_seconds)
@@ -340,11 +341,9 @@ def build_router(
     @router.get("/runs/{run_id}/status")
     async def run_status(run_id: str, reviewer: str = Depends(signed_in)) -> Response:
         """Live status lines for one run, as server-sent events (reviewers only)."""
-        return StreamingResponse(
-            status_events(get_pool(), run_id),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        # sse-starlette frames the events, keeps proxies from closing an idle stream with
+        # pings, and stops reading the audit trail when the reviewer leaves or the host stops.
+        return EventSourceResponse(status_events(get_pool(), run_id))
 
     @router.post("/reviews/{request_id}")
     async def decide(
