@@ -6,11 +6,13 @@ import argparse
 import hashlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
+import itsdangerous
 import pytest
 from inngest_driver import pool_resolver
 from tests_support import EMAIL_FN, Engine, free_port, open_request, serve
@@ -19,6 +21,7 @@ import db
 from support_worker.cli import main as cli
 from support_worker.cli import sending as cli_sending
 from support_worker.core.settings import Settings
+from support_worker.doors import desk
 from support_worker.store.sample_data import GRACE
 
 AUTH = ("postmark", "hook-secret")
@@ -169,7 +172,7 @@ async def pending_request(pool: asyncpg.Pool, order_id: int = 1003, cents: int =
 
 
 def csrf_for(page: str, request_id: str) -> str:
-    match = re.search(rf'id="{request_id}".*?name="csrf" value="([0-9a-f]+)"', page, re.S)
+    match = re.search(rf'id="{request_id}".*?name="csrf" value="([^"]+)"', page, re.S)
     assert match, page
     return match.group(1)
 
@@ -264,6 +267,31 @@ async def test_a_forged_form_without_the_desk_token_is_refused(doors: Engine) ->
     assert res.status_code == 403
     stored = await db.get_refund_request(doors.pool, request_id=request.id)
     assert stored is not None and stored.status == "pending"
+
+
+async def test_a_desk_form_that_outlived_every_wait_or_was_signed_for_someone_else_is_refused(
+    doors: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = await pending_request(doors.pool)
+    too_old = desk.form_max_age_seconds(settings) + 60
+    with monkeypatch.context() as past:  # signed that long ago, with the desk's own secret
+        past.setattr(itsdangerous.TimestampSigner, "get_timestamp", lambda self: int(time.time()) - too_old)
+        stale = desk.form_token(settings, reviewer=ALICE[0], request_id=request.id)
+    refused = [
+        stale,
+        desk.form_token(settings, reviewer="bob", request_id=request.id),
+        desk.form_token(settings, reviewer=ALICE[0], request_id="rr_another"),
+    ]
+    for token in refused:
+        res = await http(doors).post(f"/reviews/{request.id}", data={"decision": "approve", "csrf": token}, auth=ALICE)
+        assert res.status_code == 403 and "stale" in res.text
+    stored = await db.get_refund_request(doors.pool, request_id=request.id)
+    assert stored is not None and stored.status == "pending"
+    fresh = desk.form_token(settings, reviewer=ALICE[0], request_id=request.id)
+    res = await http(doors).post(f"/reviews/{request.id}", data={"decision": "approve", "csrf": fresh}, auth=ALICE)
+    assert res.status_code == 303
+    stored = await db.get_refund_request(doors.pool, request_id=request.id)
+    assert stored is not None and stored.status == "approved"
 
 
 # --------------------------------------------------------------------------- command line
