@@ -120,6 +120,23 @@ def test_help_and_argument_errors_load_none_of_the_heavy_libraries(argv: list[st
     assert out.stdout.splitlines()[-1] == "[]"  # after whatever help the parser printed
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["answer", "--customer", "c-4429", "  \n "], "The email is empty"),
+        (["edit", "rr_x", "--reviewer", "ann", "--text", "t"], "edit is for escalations"),
+    ],
+)
+def test_arguments_argparse_cannot_judge_are_refused_before_any_heavy_import(argv: list[str], said: str) -> None:
+    code = (
+        "import sys\nfrom support_worker.cli.main import run\n"
+        f"print(run({argv!r}))\nprint(sorted(set({HEAVY!r}) & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["2", "[]"]
+    assert said in out.stderr
+
+
 def test_help_answers_in_well_under_a_second(tmp_path: Path) -> None:
     timings = []
     for _ in range(3):  # the best of three, so one pause of a loaded machine does not decide

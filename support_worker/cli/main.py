@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from support_worker.cli.parsing import parser, worker_argv
+from support_worker.cli.parsing import parser, refusal, worker_argv
 
 if TYPE_CHECKING:
     from support_worker.core.settings import Settings
@@ -36,6 +36,10 @@ COMMANDS = {
 
 
 async def run_async(args: argparse.Namespace, settings: Settings) -> int:
+    refused = refusal(args)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     if args.command in ("approve", "reject", "edit"):
         return await _decide(args, settings)
     module, function = COMMANDS[args.command]
@@ -45,10 +49,6 @@ async def run_async(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _decide(args: argparse.Namespace, settings: Settings) -> int:
-    if not args.request_id.startswith("esc_") and args.command == "edit":
-        hint = f"for a refund use: support-worker approve {args.request_id} --reply"
-        print(f"edit is for escalations (esc_…); {hint}", file=sys.stderr)
-        return 2
     from support_worker.cli import deciding
 
     if args.request_id.startswith("esc_"):

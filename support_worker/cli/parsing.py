@@ -113,6 +113,15 @@ def _listing(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     trail.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def refusal(args: argparse.Namespace) -> str | None:
+    """What is wrong with arguments argparse accepted, said before any command imports its libraries."""
+    if args.command == "edit" and not args.request_id.startswith("esc_"):
+        return f"edit is for escalations (esc_…); for a refund use: support-worker approve {args.request_id} --reply"
+    if args.command == "answer" and not args.body.strip():
+        return "The email is empty: give the customer's words, e.g. \"I was charged twice\"."
+    return None
+
+
 def worker_argv(argv: Sequence[str]) -> list[str]:
     """`support-worker-email` flags (the old `python worker.py` ones) as `support-worker`
     commands: `--list` is `list`, `--audit` is `audit`, and an email with `--customer` is `answer`."""
