@@ -16,7 +16,7 @@ import zoneinfo
 # (name, lowest, highest, names) for each of the five fields, as robfig/cron v3 bounds them.
 _MONTHS = {m: n for n, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
 _DAYS = {d: n for n, d in enumerate("sun mon tue wed thu fri sat".split())}
-_FIELDS = (
+_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
     ("day of month", 1, 31, {}),
