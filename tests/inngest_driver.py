@@ -195,6 +195,14 @@ class StubInngestServer:
         return Handler
 
 
+def wall_clock_delay_ms(instant: str, *, since: float) -> int:
+    """How far an ISO instant the SDK computed from its wall clock (a sleep's wake-up, a
+    ``RetryAfterError``'s date) lies after ``since``, in whole seconds: the SDK took "now" a few
+    milliseconds before answering, and virtual time should not inherit that jitter."""
+    at = datetime.datetime.fromisoformat(instant.replace("Z", "+00:00")).timestamp()
+    return max(0, round(at - since)) * 1000
+
+
 def normalize_event(event: Mapping[str, Any] | CapturedEvent) -> JSONDict:
     """Fill ``id``/``ts`` like the Event API does; the SDK validates events strictly."""
     if isinstance(event, CapturedEvent):
@@ -332,14 +340,13 @@ class CallRecord:
         if not value:
             return None
         if len(value) <= 7 and value.isdigit() and int(value) > 0:
-            delay = int(value) * 1000.0
+            delay = int(value) * 1000
         else:
             try:
-                at = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+                delay = wall_clock_delay_ms(value, since=self.answered_at)
             except ValueError:
                 return None
-            delay = (at.timestamp() - self.answered_at) * 1000
-        return int(min(max(delay, 1000), 86_400_000))
+        return min(max(delay, 1000), 86_400_000)
 
     @property
     def ops(self) -> list[JSONDict]:
@@ -737,8 +744,7 @@ class InngestDriver:
         elif code == "Sleep":
             run.sleeps.append((name, op["name"]))
             if self.flow is not None and self._delivering:  # the SDK wrote its wake-up in wall-clock time
-                wake = datetime.datetime.fromisoformat(op["name"].replace("Z", "+00:00")).timestamp()
-                await self.flow.sleep_until(self.flow.now + max(0, int((wake - rec.answered_at) * 1000)))
+                await self.flow.sleep_until(self.flow.now + wall_clock_delay_ms(op["name"], since=rec.answered_at))
             memo = None
         elif code == "WaitForEvent":
             opts = op.get("opts") or {}

@@ -77,6 +77,8 @@ def to_cel(value: Any) -> Any:
 
 
 def from_cel(value: Any) -> Any:
+    if isinstance(value, celtypes.NullType):
+        return None
     if isinstance(value, celtypes.BoolType):
         return bool(value)
     if isinstance(value, celtypes.IntType | celtypes.UintType):
