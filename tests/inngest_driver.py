@@ -44,6 +44,7 @@ __all__ = ["cel_evaluate", "cel_match"]  # re-exported: tests import CEL from th
 
 JSONDict = dict[str, Any]
 FUNCTION_FAILED = "inngest/function.failed"
+CRON_EVENT = "inngest/scheduled.timer"  # pkg/consts/events.go, `FnCronName`
 # The status a call records when the host could not be reached (killed, restarting).
 UNREACHABLE = 599
 
@@ -230,7 +231,7 @@ def cron_tick(cron: str, scheduled_at: datetime.datetime) -> JSONDict:
     at = scheduled_at.astimezone(datetime.UTC).replace(microsecond=0)
     stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
-        "name": "inngest/scheduled.timer",
+        "name": CRON_EVENT,
         "id": stamp,
         "ts": int(at.timestamp() * 1000),
         "data": {"cron": cron, "scheduledAt": stamp, "fireAt": stamp},
@@ -328,6 +329,7 @@ class CallRecord:
     status_code: int = 0
     body: Any = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    sent_at: float = 0.0  # wall clock (s) when the request went out
     answered_at: float = 0.0  # wall clock (s) when the answer came: `retry-after` dates count from it
     at_ms: int | None = None  # virtual time of the call (in `deliver`)
 
@@ -468,7 +470,7 @@ class InngestDriver:
             if inspect.isawaitable(maybe):
                 await maybe
         raw = json.dumps(rec.request).encode()
-        rec.answered_at = time.time()
+        rec.sent_at = rec.answered_at = time.time()
         try:
             res = await self.http.post(
                 self.path, params={"fnId": run.fn_id, "stepId": step_id}, content=raw, headers=self._headers(raw)
@@ -700,10 +702,14 @@ class InngestDriver:
 
     def triggered_by(self, event: JSONDict) -> list[str]:
         """The registered functions an event starts: its name, and each trigger's CEL
-        `expression` evaluated with `event` bound (an evaluation error starts nothing)."""
+        `expression` evaluated with `event` bound (an evaluation error starts nothing). A cron
+        tick (``cron_tick``) starts the functions whose cron trigger is the tick's schedule."""
         started = []
         for fn_id, fn in self.functions.items():
             for trigger in fn.get("triggers", []):
+                if event["name"] == CRON_EVENT and trigger.get("cron") == (event.get("data") or {}).get("cron"):
+                    started.append(fn_id)
+                    break
                 if trigger.get("event") != event["name"]:
                     continue
                 expression = trigger.get("expression")

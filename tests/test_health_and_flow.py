@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from inngest_driver import cron_tick
 from tests_support import EMAIL_FN, Engine, pay_refund, serve
 
 import db
@@ -19,12 +20,8 @@ from support_worker.workflows import health
 
 CRON_FN = "daily-health-check"
 CHILD_FN = "customer-health-check"
-TICK = {
-    "name": "inngest/scheduled.timer",
-    "id": "tick-2026-11-23",
-    "ts": int(datetime(2026, 11, 23, 9, 0, tzinfo=UTC).timestamp() * 1000),
-    "data": {"cron": "0 9 * * *"},
-}
+# The tick as the engine fires it (id: the scheduled time; data: cron, scheduledAt, fireAt).
+TICK = cron_tick("0 9 * * *", datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
 ELIGIBLE = [ADA, GRACE, ALAN]  # Ada (enterprise), Grace and Alan (pro); Katherine and Linus are free
 
 
