@@ -314,7 +314,13 @@ class Arrival:
 class _Burst:
     deadline: int | None  # ms: `timeout` after the burst began, when it fires at the latest
     event: JSONDict  # the newest event by `ts`: the one the run gets
-    version: int  # bumped by each event, so only the latest scheduled firing runs
+    version: int = 0  # bumped by each event, so only the latest scheduled firing runs
+    open_until: int = 0  # ms: the key's pointer to this burst expires then (Redis SETEX ttl)
+
+
+# The debounce job runs this long after the burst's ttl (pkg/execution/debounce/debounce.go:
+# `now.Add(ttl).Add(buffer).Add(time.Second)`, buffer 50 ms).
+DEBOUNCE_JOB_DELAY_MS = 1050
 
 
 @dataclasses.dataclass
@@ -675,27 +681,32 @@ class InngestDriver:
     ) -> None:
         """pkg/execution/debounce/debounce.go with its Lua (state/redis_state/lua/debounce/): a
         burst per key (`debounceKey`: `<invalid>` when the key fails to evaluate) keeps the newest
-        event by `ts` (an older one has no effect), fires `period` after the last event or at the
-        `timeout` cap, and once it fires the next event starts a new burst, whose run may overlap."""
+        event by `ts` (an older one has no effect) and stays open `period` after its last event
+        (capped by `timeout` after it began, in whole seconds); its run starts 1.05 s after it
+        closes. An event after it closed starts a new burst, whose run may overlap the first."""
         expression = debounce.get("key")
         key = (fn_id, evaluated_key(expression, event, on_error=INVALID_DEBOUNCE_KEY) if expression else "")
         burst = bursts.get(key)
+        if burst is not None and flow.now >= burst.open_until:
+            burst = None  # its pointer expired: this event starts a new burst, the old job still fires
         if burst is not None and event["ts"] < burst.event["ts"]:
             return  # updateDebounce.lua: out of order, no effect
         if burst is None:
             timeout = debounce_timeout_ms(debounce)
-            deadline = None if timeout is None else flow.now + timeout
-            burst = bursts[key] = _Burst(deadline=deadline, event=event, version=0)
+            burst = bursts[key] = _Burst(deadline=None if timeout is None else flow.now + timeout, event=event)
         burst.event, burst.version = event, burst.version + 1
-        due = flow.now + duration_ms(debounce["period"])
-        if burst.deadline is not None:
-            due = min(due, burst.deadline)
+        ttl = duration_ms(debounce["period"])
+        if burst.deadline is not None and flow.now + ttl > burst.deadline:
+            ttl = max(1000, (burst.deadline - flow.now) // 1000 * 1000)  # whole seconds, at least one
+        burst.open_until = flow.now + ttl
+        due = burst.open_until + DEBOUNCE_JOB_DELAY_MS
 
         async def fire(version: int) -> None:
             await flow.sleep_until(due)
-            if bursts.get(key) is not burst or burst.version != version:
+            if burst.version != version:
                 return  # a later event of the burst moved it
-            del bursts[key]  # leased: from now on an event starts a new burst
+            if bursts.get(key) is burst:
+                del bursts[key]  # leased: from now on an event starts a new burst
             await run_one(fn_id, burst.event)
 
         flow.spawn(fire(burst.version))

@@ -107,8 +107,8 @@ async def test_a_redelivered_webhook_joins_the_burst_or_runs_again_and_every_ema
     emailed = [r for r in runs if r.fn_id.endswith(EMAIL_FN)]
     assert len(recorded) == 1
     assert [(r.started_ms, r.output["status"]) for r in emailed] == [
-        (t0 + 80_000, "replied"),
-        (t0 + 660_000, "duplicate"),
+        (t0 + 81_050, "replied"),
+        (t0 + 661_050, "duplicate"),
     ]
     assert [a.action.value for a in await db.list_audit(doors.pool)].count("reply_sent") == 1
     assert len(await db.list_audit(doors.pool, action=db.AuditAction.MESSAGE_RECEIVED)) == 1

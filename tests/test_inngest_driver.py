@@ -483,9 +483,10 @@ async def test_deliver_debounces_by_key_period_and_timeout_and_runs_the_rest_per
     debounced = [((r.started_ms or 0) - T0) // 1000 for r in runs if r.fn_id.endswith("-debounced")]
     debounced_outputs = [r.output for r in runs if r.fn_id.endswith("-debounced")]
     tallied = sorted(r.output for r in runs if r.fn_id.endswith("-tally"))
-    # b fires at 13 s, a at 22 s, c at 30 s (the timeout, with the event at 24 s), c's second
-    # burst at 50 s, and a's second at 51 s with the resent event as its last.
-    assert list(zip(debounced, debounced_outputs, strict=True)) == [(13, 2), (22, 4), (30, 13), (50, 15), (51, 1)]
+    # Bursts close 10 s after their last event and run 1.05 s later: b at 14 s, a at 23 s, c at
+    # 31 s (its 30 s timeout, with the event at 24 s), c's second burst at 51 s, and a's second
+    # at 52 s with the resent event as its last.
+    assert list(zip(debounced, debounced_outputs, strict=True)) == [(14, 2), (23, 4), (31, 13), (51, 15), (52, 1)]
     assert tallied == sorted([1, 2, 3, 4, 5, *range(10, 16)])  # the resent "a-1" started no tally
 
 
