@@ -114,12 +114,13 @@ class Flow:
         if not self._waiters and self._fits(keys):
             self._take(keys)
             return
-        for key, _ in keys:
-            self.queued[key] += 1
         waiter = _Waiter(score, next(self._seq), keys, asyncio.get_running_loop().create_future())
         heapq.heappush(self._waiters, waiter)
         self._blocked()
         self._grant()
+        if not waiter.future.done():  # really queued (not just behind calls on other keys)
+            for key, _ in keys:
+                self.queued[key] += 1
         await waiter.future
 
     def release(self, keys: list[tuple[str, int]]) -> None:
