@@ -420,6 +420,7 @@ class InngestDriver:
         self.flow: Flow | None = None
         self._delivering = False
         self._route_sent: Callable[[], None] = lambda: None
+        self._waits: list[tuple[WaitOp, asyncio.Future[JSONDict | None]]] = []  # open waits, in `deliver`
 
     def _headers(self, body: bytes) -> dict[str, str]:
         headers = {"content-type": "application/json", "x-inngest-server-kind": self.server_kind}
@@ -522,6 +523,8 @@ class InngestDriver:
         fid = self.fn_id(fn_id)
         run = Run(fid, run_id or _new_id(), normalize_event(event))
         max_attempts = self.max_attempts(fid)
+        if resolver is None and self._delivering:
+            resolver = self._wait_in_virtual_time
         if resolver is None:
             resolver = stub_resolver(self.stub) if self.stub else timeout_resolver
         if self.flow is not None and self._delivering:
@@ -619,6 +622,27 @@ class InngestDriver:
             limit, burst = int(throttle["limit"]), int(throttle.get("burst") or 0)
             await self.flow.throttle(key, limit=limit, period_ms=duration_ms(throttle["period"]), burst=burst)
 
+    async def _wait_in_virtual_time(self, op: WaitOp) -> JSONDict | None:
+        """The engine's wait inside `deliver`: the first matching event that arrives after the wait
+        began, or null once its timeout has passed in virtual time."""
+        assert self.flow is not None
+        future: asyncio.Future[JSONDict | None] = asyncio.get_running_loop().create_future()
+        entry = (op, future)
+        self._waits.append(entry)
+        try:
+            return await self.flow.wait_for(future, until_ms=self.flow.now + duration_ms(op.timeout or "1w"))
+        finally:
+            if entry in self._waits:
+                self._waits.remove(entry)
+
+    def _resume_waits(self, event: JSONDict) -> None:
+        """An arriving event resumes every open wait it matches (pkg/execution/executor: pauses
+        are matched on each event by name and `if`, whatever functions it also starts)."""
+        for op, future in list(self._waits):
+            if op.event == event["name"] and cel_match(op.if_exp, candidate=event, trigger=op.trigger):
+                if self.flow is not None and self.flow.resolve(future, event):
+                    self._waits.remove((op, future))
+
     async def _wait_retry_after(self, rec: CallRecord) -> None:
         if self.flow is not None and self._delivering and rec.retry_after_ms is not None:
             await self.flow.sleep_until(self.flow.now + rec.retry_after_ms)
@@ -630,7 +654,9 @@ class InngestDriver:
         run by ``event.id``), except one with ``debounce``, which debounces *before* that check
         (pkg/execution/executor/executor.go, ``schedule``) and so takes a reused id too. Runs are
         concurrent tasks under the functions' concurrency, throttle and priority; events the app
-        sends are routed when its call returns. Returns the runs in the order they started."""
+        sends are routed when its call returns; a wait (without a ``resolver`` passed) resumes
+        with the first matching event arriving after it began, or null at its timeout, in
+        virtual time. Returns the runs in the order they started."""
         arrivals = [e if isinstance(e, Arrival) else Arrival(normalize_event(e)["ts"], e) for e in events]
         flow = self.flow = Flow(min((a.at_ms for a in arrivals), default=int(time.time() * 1000)))
         started: list[tuple[int, int, Run]] = []
@@ -645,6 +671,7 @@ class InngestDriver:
 
         async def arrive(at_ms: int, event: JSONDict) -> None:
             await flow.sleep_until(at_ms)
+            self._resume_waits(event)
             for fn_id in self.triggered_by(event):
                 debounce = self.functions[fn_id].get("debounce")
                 if debounce:

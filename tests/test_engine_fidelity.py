@@ -124,8 +124,22 @@ def build_toy() -> Toy:
             raise inngest.RetryAfterError("slow down", retry_after=wait or datetime.timedelta(hours=48))
         return ctx.attempt
 
+    @client.create_function(
+        fn_id="approver", trigger=inngest.TriggerEvent(event="toy/ask"), concurrency=[inngest.Concurrency(limit=1)]
+    )
+    async def approver(ctx: inngest.Context) -> object:
+        await ctx.step.run("ask", busy, f"ask-{ctx.event.data['request_id']}")
+        decision = await ctx.step.wait_for_event(
+            "await-decision",
+            event="toy/decided",
+            if_exp="async.data.request_id == event.data.request_id",
+            timeout=datetime.timedelta(hours=4),
+        )
+        return None if decision is None else decision.data["by"]
+
     app = fastapi.FastAPI()
     fns: list[inngest.Function[typing.Any]] = [
+        approver,
         per_user,
         napper,
         by_tier,
@@ -208,6 +222,28 @@ def test_priority_factor_is_an_int_clamped_to_twelve_hours_and_an_error_gives_ze
     assert priority_factor("int(event.data.p)", {"data": {"p": 10**9}}) == 43_200
     assert priority_factor("int(event.data.p)", {"data": {"p": -(10**9)}}) == -43_200
     assert priority_factor("event.data.missing.size() > 1 ? 5 : 6", {"data": {}}) == 0  # an evaluation error
+
+
+async def test_a_wait_takes_virtual_time_sees_only_later_events_and_holds_no_slot(
+    driver: InngestDriver, toy: Toy
+) -> None:
+    """A wait is a pause, not a step (pkg/execution/executor: pauses are matched on each event
+    that arrives after them): it resumes with the first matching event that arrives later, or
+    with null at its timeout, in virtual time; while it waits, other runs take the slot."""
+    hour = 3_600_000
+    runs = await driver.deliver(
+        [
+            Arrival(T0 - 1, event("toy/decided", -1, request_id="r1", by="too-early")),  # before the wait
+            event("toy/ask", 0, request_id="r1"),
+            event("toy/ask", 0, request_id="r2"),
+            Arrival(T0 + 2 * hour, event("toy/decided", 7200, request_id="r1", by="alice")),
+            Arrival(T0 + 5 * hour, event("toy/decided", 18000, request_id="r2", by="late")),
+        ]
+    )
+    by_request = {r.event["data"]["request_id"]: r for r in runs}
+    assert (by_request["r1"].output, by_request["r1"].finished_ms) == ("alice", T0 + 2 * hour)
+    assert (by_request["r2"].output, by_request["r2"].finished_ms) == (None, T0 + 4 * hour)  # timed out
+    assert toy.order == ["ask-r1", "ask-r2"]  # r2 asked while r1 waited on the single slot
 
 
 # --------------------------------------------------------------------------- throttle

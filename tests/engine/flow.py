@@ -54,6 +54,7 @@ class Flow:
         self._active = 0
         self._idle = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._deadlines: dict[asyncio.Future[Any], asyncio.Future[None]] = {}  # a wait -> its timeout timer
 
     # --- tasks and time ---------------------------------------------------------------
 
@@ -84,6 +85,28 @@ class Flow:
         self._blocked()
         await future
 
+    async def wait_for(self, future: asyncio.Future[Any], *, until_ms: int) -> Any:
+        """Block until `resolve(future, ...)` or until `until_ms`, whichever is first (None then)."""
+        timer = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (until_ms, next(self._seq), timer))
+        timer.add_done_callback(lambda t: None if t.cancelled() or future.done() else future.set_result(None))
+        self._deadlines[future] = timer
+        self._blocked()
+        try:
+            return await future
+        finally:
+            self._deadlines.pop(future, None)
+
+    def resolve(self, future: asyncio.Future[Any], value: Any) -> bool:
+        """Complete a `wait_for` from outside (an event arrived); False when it has ended already."""
+        timer = self._deadlines.pop(future, None)
+        if timer is None or future.done() or timer.done():
+            return False
+        timer.cancel()
+        self._active += 1
+        future.set_result(value)
+        return True
+
     async def run(self) -> None:
         """Advance virtual time until no task is left; raise the first task's error."""
         while True:
@@ -102,6 +125,8 @@ class Flow:
             self.now = self._timers[0][0]
             while self._timers and self._timers[0][0] == self.now:
                 _, _, future = heapq.heappop(self._timers)
+                if future.cancelled():
+                    continue  # a wait an event resolved first
                 self._active += 1
                 future.set_result(None)
 
