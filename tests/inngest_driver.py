@@ -45,6 +45,7 @@ __all__ = ["cel_evaluate", "cel_match"]  # re-exported: tests import CEL from th
 JSONDict = dict[str, Any]
 FUNCTION_FAILED = "inngest/function.failed"
 CRON_EVENT = "inngest/scheduled.timer"  # pkg/consts/events.go, `FnCronName`
+BACKOFF_TABLE_MS = [s * 1000 for s in (15, 30, 60, 120, 300, 600, 1200, 2400, 3600, 7200)]  # pkg/backoff
 # The status a call records when the host could not be reached (killed, restarting).
 UNREACHABLE = 599
 
@@ -644,8 +645,15 @@ class InngestDriver:
                     self._waits.remove((op, future))
 
     async def _wait_retry_after(self, rec: CallRecord) -> None:
-        if self.flow is not None and self._delivering and rec.retry_after_ms is not None:
-            await self.flow.sleep_until(self.flow.now + rec.retry_after_ms)
+        """The pause before a retry, in virtual time: the answer's `retry-after` when it has one,
+        else the queue's backoff table for the attempt that failed (pkg/execution/queue/process.go
+        with pkg/backoff/backoff.go, `TableBackoff`: 15 s, 30 s, 1 m, ... 2 h; the engine adds up
+        to 30 s of jitter, which the driver leaves out)."""
+        if self.flow is not None and self._delivering:
+            delay = rec.retry_after_ms
+            if delay is None:
+                delay = BACKOFF_TABLE_MS[min(rec.attempt, len(BACKOFF_TABLE_MS) - 1)]
+            await self.flow.sleep_until(self.flow.now + delay)
 
     async def deliver(self, events: Iterable[Mapping[str, Any] | Arrival], **run_kwargs: Any) -> list[Run]:
         """Route events as the engine does, in virtual time (each event arrives at its ``ts``, or

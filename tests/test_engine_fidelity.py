@@ -137,8 +137,18 @@ def build_toy() -> Toy:
         )
         return None if decision is None else decision.data["by"]
 
+    @client.create_function(fn_id="shaky", trigger=inngest.TriggerEvent(event="toy/shaky"), retries=3)
+    async def shaky(ctx: inngest.Context) -> int:
+        async def flaky() -> int:
+            if ctx.attempt < 2:
+                raise RuntimeError(f"attempt {ctx.attempt} fails")
+            return ctx.attempt
+
+        return await ctx.step.run("flaky", flaky)
+
     app = fastapi.FastAPI()
     fns: list[inngest.Function[typing.Any]] = [
+        shaky,
         approver,
         per_user,
         napper,
@@ -360,6 +370,14 @@ async def test_retry_after_is_honoured_in_virtual_time_clamped_to_a_second_and_a
     at = [((c.at_ms or 0) - T0) / 1000 for c in run.calls]
     assert [c.retry_after_ms for c in run.calls[:3]] == [300_000, 1_000, 86_400_000]
     assert at == [0, 300, 301, 301 + 86_400]
+
+
+async def test_a_failed_step_is_retried_after_the_queues_backoff_in_virtual_time(driver: InngestDriver) -> None:
+    """pkg/execution/queue/process.go retries at `backoff.TableBackoff(attempt)`
+    (pkg/backoff/backoff.go): 15 s after the first failure, 30 s after the second."""
+    (run,) = await driver.deliver([event("toy/shaky")])
+    assert run.status == "completed" and run.output == 2
+    assert [((c.at_ms or 0) - T0) // 1000 for c in run.calls] == [0, 15, 45, 45]  # then the final call
 
 
 # --------------------------------------------------------------------------- registration
