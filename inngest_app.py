@@ -67,9 +67,11 @@ PRIORITY_BY_TIER = (
     ' ? (event.data.tier == "enterprise" ? 600 : (event.data.tier == "pro" ? 300 : 0)) : 0'
 )
 # One customer's concurrency share, whether the event names them by id (2 and "2" are one
-# customer) or only by the address they wrote from.
+# customer) or only by the address they wrote from. Event numbers are doubles to the engine,
+# whose string() prints 1234567.0 as "1.234567e+06": a number goes through int() first.
 CUSTOMER_KEY = (
-    "has(event.data.customer_id) ? string(event.data.customer_id)"
+    "has(event.data.customer_id) ? (type(event.data.customer_id) == double"
+    " ? string(int(event.data.customer_id)) : string(event.data.customer_id))"
     ' : (has(event.data.from_email) ? "from:" + string(event.data.from_email) : "unknown")'
 )
 REJECTION_PREFIX = "rejected "

@@ -50,11 +50,7 @@ async def test_priority_is_an_int_within_the_engines_range_for_every_tier(
     assert value == priority
 
 
-
-
-@pytest.mark.parametrize(
-    "tier", [None, True, 5, ["enterprise"]]
-)
+@pytest.mark.parametrize("tier", [None, True, 5, ["enterprise"]])
 async def test_priority_of_a_tier_that_is_not_text(engine: Engine, tier: Any) -> None:
     """A tier that is present but not a string: the expression must still give an int."""
     expression = email_fn(engine)["priority"]["run"]
@@ -65,7 +61,7 @@ async def test_priority_of_a_tier_that_is_not_text(engine: Engine, tier: Any) ->
     assert value == 0
 
 
-CUSTOMER_IDS: list[Any] = [2, 3, 20, "2", "c-4429", 'c-"quoted"', "c\\back\\slash", "c-'single'"]
+CUSTOMER_IDS: list[Any] = [2, 3, 20, "2", 1234567, "1234567", "c-4429", 'c-"quoted"', "c\\back\\slash", "c-'single'"]
 
 
 async def test_each_concurrency_key_evaluates_one_key_per_customer(engine: Engine) -> None:
@@ -74,8 +70,10 @@ async def test_each_concurrency_key_evaluates_one_key_per_customer(engine: Engin
     for expression in keyed:
         values = [cel_evaluate(expression, event=email_event(customer_id=cid)) for cid in CUSTOMER_IDS]
         # The engine keys by the evaluated value. A JSON number names the same customer as its
-        # text (2 is "2"), so they share a key; every other id gets its own.
-        assert values[:3] == ["2", "3", "20"] and values[4] == "c-4429"
+        # text (2 is "2", 1234567 is "1234567", though Inngest's CEL would print the double
+        # 1234567 as "1.234567e+06"), so they share a key; every other id gets its own.
+        assert values[:3] == ["2", "3", "20"] and values[4:6] == ["1234567", "1234567"]
+        assert values[6] == "c-4429"
         assert len(set(values)) == len({str(cid) for cid in CUSTOMER_IDS})
 
 

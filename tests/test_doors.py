@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import itsdangerous
 import pytest
-from inngest_driver import pool_resolver
+from inngest_driver import Arrival, pool_resolver
 from tests_support import EMAIL_FN, Engine, free_port, open_request, serve
 
 import db
@@ -71,7 +71,7 @@ async def test_a_postmark_email_becomes_one_event_keyed_by_its_message_id(doors:
     assert again.status_code == 200 and again.json()["status"] == "already accepted"
     first, second = doors.stub.events
     assert first.name == "customer/email.received" and first.idempotency_id == second.idempotency_id
-    assert second.duplicate  # the engine drops the redelivery
+    assert second.duplicate  # the same sender id: no function without debounce starts for it again
     text = "I was charged twice for order 1003"
     assert first.data == {  # a reference to the stored message, never the body
         "from_email": "grace@example.com",
@@ -90,6 +90,32 @@ async def test_a_postmark_email_becomes_one_event_keyed_by_its_message_id(doors:
     run = await doors.driver.run(EMAIL_FN, first.as_event(), resolver=pool_resolver([]))
     assert run.status == "completed"
     assert await db.list_audit(doors.pool, action=db.AuditAction.REFUND_REQUESTED)
+
+
+async def test_a_redelivered_webhook_joins_the_burst_or_runs_again_and_every_email_is_answered_once(
+    doors: Engine,
+) -> None:
+    """Inngest does not drop a reused event id for the debounced email function (it debounces
+    before the run's idempotency check, pkg/execution/executor/executor.go): a redelivery inside
+    the burst extends it, one after the burst fired starts another run. The recorder, without
+    debounce, runs once per id (pkg/execution/runner/runner.go). One email, one reply."""
+    for _ in range(3):  # Postmark delivers, retries within the minute, and again ten minutes on
+        assert (await http(doors).post("/webhooks/email", json=postmark(), auth=AUTH)).status_code == 200
+    t0 = 1_790_000_000_000
+    arrivals = [
+        Arrival(t0 + ms, e.as_event() | {"ts": t0 + ms})
+        for e, ms in zip(doors.stub.events, (0, 20_000, 600_000), strict=True)
+    ]
+    runs = await doors.driver.deliver(arrivals, resolver=pool_resolver([]))
+    recorded = [r for r in runs if r.fn_id.endswith("record-customer-email")]
+    emailed = [r for r in runs if r.fn_id.endswith(EMAIL_FN)]
+    assert len(recorded) == 1
+    assert [(r.started_ms, r.output["status"]) for r in emailed] == [
+        (t0 + 81_050, "replied"),
+        (t0 + 661_050, "duplicate"),
+    ]
+    assert [a.action.value for a in await db.list_audit(doors.pool)].count("reply_sent") == 1
+    assert len(await db.list_audit(doors.pool, action=db.AuditAction.MESSAGE_RECEIVED)) == 1
 
 
 async def test_the_stripped_reply_is_preferred_over_the_quoted_thread(doors: Engine) -> None:

@@ -23,6 +23,8 @@ from platformdirs import user_data_dir
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from support_worker.core import cron
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -175,6 +177,19 @@ class Settings(BaseSettings):
                 "of seconds and at least one second: use e.g. 0.25 (15 minutes) or 4"
             )
         return hours
+
+    @field_validator("health_check_cron")
+    @classmethod
+    def _cron_inngest_accepts(cls, spec: str) -> str:
+        """Inngest refuses the whole sync over one cron it cannot parse: refuse it here, by name."""
+        why = cron.problem(spec)
+        if why:
+            raise ValueError(
+                f"HEALTH_CHECK_CRON={spec!r} is not a schedule Inngest accepts ({why}); it takes five fields "
+                "(minute hour day-of-month month day-of-week), optionally after TZ=<zone>, e.g. '0 9 * * *' "
+                "or 'TZ=Europe/Paris 30 8 * * *'; no seconds field and no @daily-style descriptors"
+            )
+        return spec
 
     @property
     def escalation_timeout_seconds(self) -> int:
