@@ -240,7 +240,6 @@ def nested(depth: int) -> Any:
     return value
 
 
-
 @pytest.mark.parametrize(
     ("payload", "why", "replied_to"),
     [
@@ -264,9 +263,7 @@ def nested(depth: int) -> Any:
         ),
         (
             json.dumps(
-                postmark_example(
-                    TextBody="", HtmlBody="", Attachments=[{"Name": "a.pdf", "Content": "%%%not base64"}]
-                )
+                postmark_example(TextBody="", HtmlBody="", Attachments=[{"Name": "a.pdf", "Content": "%%%not base64"}])
             ).encode(),
             "the attachment a.pdf is not base64, and there is no text",
             "grace@example.com",

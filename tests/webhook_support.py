@@ -121,17 +121,20 @@ sender_fields = st.sampled_from(
         {"From": None, "Headers": [{"From": f"Grace <{SENDER}>"}]},
     ]
 )
+RECEIPT = {
+    "Name": "receipt.pdf",
+    "Content": base64.b64encode(b"%PDF-1.4").decode(),
+    "ContentType": "application/pdf",
+    "ContentLength": 1,  # wrong on purpose: the content is the size
+}
 # Ways a payload carries something to read, each enough on its own.
 readable_fields = st.sampled_from(
     [
         {"TextBody": "I was charged twice for order 1003"},
         {"TextBody": None, "StrippedTextReply": "Any news on my refund?"},
         {"TextBody": "", "StrippedTextReply": "", "HtmlBody": "<p>I was <b>charged twice</b></p>"},
-        {"TextBody": "", "StrippedTextReply": None, "HtmlBody": "", "Attachments": [
-            {"Name": "receipt.pdf", "Content": base64.b64encode(b"%PDF-1.4").decode(), "ContentType": "application/pdf",
-             "ContentLength": 1}
-        ]},
-    ]  # fmt: skip
+        {"TextBody": "", "StrippedTextReply": None, "HtmlBody": "", "Attachments": [RECEIPT]},
+    ]
 )
 
 
