@@ -145,3 +145,68 @@ def answerable(base: dict[str, Any], who: dict[str, Any], what: dict[str, Any]) 
     if "Headers" in who and isinstance(base.get("Headers"), list):
         payload["Headers"] = who["Headers"] + base["Headers"]
     return payload
+
+
+def documented_example(**overrides: Any) -> dict[str, Any]:
+    """Every field Postmark's inbound example documents, from one of our customers."""
+    message: dict[str, Any] = {
+        "FromName": "Grace Hopper",
+        "MessageStream": "inbound",
+        "From": SENDER,
+        "FromFull": {"Email": SENDER, "Name": "Grace Hopper", "MailboxHash": ""},
+        "To": '"Support" <support+order1003@shop.example>',
+        "ToFull": [{"Email": "support+order1003@shop.example", "Name": "Support", "MailboxHash": "order1003"}],
+        "Cc": '"Ada" <ada@example.com>',
+        "CcFull": [{"Email": "ada@example.com", "Name": "Ada", "MailboxHash": ""}],
+        "Bcc": '"Audit" <audit@shop.example>',
+        "BccFull": [{"Email": "audit@shop.example", "Name": "Audit", "MailboxHash": ""}],
+        "OriginalRecipient": "support+order1003@shop.example",
+        "Subject": "Double charge",
+        "MessageID": "73e6d360-66eb-11e1-8e72-a8904824019b",
+        "ReplyTo": SENDER,
+        "MailboxHash": "order1003",
+        "Date": "Fri, 1 Aug 2026 16:45:32 -04:00",
+        "TextBody": "I was charged twice for order 1003",
+        "HtmlBody": "<html><body><p>I was charged twice for order 1003</p></body></html>",
+        "StrippedTextReply": "",
+        "Tag": "TestTag",
+        "Headers": [
+            {"Name": "X-Spam-Status", "Value": "No"},
+            {"Name": "Message-ID", "Value": "<CAKH1=first@mail.example.com>"},
+        ],
+        "Attachments": [
+            {
+                "Name": "receipt.pdf",
+                "Content": base64.b64encode(b"%PDF-1.4").decode(),
+                "ContentType": "application/pdf",
+                "ContentLength": 8,
+                "ContentID": "ii_l1a2b3c4",
+            }
+        ],
+        "RawEmail": "From: grace@example.com\r\nSubject: Double charge\r\n\r\nI was charged twice for order 1003",
+    }
+    return message | overrides
+
+
+# Every string a sender controls in the documented example, as (path, setter).
+STRING_PATHS = [
+    *[(name, (name,)) for name in [*TEXT_FIELDS, "HtmlBody"]],
+    *[(f"FromFull.{k}", ("FromFull", k)) for k in ("Email", "Name", "MailboxHash")],
+    *[
+        (f"{lst}[0].{k}", (lst, 0, k))
+        for lst in ("ToFull", "CcFull", "BccFull")
+        for k in ("Email", "Name", "MailboxHash")
+    ],
+    *[(f"Headers[0].{k}", ("Headers", 0, k)) for k in ("Name", "Value")],
+    *[(f"Attachments[0].{k}", ("Attachments", 0, k)) for k in ("Name", "ContentType", "ContentID")],
+]
+
+
+def with_value(payload: dict[str, Any], where: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    """The payload with the field at `where` (keys and list positions) set to `value`."""
+    copy = json.loads(json.dumps(payload))
+    target = copy
+    for step in where[:-1]:
+        target = target[step]
+    target[where[-1]] = value
+    return copy

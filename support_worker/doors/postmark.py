@@ -48,6 +48,7 @@ MAX_REPAIR_NOTES = 20
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_COLON_ZONE = re.compile(r"([+-]\d\d):(\d\d)(\s*\([^()]*\))?$")
 _ANGLE_ADDRESS = re.compile(r"<([^<>\s]{3,320})>")
 
 
@@ -207,7 +208,8 @@ def parse_date(text: str) -> datetime | None:
     if not text:
         return None
     try:
-        return parsedate_to_datetime(text)
+        # Postmark's own example writes the zone as "-04:00", which RFC 5322 spells "-0400".
+        return parsedate_to_datetime(_COLON_ZONE.sub(r"\1\2\3", text))
     except (TypeError, ValueError, IndexError):
         pass
     try:
