@@ -109,25 +109,34 @@ async def test_json_as_deep_as_the_limit_is_accepted(doors: Engine) -> None:  # 
     assert (await post(doors, documented_example(SomethingNew=deep))).status_code == 200
 
 
+async def probe(engine: Engine) -> float:
+    """How long /healthz takes to answer, in seconds."""
+    started = time.monotonic()
+    assert (await engine.driver.http.get("/healthz")).status_code == 200
+    return time.monotonic() - started
+
+
 NESTED_HTML = "<html><body>" + "<ul><li>more " * 14_000 + "</body></html>"  # about 180 KB
 
 
 async def test_nested_html_is_converted_off_the_event_loop_within_bounds(doors: Engine) -> None:  # noqa: F811
     assert 170_000 < len(NESTED_HTML) < 200_000
     payload = documented_example(TextBody="", StrippedTextReply="", HtmlBody=NESTED_HTML, Attachments=[])
+    baseline = max([await probe(doors) for _ in range(5)])
     webhook = asyncio.create_task(post(doors, payload))
-    slowest, probes = 0.0, 0
+    latencies = []
     while not webhook.done():
-        started = time.monotonic()
-        health = await doors.driver.http.get("/healthz")
-        slowest = max(slowest, time.monotonic() - started)
-        probes += 1
-        assert health.status_code == 200
+        latencies.append(await probe(doors))
         await asyncio.sleep(0.05)
     res = await webhook
     assert res.status_code == 200, res.text
-    print(f"/healthz during the conversion: {probes} probes, slowest {slowest:.3f} s")
-    assert probes >= 5 and slowest < 1.0, (probes, slowest)
+    slowest = max(latencies)
+    print(
+        f"/healthz during the conversion: {len(latencies)} probes, slowest {slowest:.3f} s (before: {baseline:.3f} s)"
+    )
+    # Converted on the event loop, html2text held it for over 30 s. Within a second (or a few
+    # times the answer before the email, on a machine too loaded for one) means it never did.
+    assert len(latencies) >= 5 and slowest < max(1.0, 5 * baseline), (latencies, baseline)
     stored = await doors.pool.fetchrow("SELECT text_body, text_from_html FROM messages")
     assert stored["text_from_html"] and 0 < len(stored["text_body"]) <= inbound.HTML_TEXT_CHARS
     assert "more" in stored["text_body"] and "<li>" not in stored["text_body"]
