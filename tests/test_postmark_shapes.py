@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from inngest_driver import timeout_resolver
 from tests_support import ADA, ALAN, EMAIL_FN, GRACE, KATHERINE, LINUS, Engine
 from webhook_support import (
     SENDER,
     answerable,
+    documented_example,
     doors,  # noqa: F401  (the fixture)
     inbound_webhook,
     post,
@@ -30,6 +32,7 @@ from webhook_support import (
 from support_worker.core import events
 
 CORPUS = Path(__file__).parent / "postmark_corpus"
+DOCUMENTED = json.dumps(documented_example()).encode()  # cut anywhere, it is no longer JSON
 
 # What each corpus email must become: the event's fields (a subset), and what is stored.
 EXPECTED: dict[str, dict[str, Any]] = {
@@ -168,3 +171,13 @@ async def test_any_payload_is_accepted_or_refused_with_a_row_never_a_server_erro
         assert len(await rows(doors.pool, "webhook_refused")) == before + 1
         assert refused["why"] == res.json()["error"]
     SEEN.add(body)
+
+
+@PROPERTY
+@given(body=st.one_of(st.binary(max_size=300), st.integers(0, 2000).map(lambda n: DOCUMENTED[:n])))
+async def test_any_bytes_at_all_get_200_or_403_never_a_server_error(
+    doors: Engine,  # noqa: F811
+    body: bytes,
+) -> None:
+    res = await post_raw(doors, body)
+    assert res.status_code in (200, 403), res.text

@@ -233,8 +233,12 @@ def _parse_json(raw: bytes, repairs: postmark.Repairs) -> Any:
     except UnicodeDecodeError:
         text = raw.decode("utf-8", "replace")
         repairs.add("body: bytes that are not UTF-8 were replaced by U+FFFD")
+    def no_constant(name: str) -> None:
+        # Python reads NaN and Infinity, which are not JSON and which Postgres' jsonb refuses.
+        repairs.add(f"body: {name} is not a JSON number, read as null")
+
     try:
-        return postmark.clean_json(json.loads(text), repairs)
+        return postmark.clean_json(json.loads(text, parse_constant=no_constant), repairs)
     except RecursionError as error:
         raise postmark.TooDeep(f"the JSON nests deeper than {postmark.MAX_JSON_DEPTH} levels") from error
 
