@@ -196,12 +196,14 @@ async def test_an_attachment_that_is_not_base64_is_listed_unread_and_the_email_a
 
 async def test_nan_and_infinity_anywhere_are_read_as_null_with_a_row(doors: Engine) -> None:  # noqa: F811
     headers = [float("inf"), {"Name": "X-Score", "Value": float("nan")}, {"Name": "X-Spam-Status", "Value": "No"}]
-    res = await post(doors, documented_example(Headers=headers, SomethingNew=[float("-inf")]))
+    body = json.dumps(documented_example(Headers=headers, SomethingNew=[float("-inf")], Tag="x")).encode()
+    res = await post_raw(doors, body.replace(b'"Tag": "x"', b'"Tag": 1e999'))
     assert res.status_code == 200, res.text
     payload = await doors.pool.fetchval("SELECT payload FROM messages")
     assert payload["UnreadHeaders"] == [None] and payload["Headers"][0] == {"Name": "X-Score", "Value": ""}
     [repaired] = await rows(doors.pool, "webhook_repaired")
     assert "body: Infinity is not a JSON number, read as null" in repaired["repairs"]
+    assert "body: 1e999 is not a JSON number, read as null" in repaired["repairs"]
 
 
 async def test_bytes_that_are_not_utf8_are_replaced_and_the_email_answered(doors: Engine) -> None:  # noqa: F811

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -237,8 +238,15 @@ def _parse_json(raw: bytes, repairs: postmark.Repairs) -> Any:
         # Python reads NaN and Infinity, which are not JSON and which Postgres' jsonb refuses.
         repairs.add(f"body: {name} is not a JSON number, read as null")
 
+    def finite(literal: str) -> float | None:
+        number = float(literal)  # 1e999 reads as infinity
+        if math.isfinite(number):
+            return number
+        no_constant(literal)
+        return None
+
     try:
-        return postmark.clean_json(json.loads(text, parse_constant=no_constant), repairs)
+        return postmark.clean_json(json.loads(text, parse_constant=no_constant, parse_float=finite), repairs)
     except RecursionError as error:
         raise postmark.TooDeep(f"the JSON nests deeper than {postmark.MAX_JSON_DEPTH} levels") from error
 
