@@ -202,8 +202,8 @@ async def test_nan_and_infinity_anywhere_are_read_as_null_with_a_row(doors: Engi
     payload = await doors.pool.fetchval("SELECT payload FROM messages")
     assert payload["UnreadHeaders"] == [None] and payload["Headers"][0] == {"Name": "X-Score", "Value": ""}
     [repaired] = await rows(doors.pool, "webhook_repaired")
-    assert "body: Infinity is not a JSON number, read as null" in repaired["repairs"]
-    assert "body: 1e999 is not a JSON number, read as null" in repaired["repairs"]
+    assert "body: Infinity is not a finite number Postgres can store, read as null" in repaired["repairs"]
+    assert "body: 1e999 is not a finite number Postgres can store, read as null" in repaired["repairs"]
 
 
 async def test_bytes_that_are_not_utf8_are_replaced_and_the_email_answered(doors: Engine) -> None:  # noqa: F811

@@ -234,9 +234,10 @@ def _parse_json(raw: bytes, repairs: postmark.Repairs) -> Any:
     except UnicodeDecodeError:
         text = raw.decode("utf-8", "replace")
         repairs.add("body: bytes that are not UTF-8 were replaced by U+FFFD")
+
     def no_constant(name: str) -> None:
-        # Python reads NaN and Infinity, which are not JSON and which Postgres' jsonb refuses.
-        repairs.add(f"body: {name} is not a JSON number, read as null")
+        # Python reads NaN and Infinity (not JSON) and 1e999 (past a double) as numbers jsonb refuses.
+        repairs.add(f"body: {name} is not a finite number Postgres can store, read as null")
 
     def finite(literal: str) -> float | None:
         number = float(literal)  # 1e999 reads as infinity
