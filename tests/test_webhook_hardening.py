@@ -65,6 +65,16 @@ async def test_nul_or_a_lone_surrogate_in_any_field_is_cleaned_and_said_in_a_row
     assert any(note.startswith(f"{path}: removed text Postgres cannot store") for note in repaired["repairs"])
 
 
+async def test_unstorable_text_in_a_key_is_cleaned_and_the_note_names_it_cut(doors: Engine) -> None:  # noqa: F811
+    payload = documented_example(Headers=[{"X-Odd\u0000" + "k" * BIG: "v\ud800"}])
+    res = await post(doors, payload)
+    assert res.status_code == 200, res.text
+    [header] = (await doors.pool.fetchval("SELECT payload FROM messages"))["Headers"]
+    assert header["Name"] == "X-Odd" + "k" * (postmark.HEADER_NAME_LIMIT - 5) and header["Value"] == "v\ufffd"
+    [repaired] = await rows(doors.pool, "webhook_repaired")
+    assert all(len(note) < 200 for note in repaired["repairs"]), repaired
+
+
 @pytest.mark.parametrize("field", ["Date", "FromName", "Subject", "MessageID", "To", "MailboxHash", "Tag"])
 async def test_a_300_kb_header_field_is_cut_with_a_row_and_the_email_answered(
     doors: Engine,  # noqa: F811

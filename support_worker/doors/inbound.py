@@ -129,7 +129,7 @@ async def to_message(
     # The customer's new words, without the quoted thread, when Postmark could separate them.
     text, from_html = await _text_of(inbound, reading.repairs, html_seconds)
     if not text and not attachments:
-        unreadable = [a.Name or "(unnamed)" for a in inbound.Attachments if not a.readable]
+        unreadable = [a.Name[:60] or "(unnamed)" for a in inbound.Attachments if not a.readable][:3]
         raise Refusal(
             f"the attachment {', '.join(unreadable)} is not base64, and there is no text: nothing to read"
             if unreadable

@@ -84,12 +84,13 @@ def clean_json(value: Any, repairs: Repairs, *, path: str = "", depth: int = 0) 
         repairs.add(f"{path or 'body'}: removed text Postgres cannot store (NUL or an unpaired surrogate)")
         return _SURROGATE.sub("\ufffd", value.replace("\x00", ""))
     if isinstance(value, dict):
-        return {
-            clean_json(k, repairs, path=f"{path}.(key)", depth=depth + 1): clean_json(
-                v, repairs, path=f"{path}.{k}" if path else str(k), depth=depth + 1
-            )
-            for k, v in value.items()
-        }
+        cleaned = {}
+        for key, item in value.items():
+            key = clean_json(key, repairs, path=f"{path}.(a key)" if path else "(a key)", depth=depth + 1)
+            # The path names fields in repair notes: a sender's key is shown cut, never whole.
+            where = f"{path}.{key[:40]}" if path else key[:40]
+            cleaned[key] = clean_json(item, repairs, path=where, depth=depth + 1)
+        return cleaned
     if isinstance(value, list):
         return [clean_json(v, repairs, path=f"{path}[{i}]", depth=depth + 1) for i, v in enumerate(value)]
     return value
