@@ -25,6 +25,7 @@ from webhook_support import (
     STRING_PATHS,
     documented_example,
     doors,  # noqa: F401  (the fixture)
+    inbound_webhook,
     plain_text,
     post,
     post_raw,
@@ -32,6 +33,7 @@ from webhook_support import (
     with_value,
 )
 
+from support_worker.core.fields import storable_problem
 from support_worker.doors import html_text, inbound, postmark
 
 BIG = 300_000
@@ -73,6 +75,28 @@ async def test_unstorable_text_in_a_key_is_cleaned_and_the_note_names_it_cut(doo
     assert header["Name"] == "X-Odd" + "k" * (postmark.HEADER_NAME_LIMIT - 5) and header["Value"] == "v\ufffd"
     [repaired] = await rows(doors.pool, "webhook_repaired")
     assert all(len(note) < 200 for note in repaired["repairs"]), repaired
+
+
+def strings_in(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [*strings_in(k), *strings_in(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in(v)]
+    return []
+
+
+@settings(max_examples=400, deadline=None)
+@given(payload=inbound_webhook)
+def test_reading_any_payload_gives_storable_text_within_the_limits(payload: dict[str, Any]) -> None:
+    repairs = postmark.Repairs()
+    message, _ = postmark.read(postmark.clean_json(payload, repairs), repairs)
+    stored = message.model_dump()
+    assert all(storable_problem(text) is None for text in [*strings_in(stored), *repairs.summary()])
+    for field, limit in postmark.LIMITS.items():
+        assert len(stored[field]) <= limit, field
+    assert message.sender is None or ("@" in message.sender and len(message.sender) <= postmark.MAX_ADDRESS_CHARS)
 
 
 @pytest.mark.parametrize("field", ["Date", "FromName", "Subject", "MessageID", "To", "MailboxHash", "Tag"])
