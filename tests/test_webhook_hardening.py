@@ -189,6 +189,15 @@ async def test_html_past_the_input_cap_is_cut_and_its_text_past_the_text_cap() -
     ]
 
 
+async def test_conversions_waiting_for_a_turn_keep_the_same_deadline() -> None:
+    started = time.monotonic()
+    many = [html_text.html_to_text(NESTED_HTML, seconds=1.0, max_input=10**6, max_text=10**6) for _ in range(6)]
+    converted = await asyncio.gather(*many)
+    # Six hostile conversions, two at a time: each ends by its own deadline, not in turn.
+    assert time.monotonic() - started < 4.0
+    assert all("ran out of time" in c.notes[0] and "more" in c.text for c in converted)
+
+
 def test_the_fallback_strips_tags_in_linear_time() -> None:
     hostile = "<script>" * 50_000 + "<ul><li>" * 50_000 + "text"
     started = time.monotonic()

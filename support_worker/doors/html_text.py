@@ -4,7 +4,8 @@ html2text is pure Python and can take minutes on hostile markup (180 KB of neste
 took over 30 seconds and produced 100 MB of indentation), and a thread could neither be
 stopped nor keep it from holding the GIL. So it runs in a child process (`python -m
 support_worker.doors.html_text`, reading HTML on stdin, writing text on stdout) that is
-killed at the deadline; at most MAX_CONVERSIONS run at once. Markup past `max_input`
+killed at the deadline; at most MAX_CONVERSIONS run at once, and waiting for one's turn
+counts against the same deadline. Markup past `max_input`
 characters is cut before conversion, the text past `max_text` after it, and when the child
 fails or runs out of time a linear tag stripper gives the text instead: the email is never
 lost for its HTML.
@@ -95,9 +96,14 @@ async def html_to_text(markup: str, *, seconds: float, max_input: int, max_text:
         markup = markup[:max_input]
     loop = asyncio.get_running_loop()
     slots = _conversions.setdefault(loop, asyncio.Semaphore(MAX_CONVERSIONS))
+    deadline = loop.time() + seconds  # waiting for a free slot counts too
     try:
-        async with slots:
-            text = await _in_child(markup, seconds, max_text)
+        async with asyncio.timeout_at(deadline):
+            await slots.acquire()
+        try:
+            text = await _in_child(markup, max(deadline - loop.time(), 0.01), max_text)
+        finally:
+            slots.release()
     except (TimeoutError, RuntimeError, OSError) as error:
         why = "ran out of time" if isinstance(error, TimeoutError) else "failed"
         notes.append(f"HtmlBody: html2text {why} after at most {seconds:g} s, so tags were stripped instead")
