@@ -136,6 +136,14 @@ async def test_json_nested_100000_deep_gets_403_and_a_row(doors: Engine) -> None
     assert [r["to"] for r in await rows(doors.pool, "reply_sent")] == [SENDER]
 
 
+@pytest.mark.parametrize("address", [b"gr\x00ace@example.com", b"gr\x01ace@example.com", b"\xff\xfe@example.com"])
+async def test_a_body_that_is_not_json_never_names_an_unstorable_sender(doors: Engine, address: bytes) -> None:  # noqa: F811
+    res = await post_raw(doors, b'{"From": "' + address + b'", "TextBody": "cut off')
+    assert res.status_code == 403 and res.json()["error"] == "body is not valid JSON"
+    [refused] = await rows(doors.pool, "webhook_refused")
+    assert refused["sender"] in (None, "\ufffd\ufffd@example.com")
+
+
 async def test_json_as_deep_as_the_limit_is_accepted(doors: Engine) -> None:  # noqa: F811
     deep: Any = "leaf"
     for _ in range(postmark.MAX_JSON_DEPTH - 1):

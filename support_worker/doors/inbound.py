@@ -26,7 +26,6 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parseaddr
 from typing import Any
 
 import asyncpg
@@ -82,8 +81,7 @@ def sender_in_prefix(prefix: bytes) -> str | None:
     match = _SENDER.search(prefix)
     if match is None:
         return None
-    address = parseaddr(match.group(1).decode(errors="replace"))[1]
-    return address if "@" in address else None
+    return postmark.usable_address(match.group(1).decode(errors="replace"))
 
 
 def fingerprint(inbound: PostmarkInbound, attachments: list[messages.Attachment]) -> str:

@@ -140,7 +140,7 @@ def usable_address(text: str) -> str | None:
     else:
         address = parseaddr(text)[1] or text.strip()
     address = address.strip()
-    if "@" not in address or len(address) > MAX_ADDRESS_CHARS or any(c.isspace() for c in address):
+    if "@" not in address or len(address) > MAX_ADDRESS_CHARS or any(c.isspace() or c < " " for c in address):
         return None
     local, _, domain = address.rpartition("@")
     return address if local and domain else None
