@@ -151,6 +151,9 @@ async def test_a_payload_that_names_a_sender_and_has_something_to_read_is_accept
     res = await post(doors, answerable(base, who, what))
     assert res.status_code == 200, res.text
     assert res.json()["status"] in ("accepted", "already accepted")
+    event = doors.stub.events[-1]
+    assert event.data["message_id"] == res.json()["message_id"]
+    events.EmailReceived.model_validate(event.data)  # the email function takes what the door sent
 
 
 SEEN: set[bytes] = set()

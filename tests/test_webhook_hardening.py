@@ -119,6 +119,13 @@ async def test_a_300_kb_from_with_a_real_address_is_answered_from_that_address(d
     assert doors.stub.events[0].data["from_email"] == SENDER
 
 
+async def test_an_address_past_its_limit_is_never_cut_into_another_address(doors: Engine) -> None:  # noqa: F811
+    long = SENDER + "x" * 400  # cut at 320 characters, it would look like an address
+    payload = documented_example(FromFull={"Email": long}, From=long, ReplyTo=f"Grace <{SENDER}>")
+    res = await post(doors, payload)
+    assert res.status_code == 200 and doors.stub.events[0].data["from_email"] == SENDER
+
+
 async def test_a_300_kb_sender_address_is_refused_with_a_row(doors: Engine) -> None:  # noqa: F811
     huge = "g" * BIG + "@example.com"
     payload = documented_example(FromFull={"Email": huge}, From=huge, ReplyTo="", Headers=[])

@@ -288,13 +288,19 @@ def decode_attachments(value: Any, repairs: Repairs) -> tuple[list[PostmarkAttac
     return listed, decoded
 
 
-def _sender(inbound: PostmarkInbound, raw_from: str) -> str | None:
+def _sender(inbound: PostmarkInbound, payload: dict[str, Any]) -> str | None:
     """The first address a reply can go to: FromFull, From, then Reply-To and the From,
-    Reply-To, Sender and Return-Path headers."""
+    Reply-To, Sender and Return-Path headers. Read before the fields are cut: a long display
+    name may precede the address, and a cut address would be someone else's."""
+    full = payload.get("FromFull")
+
+    def uncut(value: Any) -> str:
+        return _text(value, "", Repairs())
+
     candidates = [
-        inbound.FromFull.Email if inbound.FromFull else "",
-        raw_from,
-        inbound.ReplyTo,
+        uncut(full.get("Email")) if isinstance(full, dict) else "",
+        uncut(payload.get("From")),
+        uncut(payload.get("ReplyTo")),
         *(inbound.header(h) for h in ("From", "Reply-To", "Sender", "Return-Path")),
     ]
     return next((a for c in candidates if c and (a := usable_address(c))), None)
@@ -313,8 +319,6 @@ def read(payload: dict[str, Any], repairs: Repairs) -> tuple[PostmarkInbound, li
         found = (_address(a, f"{name}[{i}]", repairs) for i, a in enumerate(_entries(payload.get(name), name, repairs)))
         return [a for a in found if a is not None]
 
-    # The sender is read from From before it is cut: a long display name may precede the address.
-    raw_from = _text(payload.get("From"), "From", Repairs())
     date = text("Date")
     parsed = parse_date(date)
     inbound = PostmarkInbound(
@@ -335,5 +339,5 @@ def read(payload: dict[str, Any], repairs: Repairs) -> tuple[PostmarkInbound, li
         Attachments=listed,
         MessageStream=text("MessageStream"),
     )
-    inbound.sender = _sender(inbound, raw_from)
+    inbound.sender = _sender(inbound, payload)
     return inbound, decoded
