@@ -1,14 +1,13 @@
 """Readable text from an HTML-only email, converted off the event loop, bounded in time and size.
 
 html2text is pure Python and can take minutes on hostile markup (180 KB of nested `<ul><li>`
-took over 30 seconds and produced 100 MB of indentation), and a thread could neither be
-stopped nor keep it from holding the GIL. So it runs in a child process (`python -m
-support_worker.doors.html_text`, reading HTML on stdin, writing text on stdout) that is
-killed at the deadline; at most MAX_CONVERSIONS run at once, and waiting for one's turn
-counts against the same deadline. Markup past `max_input`
-characters is cut before conversion, the text past `max_text` after it, and when the child
-fails or runs out of time a linear tag stripper gives the text instead: the email is never
-lost for its HTML.
+took over 30 seconds and produced 100 MB of indentation; 4 KB of it takes 60 ms), and a
+thread could neither be stopped nor keep it from holding the GIL. So it runs in a child
+Python process (`_CHILD`, reading HTML on stdin, writing text on stdout) that is killed at
+the deadline; at most MAX_CONVERSIONS run at once, and waiting for a turn counts against the
+same deadline. Markup past `max_input` characters is cut before conversion, the text past
+`max_text` after it, and when the child fails or runs out of time a linear tag stripper gives
+the text instead: the email is never lost for its HTML.
 """
 
 from __future__ import annotations
@@ -36,14 +35,18 @@ class Converted:
     notes: list[str] = field(default_factory=list)  # what was cut or replaced, for the repair row
 
 
-def convert_in_process(markup: str) -> str:
-    """html2text's reading (links kept, images dropped, no hard wrapping)."""
-    import html2text
-
-    converter = html2text.HTML2Text()
-    converter.ignore_images = True
-    converter.body_width = 0  # no hard wrapping: the model reads paragraphs
-    return converter.handle(markup).strip()
+# The child: html2text's reading (links kept, images dropped, no hard wrapping: the model reads
+# paragraphs), at most `limit` + 1 characters written back (one past the limit says it was cut).
+# Only html2text is imported, so a conversion starts in about a tenth of a second.
+_CHILD = """
+import sys, html2text
+converter = html2text.HTML2Text()
+converter.ignore_images = True
+converter.body_width = 0
+limit = int(sys.argv[1])
+text = converter.handle(sys.stdin.buffer.read().decode("utf-8", "replace")).strip()
+sys.stdout.buffer.write(text[: limit + 1].encode("utf-8", "replace"))
+"""
 
 
 def _without_invisible(markup: str) -> str:
@@ -70,8 +73,9 @@ def strip_tags(markup: str) -> str:
 async def _in_child(markup: str, seconds: float, max_text: int) -> str:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        __name__,
+        "-I",  # isolated: no PYTHON* variables, no user site, not the working directory
+        "-c",
+        _CHILD,
         str(max_text),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -112,14 +116,3 @@ async def html_to_text(markup: str, *, seconds: float, max_input: int, max_text:
         notes.append(f"HtmlBody: kept the first {max_text} of {len(text)} characters of its text")
         text = text[:max_text].rstrip()
     return Converted(text=text, notes=notes)
-
-
-def _main() -> None:
-    limit = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    text = convert_in_process(sys.stdin.buffer.read().decode("utf-8", "replace"))
-    # One character past the limit tells the parent the text was cut.
-    sys.stdout.buffer.write((text[: limit + 1] if limit else text).encode("utf-8", "replace"))
-
-
-if __name__ == "__main__":
-    _main()
