@@ -154,9 +154,8 @@ async def test_missing_or_wrong_webhook_credentials_get_401_and_send_nothing(
     [
         (b"not json", "body is not valid JSON"),
         (b"[1, 2]", "body must be a JSON object"),
-        (json.dumps({k: v for k, v in postmark().items() if k != "MessageID"}).encode(), "MessageID: Field required"),
         (json.dumps(postmark(TextBody="  ", StrippedTextReply="")).encode(), "the email has nothing to read"),
-        (json.dumps(postmark(From="nobody", FromFull=None)).encode(), "no sender address"),
+        (json.dumps(postmark(From="nobody", FromFull=None)).encode(), "no sender address anywhere"),
     ],
 )
 async def test_malformed_webhook_bodies_get_403_saying_what_is_wrong(

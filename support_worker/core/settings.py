@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     webhook_username: str = "postmark"
     webhook_password: SecretStr | None = None  # unset: the webhook refuses everything
     webhook_max_bytes: int = Field(default=50_000_000, ge=1_000)  # Postmark: ~35 MB mail, base64 in JSON
+    # Longest an HTML-only email's conversion to text may take (in a child process); past it,
+    # tags are stripped instead, so hostile markup can neither stall the host nor lose the email.
+    webhook_html_seconds: float = Field(default=5.0, gt=0, le=60)
     review_desk_users: SecretStr | None = None  # "alice:pw1,bob:pw2"; unset: the desk is closed
     # Signs the desk's form tokens; every process serving the desk must share it.
     desk_form_secret: SecretStr = SecretStr(DEV_DESK_FORM_SECRET)
