@@ -35,7 +35,7 @@ import openai
 
 import db
 import inngest_app
-from support_worker.cli import listings
+from support_worker.cli import journal_view, listings
 from support_worker.conversation import loop as conversation
 from support_worker.core import events
 from support_worker.core.money import format_money
@@ -419,6 +419,7 @@ def parser() -> argparse.ArgumentParser:
     trail.add_argument("--action", choices=[a.value for a in db.AuditAction])
     trail.add_argument("--run")
     trail.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    journal_view.add_command(commands)
     return root
 
 
@@ -452,6 +453,7 @@ async def run_async(args: argparse.Namespace, settings: Settings) -> int:
         "answer": answer,
         "migrate": migrate_database,
         "seed": seed,
+        "run": journal_view.command,
     }
     return await commands[args.command](settings, args)
 

@@ -40,7 +40,8 @@ from support_worker.core.fields import MAX_ID
 from support_worker.core.money import format_money
 from support_worker.core.settings import Settings
 from support_worker.doors.ingress import credentials_match
-from support_worker.store import approvals, reviews
+from support_worker.durable import journal
+from support_worker.store import agent_journal, approvals, reviews
 from support_worker.store import escalations as escalation_store
 from support_worker.workflows import decisions, escalations, notify
 
@@ -345,6 +346,12 @@ def build_router(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    @router.get("/runs/{run_id}/journal")
+    async def run_journal(run_id: str, reviewer: str = Depends(signed_in)) -> dict[str, Any]:
+        """The run's agent journal, entry by entry (what `support-worker run <id>` prints)."""
+        entries = await agent_journal.entries(get_pool(), run_id=run_id)
+        return {"run_id": run_id, "entries": journal.describe(entries)}
 
     @router.post("/reviews/{request_id}")
     async def decide(

@@ -180,3 +180,54 @@ def journaled(agent: Agent[Any]) -> Agent[Any]:
     if not isinstance(agent.model, Model):
         raise TypeError("journaled() needs an agent built with a Model instance")
     return agent.clone(model=JournaledModel(agent.model), tools=[journal_tool(t) for t in agent.tools])
+
+
+# --------------------------------------------------------------------------- reading it
+
+
+def describe(entries: list[agent_journal.Entry], *, limit: int = 120) -> list[dict[str, Any]]:
+    """One line per journal entry, for a person reading a run (`support-worker run <id>`, the
+    desk): which agent step wrote it, the turn, what it was, and what it said, cut at `limit`."""
+    names = {
+        item.get("call_id"): item.get("name")
+        for entry in entries
+        if entry.kind == "model"
+        for item in entry.payload.get("output", [])
+        if item.get("type") == "function_call"
+    }
+    return [
+        {
+            "step": "run-agent" if entry.segment == 0 else f"resume-agent ({entry.segment})",
+            "turn": entry.turn,
+            "entry": entry.kind
+            if entry.kind in ("intake", "model")
+            else f"{entry.kind} {names.get(entry.call_id, '?')}",
+            "said": _cut(_said(entry), limit),
+            "at": entry.recorded_at.isoformat(timespec="seconds"),
+        }
+        for entry in entries
+    ]
+
+
+def _said(entry: agent_journal.Entry) -> str:
+    payload = entry.payload
+    if entry.kind == "intake":
+        return f"{payload.get('status')}: {len(payload.get('answering') or [])} message(s)"
+    if entry.kind == "gate":
+        outcome = payload.get("outcome") or {}
+        return f"refund request {outcome.get('request_id') or '(none)'}: {outcome.get('status')}"
+    if entry.kind == "tool":
+        return str(payload)
+    parts = []
+    for item in payload.get("output", []):
+        if item.get("type") == "function_call":
+            parts.append(f"calls {item.get('name')}({item.get('arguments')})")
+        elif item.get("type") == "message":
+            parts.append(" ".join(c.get("text", "") for c in item.get("content", []) if isinstance(c, dict)))
+    tokens = (payload.get("usage") or {}).get("total_tokens")
+    return f"[{tokens} tokens] " + "; ".join(parts)
+
+
+def _cut(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

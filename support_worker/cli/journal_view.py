@@ -1,0 +1,42 @@
+"""`support-worker run <run-id>`: a durable run's agent journal, entry by entry.
+
+What the dashboard's step outputs summarize (turns, tool calls, the pause), the journal holds in
+full: the intake, each model turn (the tools it called, or its answer), each tool's result and
+each refund request opened. Read-only; a small module of its own so the CLI's parser only
+registers it (`main.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import db
+from support_worker.cli.listings import print_rows
+from support_worker.core.settings import Settings
+from support_worker.durable import journal
+from support_worker.store import agent_journal
+
+
+def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `run <run-id> [--json]` on the CLI's subcommands."""
+    command = commands.add_parser("run", help="print a durable run's agent journal (model turns, tool results)")
+    command.add_argument("run_id", help="the Inngest run id (the dashboard's, or an audit row's run)")
+    command.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+async def run_journal(settings: Settings, run_id: str, *, as_json: bool = False) -> int:
+    """Print the run's journal; 1 (and a line saying so) when it has none."""
+    async with db.open_pool(settings, max_size=1) as pool:
+        entries = await agent_journal.entries(pool, run_id=run_id)
+    if not entries:
+        print(
+            f"No journal for run {run_id}: it never ran the agent, or its journal is older than "
+            f"AGENT_JOURNAL_RETENTION_DAYS ({settings.agent_journal_retention_days})."
+        )
+        return 1
+    print_rows(journal.describe(entries), as_json=as_json, empty="")
+    return 0
+
+
+async def command(settings: Settings, args: argparse.Namespace) -> int:
+    return await run_journal(settings, args.run_id, as_json=args.json)
