@@ -435,7 +435,9 @@ async def run_bench(*, quick: bool = False, server_url: str | None = None) -> di
     try:
         results |= _import_and_launch(url) if not quick else {}
         dsn, options = db.connect_options(url)
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, server_settings=BENCH_APP, **options)
+        # The store's codecs (jsonb as Python values), as every pool of the app has them.
+        init = db._init_connection
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, server_settings=BENCH_APP, init=init, **options)
         try:
             await sample_data.seed(pool)
             results |= await _with_host(drv, url, pool, quick)

@@ -11,13 +11,17 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from agents import ModelResponse, Runner, Usage
+from agents import ModelResponse, Usage
 from openai.types.responses import ResponseFunctionToolCall
 
-import db
 import worker
 from support_worker.agent.offline_model import OfflineSupportModel
+from support_worker.conversation import intake
+from support_worker.conversation import loop as conversation
+from support_worker.core.events import EmailReceived
+from support_worker.core.settings import Settings
 from support_worker.store import sample_data
+from support_worker.workflows import budget
 
 EMAIL_FN = "handle-customer-email"
 
@@ -92,22 +96,44 @@ async def growth(env: Any, samples: int) -> dict[int, dict[str, float]]:
 
 
 async def _in_process_cpu(env: Any, turns: int, samples: int) -> float:
-    """The same agent and model on the same email, run here with no engine and no journal:
-    CPU seconds per email (median), the floor durability is measured against."""
-    agent = worker.build_agent(LongTalkModel())
+    """The same email answered here with no engine and no journal: the same intake, the same
+    agent and model (token-metered, as the host's is), the same guarded, audited reply. CPU
+    seconds per email (median): the floor durability is measured against."""
+    agent = worker.build_agent(budget.MeteredModel(LongTalkModel()))
     run_config = worker.build_run_config(False)
-    customer = await db.get_customer(env.pool, customer_id=sample_data.GRACE)
-    assert customer is not None
-    email = worker.format_email(customer, subject=None, body=f"[turns={turns}] Do you ship to Canada?")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
     spent = []
     for n in range(samples + 1):
-        context = worker.SupportContext(
-            pool=env.pool, customer_id=customer.id, run_id=f"inline-{turns}-{n}", now=datetime.now(UTC)
-        )
+        run_id, body = f"inline-{turns}-{n}", f"[turns={turns}] Do you ship to Canada?"
         began = time.process_time()
-        result = await Runner.run(agent, email, context=context, run_config=run_config, max_turns=turns + 1)
+        received = await intake.receive(
+            env.pool,
+            EmailReceived(customer_id=sample_data.GRACE, body=body),
+            event_id=run_id,
+            event_at=datetime.now(UTC),
+            run_id=run_id,
+            max_body_chars=settings.max_email_body_chars,
+        )
+        customer = received.customer
+        context = worker.SupportContext(
+            pool=env.pool, customer_id=customer.id, run_id=run_id, now=datetime.now(UTC), customer_message=body
+        )
+        talk = await conversation.converse(
+            agent,
+            worker.format_email(customer, subject=None, body=body),
+            context=context,
+            run_config=run_config,
+            gate=_no_refunds,
+            max_turns=settings.agent_max_turns,
+            token_budget=settings.conversation_token_budget,
+        )
+        await conversation.send_reply(env.pool, run_id=run_id, customer=customer, draft=talk.draft, gate=talk.gate)
         if n:
             spent.append(time.process_time() - began)
-        if not result.final_output:
+        if not talk.draft:
             raise RuntimeError(f"the in-process {turns}-turn run did not answer")
     return statistics.median(spent)
+
+
+async def _no_refunds(item: Any) -> Any:
+    raise RuntimeError("the growth emails ask for no refund")
