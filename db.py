@@ -114,7 +114,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(settings: Settings, *, max_size: int | None = None, reset_sessions: bool = True) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings, *, max_size: int | None = None, reset_sessions: bool = True
+) -> asyncpg.Pool:
     """Create the one pool the app uses for its whole life.
 
     It never migrates or seeds (`support-worker migrate` / `seed` do); it refuses a database
@@ -461,3 +463,5 @@ async def audit_detail(pool: Executor, *, idempotency_key: str) -> dict[str, Any
     """The detail of the row written under this key, if any: what a repeated write stored."""
     value = await pool.fetchval("SELECT detail FROM audit_log WHERE idempotency_key = $1", idempotency_key)
     return dict(value) if value is not None else None
+
+

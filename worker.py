@@ -213,3 +213,4 @@ def format_burst(customer: db.Customer, emails: list[tuple[str | None, str]]) ->
     )
     note = f"The customer wrote {len(emails)} emails in a row; answer all of them in one reply."
     return format_email(customer, subject=emails[-1][0], body=f"{note}\n\n{parts}")
+

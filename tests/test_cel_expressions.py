@@ -50,7 +50,11 @@ async def test_priority_is_an_int_within_the_engines_range_for_every_tier(
     assert value == priority
 
 
-@pytest.mark.parametrize("tier", [None, True, 5, ["enterprise"]])
+
+
+@pytest.mark.parametrize(
+    "tier", [None, True, 5, ["enterprise"]]
+)
 async def test_priority_of_a_tier_that_is_not_text(engine: Engine, tier: Any) -> None:
     """A tier that is present but not a string: the expression must still give an int."""
     expression = email_fn(engine)["priority"]["run"]
