@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     # reviewer resumes from its journal, so this must outlast the refund approval timeout.
     agent_journal_retention_days: int = Field(default=14, ge=1, le=3650)
 
-    # The doors (README "Doors"): the inbound-email webhook and the reviewers' desk.
+    # The doors (docs/doors.md): the inbound-email webhook and the reviewers' desk.
     webhook_username: str = "postmark"
     webhook_password: SecretStr | None = None  # unset: the webhook refuses everything
     webhook_max_bytes: int = Field(default=50_000_000, ge=1_000)  # Postmark: ~35 MB mail, base64 in JSON
@@ -137,13 +137,13 @@ class Settings(BaseSettings):
     # Sentry DSN; when set, function failures are reported through the SDK's Sentry middleware.
     sentry_dsn: SecretStr | None = None
 
-    # Flow control for the email function (see README "Flow control"). In-flight steps each
+    # Flow control for the email function (see docs/durable.md, "Flow control"). In-flight steps each
     # hold at most one pool connection, so the two concurrency caps together should not
     # exceed DB_POOL_MAX_SIZE.
     email_concurrency: int = Field(default=8, ge=1)  # all email runs at once: protects the pool
     email_concurrency_per_customer: int = Field(default=2, ge=1)  # one noisy customer's share
     email_throttle_per_minute: int = Field(default=30, ge=1)  # run starts/min: the model's rate limit
-    # One answer to a burst (README "Controls"): a customer's emails less than this many seconds
+    # One answer to a burst (docs/durable.md): a customer's emails less than this many seconds
     # apart are answered together, by one run, this long after the last (Inngest debounce keyed
     # on the customer). 0 answers every email on its own, at once.
     email_burst_seconds: int = Field(default=60, ge=0, le=7 * 24 * 3600)
@@ -157,10 +157,10 @@ class Settings(BaseSettings):
     health_check_fanout_chunk: int = Field(default=1000, ge=1, le=5000)
     # Customers who got a reply or an outreach note this many days ago or less are not checked.
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
-    # Controls (README "Controls"): refunds above this many cents need two different reviewers.
+    # Controls (docs/controls.md): refunds above this many cents need two different reviewers.
     refund_four_eyes_cents: int = Field(default=50_000, ge=0)
 
-    # The escalation gate (README "Escalations") and the cost cap per conversation.
+    # The escalation gate (docs/durable.md, "Escalations") and the cost cap per conversation.
     # Slack-compatible incoming webhook of the senior support channel (its URL holds a token);
     # unset: approved escalations are recorded and audited but posted nowhere.
     senior_support_webhook_url: SecretStr | None = None
@@ -247,7 +247,7 @@ class Settings(BaseSettings):
         """How long a refund waits for a reviewer, in the whole seconds the engine counts."""
         return round(self.refund_approval_timeout_hours * 3600)
 
-    # Providers (README "Webhook contract"): no event above this many bytes leaves the app
+    # Providers (docs/doors.md, "Webhook contract"): no event above this many bytes leaves the app
     # (Inngest Cloud's free plan caps an event at 256 KiB); messages are claim-checked in Postgres.
     max_event_bytes: int = Field(default=262_144, ge=4_096)
     # A Slack 429's Retry-After above this many seconds is capped, so the notifier still retries.
