@@ -150,3 +150,12 @@ async def test_the_host_freezes_what_start_up_built(
     async with serve(settings, monkeypatch, pool):
         assert gc.get_freeze_count() > 0  # start-up's objects are out of the collector's way
     assert gc.get_freeze_count() == 0
+
+
+async def test_the_journal_holds_whatever_a_model_wrote(pool: asyncpg.Pool) -> None:
+    """NUL and a lone surrogate, which Postgres `jsonb` and `text` refuse, come back as written."""
+    said = {"output": [{"type": "message", "text": "nul \u0000, lone \ud800, caf\u00e9"}]}
+    stored = await agent_journal.write_once(
+        pool, run_id="run-odd", turn=1, kind="model", call_id="", segment=0, payload=said
+    )
+    assert stored == said == (await agent_journal.load(pool, run_id="run-odd"))[(1, "model", "")]

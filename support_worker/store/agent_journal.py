@@ -8,6 +8,7 @@ concurrent delivery) that reaches an entry already written gets the first copy's
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ class Entry(BaseModel):
 async def load(pool: Executor, *, run_id: str) -> dict[tuple[int, str, str], Any]:
     """Every entry of a run, by (turn, kind, call id): one round trip per agent step."""
     rows = await pool.fetch("SELECT turn, kind, call_id, payload FROM agent_journal WHERE run_id = $1", run_id)
-    return {(r["turn"], r["kind"], r["call_id"]): r["payload"] for r in rows}
+    return {(r["turn"], r["kind"], r["call_id"]): json.loads(r["payload"]) for r in rows}
 
 
 async def write_once(
@@ -47,18 +48,18 @@ async def write_once(
         kind,
         call_id,
         segment,
-        payload,
+        json.dumps(payload),  # ASCII: every character escaped that Postgres text cannot hold
     )
-    if stored is not None:
-        return stored
-    # Another copy of this call wrote it first (and has committed: the insert waited for it).
-    return await pool.fetchval(
-        "SELECT payload FROM agent_journal WHERE run_id = $1 AND turn = $2 AND kind = $3 AND call_id = $4",
-        run_id,
-        turn,
-        kind,
-        call_id,
-    )
+    if stored is None:
+        # Another copy of this call wrote it first (and has committed: the insert waited for it).
+        stored = await pool.fetchval(
+            "SELECT payload FROM agent_journal WHERE run_id = $1 AND turn = $2 AND kind = $3 AND call_id = $4",
+            run_id,
+            turn,
+            kind,
+            call_id,
+        )
+    return json.loads(stored)
 
 
 async def entries(pool: Executor, *, run_id: str) -> list[Entry]:
@@ -68,7 +69,7 @@ async def entries(pool: Executor, *, run_id: str) -> list[Entry]:
         " ORDER BY segment, turn, (kind = 'tool' OR kind = 'gate'), recorded_at, call_id",
         run_id,
     )
-    return [Entry(**dict(r)) for r in rows]
+    return [Entry(**(dict(r) | {"payload": json.loads(r["payload"])})) for r in rows]
 
 
 async def delete_older_than(pool: Executor, *, days: int, batch: int = CLEAN_BATCH) -> int:

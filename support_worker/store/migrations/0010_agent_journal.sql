@@ -16,7 +16,9 @@ CREATE TABLE agent_journal (
     kind        text NOT NULL CHECK (kind IN ('intake', 'model', 'tool', 'gate')),
     call_id     text NOT NULL DEFAULT '',
     segment     integer NOT NULL CHECK (segment >= 0),
-    payload     jsonb NOT NULL,
+    -- JSON as text, ASCII-escaped: jsonb refuses \u0000 and lone surrogates, which a model
+    -- may write; the journal must hold whatever the model said.
+    payload     text NOT NULL,
     recorded_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, turn, kind, call_id)
 );
