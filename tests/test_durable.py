@@ -408,8 +408,9 @@ async def test_durability_finished_steps_never_rerun_and_a_recovery_run_complete
         assert failed.status == "failed"
         assert failed.runs_of("run-agent") == 5  # every attempt of the agent step failed
         assert broken.calls[1] == 5
-        # The intake was journaled by the first attempt; the others read it.
-        assert await journal_of(pool, failed.run_id) == [(0, 0, "intake", "")]
+        # No turn was ever answered, so nothing was journaled: each attempt took the email in
+        # again, and the intake's own keys kept its one row.
+        assert await journal_of(pool, failed.run_id) == []
         assert await engine.actions(failed.run_id) == ["message_received", "run_failed"]
         run_failed = (await db.list_audit(pool, action=db.AuditAction.RUN_FAILED))[0]
         assert "model unavailable" in json.dumps(run_failed.detail)

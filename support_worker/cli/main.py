@@ -238,7 +238,7 @@ async def decide_escalation(settings: Settings, args: argparse.Namespace) -> int
 async def answer(settings: Settings, args: argparse.Namespace) -> int:
     """Answer one email here, without a durable engine; refunds are decided at the prompt."""
     if not args.body.strip():
-        print("The email is empty: give the customer's words, e.g. \"I was charged twice\".", file=sys.stderr)
+        print('The email is empty: give the customer\'s words, e.g. "I was charged twice".', file=sys.stderr)
         return 2
     model_note = (
         "offline rule-based model (no OPENAI_API_KEY set)" if settings.uses_offline_model else settings.openai_model

@@ -75,7 +75,8 @@ async def run_agent(
     async def take_in() -> dict[str, Any]:
         return (await receive()).model_dump(mode="json")
 
-    received = Intake.model_validate(await journal.once("intake", "", take_in))
+    # Written with the first model turn: until then a retry may take the email in again.
+    received = Intake.model_validate(await journal.once("intake", "", take_in, defer=True))
     if received.status != "accepted":
         return AgentSummary(ended="not_accepted", segment=0, intake=received)
     summary = await _advance(steps, journal, received, now=now, known={}, tell=tell)

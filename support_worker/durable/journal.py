@@ -80,30 +80,32 @@ class Journal:
     turns: int = 0  # model turns reached, replayed or new
     tool_calls: int = 0  # tool calls reached, replayed or new
     asked: int = 0  # model turns this step asked the model for (not in the journal yet)
+    unwritten: list[tuple[agent_journal.Key, Any]] = dataclasses.field(default_factory=list)
 
     @classmethod
     async def open(cls, pool: asyncpg.Pool, *, run_id: str, segment: int) -> Journal:
         return cls(pool, run_id, segment, await agent_journal.load(pool, run_id=run_id))
 
-    async def once(self, kind: agent_journal.Kind, call_id: str, make: Callable[[], Awaitable[Any]]) -> Any:
+    async def once(
+        self, kind: agent_journal.Kind, call_id: str, make: Callable[[], Awaitable[Any]], *, defer: bool = False
+    ) -> Any:
         """The entry for (this turn, `kind`, `call_id`): read from the journal, or made by
         `make()` and written first. Either way the caller gets the stored JSON, so a first run
-        and every replay continue from exactly the same value."""
+        and every replay continue from exactly the same value. A `defer`red entry is written
+        with the next one (one round trip fewer): for what is safe to redo until something
+        depends on it, such as the intake, which the first model turn's input is made of."""
         key = (self.turns, kind, call_id)
         if key in self.entries:
             return self.entries[key]
-        payload = await make()
-        stored = await agent_journal.write_once(
-            self.pool,
-            run_id=self.run_id,
-            turn=self.turns,
-            kind=kind,
-            call_id=call_id,
-            segment=self.segment,
-            payload=payload,
-        )
-        self.entries[key] = stored
-        return stored
+        payload = json.loads(json.dumps(await make()))  # as the journal will give it back
+        if defer:
+            self.entries[key] = payload
+            self.unwritten.append((key, payload))
+            return payload
+        batch, self.unwritten = [*self.unwritten, (key, payload)], []
+        stored = await agent_journal.write_all(self.pool, run_id=self.run_id, segment=self.segment, entries=batch)
+        self.entries.update(stored)
+        return stored[key]
 
     @contextmanager
     def recording(self) -> Iterator[Journal]:

@@ -36,30 +36,43 @@ async def load(pool: Executor, *, run_id: str) -> dict[tuple[int, str, str], Any
     return {(r["turn"], r["kind"], r["call_id"]): json.loads(r["payload"]) for r in rows}
 
 
+Key = tuple[int, str, str]  # (turn, kind, call id) within a run
+
+
 async def write_once(
     pool: Executor, *, run_id: str, turn: int, kind: Kind, call_id: str, segment: int, payload: Any
 ) -> Any:
     """Write an entry unless one is there; return the entry as stored (the first one written)."""
-    stored = await pool.fetchval(
-        "INSERT INTO agent_journal (run_id, turn, kind, call_id, segment, payload) VALUES ($1, $2, $3, $4, $5, $6)"
-        " ON CONFLICT (run_id, turn, kind, call_id) DO NOTHING RETURNING payload",
+    key = (turn, kind, call_id)
+    return (await write_all(pool, run_id=run_id, segment=segment, entries=[(key, payload)]))[key]
+
+
+async def write_all(pool: Executor, *, run_id: str, segment: int, entries: list[tuple[Key, Any]]) -> dict[Key, Any]:
+    """Write entries (one statement) unless they are there; return each as stored: the first
+    copy written wins, whoever wrote it."""
+    rows = await pool.fetch(
+        "INSERT INTO agent_journal (run_id, turn, kind, call_id, segment, payload)"
+        " SELECT $1, e.turn, e.kind, e.call_id, $2, e.payload"
+        " FROM unnest($3::integer[], $4::text[], $5::text[], $6::text[]) AS e(turn, kind, call_id, payload)"
+        " ON CONFLICT (run_id, turn, kind, call_id) DO NOTHING RETURNING turn, kind, call_id, payload",
         run_id,
-        turn,
-        kind,
-        call_id,
         segment,
-        json.dumps(payload),  # ASCII: every character escaped that Postgres text cannot hold
+        [key[0] for key, _ in entries],
+        [key[1] for key, _ in entries],
+        [key[2] for key, _ in entries],
+        # ASCII JSON: every character escaped that Postgres text cannot hold (NUL, lone surrogates).
+        [json.dumps(payload) for _, payload in entries],
     )
-    if stored is None:
-        # Another copy of this call wrote it first (and has committed: the insert waited for it).
-        stored = await pool.fetchval(
-            "SELECT payload FROM agent_journal WHERE run_id = $1 AND turn = $2 AND kind = $3 AND call_id = $4",
-            run_id,
-            turn,
-            kind,
-            call_id,
-        )
-    return json.loads(stored)
+    stored = {(r["turn"], r["kind"], r["call_id"]): r["payload"] for r in rows}
+    for key, _ in entries:
+        if key not in stored:
+            # Another copy of this call wrote it first (and has committed: the insert waited for it).
+            stored[key] = await pool.fetchval(
+                "SELECT payload FROM agent_journal WHERE run_id = $1 AND turn = $2 AND kind = $3 AND call_id = $4",
+                run_id,
+                *key,
+            )
+    return {key: json.loads(text) for key, text in stored.items()}
 
 
 async def entries(pool: Executor, *, run_id: str) -> list[Entry]:
