@@ -50,18 +50,17 @@ async def write_once(
 async def write_all(pool: Executor, *, run_id: str, segment: int, entries: list[tuple[Key, Any]]) -> dict[Key, Any]:
     """Write entries (one statement) unless they are there; return each as stored: the first
     copy written wins, whoever wrote it."""
+    # One row of VALUES per entry (array parameters would make asyncpg introspect their types,
+    # which leaves a session setting behind on the connection: tests/test_pool_sessions.py).
+    values = ", ".join(f"($1, $2, ${3 + 4 * n}, ${4 + 4 * n}, ${5 + 4 * n}, ${6 + 4 * n})" for n in range(len(entries)))
+    # ASCII JSON: every character escaped that Postgres text cannot hold (NUL, lone surrogates).
+    args = [value for (turn, kind, call_id), payload in entries for value in (turn, kind, call_id, json.dumps(payload))]
     rows = await pool.fetch(
-        "INSERT INTO agent_journal (run_id, turn, kind, call_id, segment, payload)"
-        " SELECT $1, e.turn, e.kind, e.call_id, $2, e.payload"
-        " FROM unnest($3::integer[], $4::text[], $5::text[], $6::text[]) AS e(turn, kind, call_id, payload)"
+        f"INSERT INTO agent_journal (run_id, segment, turn, kind, call_id, payload) VALUES {values}"
         " ON CONFLICT (run_id, turn, kind, call_id) DO NOTHING RETURNING turn, kind, call_id, payload",
         run_id,
         segment,
-        [key[0] for key, _ in entries],
-        [key[1] for key, _ in entries],
-        [key[2] for key, _ in entries],
-        # ASCII JSON: every character escaped that Postgres text cannot hold (NUL, lone surrogates).
-        [json.dumps(payload) for _, payload in entries],
+        *args,
     )
     stored = {(r["turn"], r["kind"], r["call_id"]): r["payload"] for r in rows}
     for key, _ in entries:
