@@ -183,8 +183,12 @@ def _error_monitoring(settings: Settings) -> list[Any]:
         raise RuntimeError(
             "SENTRY_DSN is set but sentry-sdk is not installed: pip install 'support-worker[sentry]'"
         ) from error
+    from sentry_sdk.integrations.openai_agents import OpenAIAgentsIntegration
+
     if not sentry_sdk.is_initialized():
-        sentry_sdk.init(dsn=settings.sentry_dsn.get_secret_value())
+        # Its span hooks break every model call of the Agents SDK (an AttributeError per turn),
+        # so the auto-enabled OpenAI Agents integration stays off; failures are still reported.
+        sentry_sdk.init(dsn=settings.sentry_dsn.get_secret_value(), disabled_integrations=[OpenAIAgentsIntegration()])
     return [SentryMiddleware]
 
 

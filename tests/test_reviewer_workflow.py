@@ -12,8 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import openai
 import pytest
+from agents import OpenAIResponsesModel
 from agents.testing import assistant_message, function_call
+from fake_openai import FakeOpenAI, answer
 from inngest_driver import Run, WaitOp, cel_match, timeout_resolver
 from tests_support import (
     GRACE,
@@ -354,19 +357,27 @@ async def test_the_status_stream_follows_a_run_live(doors_engine: Engine) -> Non
 # --------------------------------------------------------------------------- error monitoring
 
 
+@pytest.mark.fake_openai  # the first email goes through the OpenAI client, to a fake server
 async def test_failures_are_reported_to_sentry_when_a_dsn_is_set(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
 ) -> None:
     import sentry_sdk
 
-    with CaptureServer() as sentry:
+    with CaptureServer() as sentry, FakeOpenAI([answer("Hi Alan, it is on its way.")]) as fake:
         tuned = settings.model_copy(update={"sentry_dsn": f"http://publickey@{sentry.url.removeprefix('http://')}/7"})
         try:
+            # sentry-sdk's auto-enabled OpenAI Agents integration broke every model call of the
+            # Agents SDK (an AttributeError in its span hook): the app turns that one off.
+            real_model = OpenAIResponsesModel("gpt-test", openai.AsyncOpenAI(base_url=fake.base_url, api_key="test"))
             async with serve(tuned, monkeypatch, pool, model=CountingModel(fail=lambda turn, nth: True)) as engine:
                 run = await engine.email(CHARGED_TWICE)
+            async with serve(tuned, monkeypatch, pool, model=real_model) as engine:
+                answered = await engine.email({"customer_id": ALAN, "body": "Where is my order?"})
             sentry_sdk.flush()
         finally:
             sentry_sdk.get_client().close()
+    assert answered.status == "completed", answered.error
+    fake.assert_script_used_up()
     assert run.status == "failed"
     envelopes = [
         gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
