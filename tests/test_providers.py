@@ -225,7 +225,7 @@ async def test_the_courses_inline_event_still_works_and_is_claim_checked_at_inta
     stored = await doors.pool.fetchrow("SELECT id, source, text_body FROM messages")
     key = "event:evt-email-1:" + messages.digest("Where is my order 1004?")[:12]
     assert dict(stored) == {"id": key, "source": "event", "text_body": "Where is my order 1004?"}
-    intake = next(v["data"] for v in run.memo.values() if isinstance(v, dict) and "customer" in v.get("data", {}))
+    intake = next(v["data"]["intake"] for v in run.memo.values() if isinstance(v, dict) and "intake" in v["data"])
     (answering,) = intake["answering"]
     assert "body" not in answering and answering["message"]["message_id"] == key
 

@@ -32,6 +32,7 @@ COMMANDS = {
     "pending": ("listings", "pending"),
     "audit": ("listings", "audit"),
     "list": ("listings", "list_customers"),
+    "run": ("journal_view", "command"),
 }
 
 

@@ -112,6 +112,10 @@ def _listing(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     trail.add_argument("--run")
     trail.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    run = commands.add_parser("run", help="print a durable run's agent journal (model turns, tool results)")
+    run.add_argument("run_id", help="the Inngest run id (the dashboard's, or an audit row's run)")
+    run.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
 
 def refusal(args: argparse.Namespace) -> str | None:
     """What is wrong with arguments argparse accepted, said before any command imports its libraries."""

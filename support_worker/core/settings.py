@@ -54,6 +54,7 @@ def env_file() -> Path:
     override = os.environ.get("SUPPORT_WORKER_ENV_FILE")
     return Path(override) if override else data_home() / ".env"
 
+
 # Signs the desk's form tokens in development only; production refuses it (see below).
 DEV_DESK_FORM_SECRET = "dev-only-desk-form-secret"
 # Values people leave in a config file meaning "fill me in"; compared case-insensitively.
@@ -120,6 +121,10 @@ class Settings(BaseSettings):
     # notifier still down after them is audited (`reviewer_notify_failed`), never retried by
     # failing the step, so a dead notifier cannot cost the refund.
     reviewer_notify_attempts: int = Field(default=3, ge=1, le=10)
+    # The agent's journal (model turns and tool results of each durable run, in Postgres) is
+    # deleted this many days after it was written, by the daily clean-up. A run paused for a
+    # reviewer resumes from its journal, so this must outlast the refund approval timeout.
+    agent_journal_retention_days: int = Field(default=14, ge=1, le=3650)
 
     # The doors (docs/doors.md): the inbound-email webhook and the reviewers' desk.
     webhook_username: str = "postmark"
@@ -217,6 +222,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"EMAIL_BURST_TIMEOUT_SECONDS ({self.email_burst_timeout_seconds}) must be at least "
                 f"EMAIL_BURST_SECONDS ({self.email_burst_seconds}): it caps how long a burst may keep growing"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _journal_outlasts_a_paused_run(self) -> Self:
+        if self.agent_journal_retention_days * 86_400 <= self.refund_approval_timeout_seconds:
+            raise ValueError(
+                f"AGENT_JOURNAL_RETENTION_DAYS ({self.agent_journal_retention_days}) must be longer than "
+                f"REFUND_APPROVAL_TIMEOUT_HOURS ({self.refund_approval_timeout_hours:g}): a run waiting for "
+                "a reviewer resumes from its journal"
             )
         return self
 

@@ -39,7 +39,8 @@ from support_worker.core.fields import MAX_ID
 from support_worker.core.money import format_money
 from support_worker.core.settings import Settings
 from support_worker.doors.ingress import credentials_match
-from support_worker.store import approvals, reviews
+from support_worker.durable import journal
+from support_worker.store import agent_journal, approvals, reviews
 from support_worker.store import escalations as escalation_store
 from support_worker.workflows import decisions, escalations, notify
 
@@ -360,6 +361,12 @@ def build_router(
         # sse-starlette frames the events, keeps proxies from closing an idle stream with
         # pings, and stops reading the audit trail when the reviewer leaves or the host stops.
         return EventSourceResponse(status_events(get_pool(), run_id))
+
+    @router.get("/runs/{run_id}/journal")
+    async def run_journal(run_id: str, reviewer: str = Depends(signed_in)) -> dict[str, Any]:
+        """The run's agent journal, entry by entry (what `support-worker run <id>` prints)."""
+        entries = await agent_journal.entries(get_pool(), run_id=run_id)
+        return {"run_id": run_id, "entries": journal.describe(entries)}
 
     @router.post("/reviews/{request_id}")
     async def decide(

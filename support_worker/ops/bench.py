@@ -1,4 +1,4 @@
-"""`support-worker bench`: how close a step call comes to a bare endpoint, measured in one run.
+"""`support-worker bench`: engine calls, host CPU and bytes per email, measured in one run.
 
 A development tool (it needs the `dev` extra: it drives the host with the test driver,
 `tests/inngest_driver.py`, imported from the tests directory). It starts the embedded
@@ -35,6 +35,7 @@ from pydantic import SecretStr
 
 import db
 from support_worker.core.settings import Settings, checkout_root
+from support_worker.ops import bench_growth
 from support_worker.ops.bench_table import table
 from support_worker.store import postgres, sample_data, schema
 
@@ -185,6 +186,13 @@ class Env:
     stub: Any
     pool: asyncpg.Pool
     meter: Meter
+    cpu: bench_growth.HostCpu
+    decision_calls: int = 0
+    largest_output: int = 0  # bytes of the largest step output of any email measured
+
+    def note_outputs(self, run: Any) -> None:
+        sizes = [len(json.dumps(memo, separators=(",", ":"))) for memo in run.memo.values()]
+        self.largest_output = max([self.largest_output, *sizes])
 
     def reviewer(self, *, approved: bool) -> Any:
         async def resolve(op: Any) -> dict[str, Any] | None:
@@ -194,7 +202,8 @@ class Env:
                 "id": f"dec-{request_id}",
                 "data": {"request_id": request_id, "approved": approved, "reviewer": "bench@example.com"},
             }
-            await self.driver.run("record-refund-decision", event)
+            decided = await self.driver.run("record-refund-decision", event)
+            self.decision_calls = len(decided.calls)
             return self.drv.normalize_event(event)
 
         return resolve
@@ -211,6 +220,7 @@ async def _kinds(env: Env) -> dict[str, tuple[int, int, int]]:
             raise RuntimeError(f"the {kind} email did not complete: {run.error}")
         own = env.meter.calls[start:][-len(run.calls) :]  # the email's own calls, after the reviewer's
         out[kind] = (len(run.calls), sum(c[1] + c[2] for c in own), max(c[1] for c in own))
+        env.note_outputs(run)
     return out
 
 
@@ -425,7 +435,9 @@ async def run_bench(*, quick: bool = False, server_url: str | None = None) -> di
     try:
         results |= _import_and_launch(url) if not quick else {}
         dsn, options = db.connect_options(url)
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, server_settings=BENCH_APP, **options)
+        # The store's codecs (jsonb as Python values), as every pool of the app has them.
+        init = db._init_connection
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, server_settings=BENCH_APP, init=init, **options)
         try:
             await sample_data.seed(pool)
             results |= await _with_host(drv, url, pool, quick)
@@ -457,8 +469,8 @@ async def _with_host(drv: Any, url: str, pool: asyncpg.Pool, quick: bool) -> dic
             email_burst_seconds=0,
         )
         meter = Meter()
-        app = inngest_app.create_app(settings)
-        async with _serve(app) as host_url, _serve(_bare_app(url)) as bare_url:
+        cpu = bench_growth.HostCpu(inngest_app.create_app(settings, model=bench_growth.LongTalkModel()))
+        async with _serve(cpu) as host_url, _serve(_bare_app(url)) as bare_url:
             hooks: dict[str, list[Callable[..., Any]]] = {
                 "request": [meter.on_request],
                 "response": [meter.on_response],
@@ -466,8 +478,11 @@ async def _with_host(drv: Any, url: str, pool: asyncpg.Pool, quick: bool) -> dic
             async with httpx.AsyncClient(base_url=host_url, event_hooks=hooks, timeout=120) as http:
                 driver = drv.InngestDriver(http, stub=stub)
                 await driver.sync()
-                env = Env(drv, driver, stub, pool, meter)
+                env = Env(drv, driver, stub, pool, meter, cpu)
                 out: dict[str, Any] = {"kinds": await _kinds(env), "webhook": await _webhook_big(env)}
+                out["decision_calls"] = env.decision_calls
+                out["growth"] = await bench_growth.growth(env, 3 if quick else 20)
+                out["largest_output"] = env.largest_output
                 out["per_call"] = await _per_call(env, bare_url, 30 if quick else 300)
                 small, large = (10, 50) if quick else (50, 500)
                 out["burst_small"], out["burst"] = await _bursts(env, url, small, large)

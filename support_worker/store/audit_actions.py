@@ -40,4 +40,3 @@ class AuditAction(StrEnum):
     ESCALATION_REJECTED = "escalation_rejected"
     ESCALATION_POSTED_VIA_TIMEOUT = "escalation_posted_via_timeout"
     MODEL_UNAVAILABLE = "model_unavailable"
-
