@@ -26,6 +26,7 @@ import functools
 import inspect
 import itertools
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -60,10 +61,12 @@ def _new_id() -> str:
 
 def wall_clock_delay_ms(instant: str, *, since: float) -> int:
     """How far an ISO instant the SDK computed from its wall clock (a sleep's wake-up, a
-    ``RetryAfterError``'s date) lies after ``since``, in whole seconds: the SDK took "now" a few
-    milliseconds before answering, and virtual time should not inherit that jitter."""
+    ``RetryAfterError``'s date) lies after ``since``, the moment the request went out, in whole
+    seconds: the SDK took its "now" while handling the call, up to a second later (its instant
+    is cut to milliseconds, hence the 10 ms allowance), and virtual time should not inherit
+    that jitter."""
     at = datetime.datetime.fromisoformat(instant.replace("Z", "+00:00")).timestamp()
-    return max(0, round(at - since)) * 1000
+    return max(0, math.floor(at - since + 0.01)) * 1000
 
 
 def normalize_event(event: Mapping[str, Any] | CapturedEvent) -> JSONDict:
@@ -197,8 +200,8 @@ class CallRecord:
     status_code: int = 0
     body: Any = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
-    sent_at: float = 0.0  # wall clock (s) when the request went out
-    answered_at: float = 0.0  # wall clock (s) when the answer came: `retry-after` dates count from it
+    sent_at: float = 0.0  # wall clock (s) when the request went out: SDK-computed instants count from it
+    answered_at: float = 0.0  # wall clock (s) when the answer came
     at_ms: int | None = None  # virtual time of the call (in `deliver`)
 
     @property
@@ -213,7 +216,7 @@ class CallRecord:
             delay = int(value) * 1000
         else:
             try:
-                delay = wall_clock_delay_ms(value, since=self.answered_at)
+                delay = wall_clock_delay_ms(value, since=self.sent_at)
             except ValueError:
                 return None
         return min(max(delay, 1000), 86_400_000)
@@ -657,7 +660,7 @@ class InngestDriver:
         elif code == "Sleep":
             run.sleeps.append((name, op["name"]))
             if self.flow is not None and self._delivering:  # the SDK wrote its wake-up in wall-clock time
-                await self.flow.sleep_until(self.flow.now + wall_clock_delay_ms(op["name"], since=rec.answered_at))
+                await self.flow.sleep_until(self.flow.now + wall_clock_delay_ms(op["name"], since=rec.sent_at))
             memo = None
         elif code == "WaitForEvent":
             opts = op.get("opts") or {}
