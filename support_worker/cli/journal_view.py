@@ -2,8 +2,8 @@
 
 What the dashboard's step outputs summarize (turns, tool calls, the pause), the journal holds in
 full: the intake, each model turn (the tools it called, or its answer), each tool's result and
-each refund request opened. Read-only; a small module of its own so the CLI's parser only
-registers it (`main.py`).
+each refund request opened. Read-only; `cli/parsing.py` registers the command, `cli/main.py`
+imports this module only when it runs.
 """
 
 from __future__ import annotations
@@ -15,13 +15,6 @@ from support_worker.cli.listings import print_rows
 from support_worker.core.settings import Settings
 from support_worker.durable import journal
 from support_worker.store import agent_journal
-
-
-def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `run <run-id> [--json]` on the CLI's subcommands."""
-    command = commands.add_parser("run", help="print a durable run's agent journal (model turns, tool results)")
-    command.add_argument("run_id", help="the Inngest run id (the dashboard's, or an audit row's run)")
-    command.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 async def run_journal(settings: Settings, run_id: str, *, as_json: bool = False) -> int:

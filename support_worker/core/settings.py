@@ -23,6 +23,8 @@ from platformdirs import user_data_dir
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from support_worker.core import cron
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -128,6 +130,9 @@ class Settings(BaseSettings):
     webhook_username: str = "postmark"
     webhook_password: SecretStr | None = None  # unset: the webhook refuses everything
     webhook_max_bytes: int = Field(default=50_000_000, ge=1_000)  # Postmark: ~35 MB mail, base64 in JSON
+    # Longest an HTML-only email's conversion to text may take (in a child process); past it,
+    # tags are stripped instead, so hostile markup can neither stall the host nor lose the email.
+    webhook_html_seconds: float = Field(default=5.0, gt=0, le=60)
     review_desk_users: SecretStr | None = None  # "alice:pw1,bob:pw2"; unset: the desk is closed
     # Signs the desk's form tokens; every process serving the desk must share it.
     desk_form_secret: SecretStr = SecretStr(DEV_DESK_FORM_SECRET)
@@ -180,6 +185,19 @@ class Settings(BaseSettings):
                 "of seconds and at least one second: use e.g. 0.25 (15 minutes) or 4"
             )
         return hours
+
+    @field_validator("health_check_cron")
+    @classmethod
+    def _cron_inngest_accepts(cls, spec: str) -> str:
+        """Inngest refuses the whole sync over one cron it cannot parse: refuse it here, by name."""
+        why = cron.problem(spec)
+        if why:
+            raise ValueError(
+                f"HEALTH_CHECK_CRON={spec!r} is not a schedule Inngest accepts ({why}); it takes five fields "
+                "(minute hour day-of-month month day-of-week), optionally after TZ=<zone>, e.g. '0 9 * * *' "
+                "or 'TZ=Europe/Paris 30 8 * * *'; no seconds field and no @daily-style descriptors"
+            )
+        return spec
 
     @property
     def escalation_timeout_seconds(self) -> int:
