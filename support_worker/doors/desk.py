@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
 from support_worker.core.fields import MAX_ID
+from support_worker.core.identity import reviewer_identity
 from support_worker.core.money import format_money
 from support_worker.core.settings import Settings
 from support_worker.doors.ingress import credentials_match
@@ -238,7 +239,8 @@ def signed_in_reviewer(settings: Settings) -> Callable[..., str]:
             raise HTTPException(
                 401, "Sign in with your desk name and password.", {"WWW-Authenticate": f'Basic realm="{REALM}"'}
             )
-        return matches[0]
+        # The reviewer's identity (`core.identity`), the same one the CLI's --reviewer maps to.
+        return reviewer_identity(matches[0])
 
     return reviewer
 
