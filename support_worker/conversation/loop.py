@@ -254,6 +254,7 @@ async def _decide_here(
         raw_arguments=item.arguments,
         ttl_seconds=settings.refund_approval_timeout_seconds,
         four_eyes_cents=settings.refund_four_eyes_cents,
+        four_eyes_window_days=settings.refund_four_eyes_window_days,
     )
     if opened.status != "pending" or opened.request_id is None:
         return opened

@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
     # Controls (README "Controls"): refunds above this many cents need two different reviewers.
     refund_four_eyes_cents: int = Field(default=50_000, ge=0)
+    # Four eyes counts totals: what an order was ever refunded, and what a customer was refunded
+    # over this many days, plus every refund still pending or approved (docs/controls.md).
+    refund_four_eyes_window_days: int = Field(default=30, ge=1, le=3650)
 
     # The escalation gate (README "Escalations") and the cost cap per conversation.
     # Slack-compatible incoming webhook of the senior support channel (its URL holds a token);

@@ -88,6 +88,7 @@ async def refund_gate(
         raw_arguments=item.arguments,
         ttl_seconds=settings.refund_approval_timeout_seconds,
         four_eyes_cents=settings.refund_four_eyes_cents,
+        four_eyes_window_days=settings.refund_four_eyes_window_days,
     )
     opened = await step.run(
         f"open-refund-{call_id}",
