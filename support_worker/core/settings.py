@@ -23,6 +23,8 @@ from platformdirs import user_data_dir
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from support_worker.core import operator_checks
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -52,6 +54,7 @@ def env_file() -> Path:
     override = os.environ.get("SUPPORT_WORKER_ENV_FILE")
     return Path(override) if override else data_home() / ".env"
 
+
 # Signs the desk's form tokens in development only; production refuses it (see below).
 DEV_DESK_FORM_SECRET = "dev-only-desk-form-secret"
 # Values people leave in a config file meaning "fill me in"; compared case-insensitively.
@@ -73,7 +76,10 @@ SECRET_FIELDS = (
 class Settings(BaseSettings):
     """Configuration for the database, the model, the durable layer and the doors."""
 
-    model_config = SettingsConfigDict(env_file=None, env_file_encoding="utf-8", extra="ignore")
+    # hide_input_in_errors: a refusal never echoes the values it was given (secrets among them).
+    model_config = SettingsConfigDict(
+        env_file=None, env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     # `development` (the default) seeds sample data and allows dev-only conveniences;
     # `production` refuses placeholder secrets and unsafe defaults at startup.
@@ -223,12 +229,19 @@ class Settings(BaseSettings):
             return super().model_copy(deep=deep)
         return self.model_validate(dict(self) | dict(update))
 
+    @field_validator("review_desk_users")
+    @classmethod
+    def _one_reading_of_the_reviewers(cls, users: SecretStr | None) -> SecretStr | None:
+        """Refuse, in every environment, a list that could be read two ways (`operator_checks`)."""
+        if users is not None:
+            operator_checks.parse_reviewers(users.get_secret_value())
+        return users
+
     @property
     def reviewers(self) -> dict[str, SecretStr]:
-        """Desk sign-ins from REVIEW_DESK_USERS, name -> password."""
+        """Desk sign-ins from REVIEW_DESK_USERS, name -> password (`name:pw,...` or a JSON object)."""
         raw = self.review_desk_users.get_secret_value() if self.review_desk_users else ""
-        pairs = [p.strip() for p in raw.split(",") if p.strip()]
-        return {name: SecretStr(password) for name, _, password in (p.partition(":") for p in pairs if ":" in p)}
+        return {name: SecretStr(password) for name, password in operator_checks.parse_reviewers(raw).items()}
 
     @property
     def refund_approval_timeout_seconds(self) -> int:
@@ -279,7 +292,32 @@ def _placeholder_problems(settings: Settings) -> list[str]:
                     f"{where} is a placeholder ({value.strip()!r}); set a real secret, "
                     f"or remove the line if you do not use this feature"
                 )
+            elif value != value.strip():
+                problems.append(f"{where} begins or ends with whitespace (a pasted newline?); remove it")
     return problems
+
+
+def _weak_secret_problems(settings: Settings) -> list[str]:
+    """Secrets that are set but weak or malformed (`operator_checks` states the rules)."""
+    checks = operator_checks
+    problems = []
+    for name, secret_password in settings.reviewers.items():
+        problems.append(
+            checks.password_problem(
+                f"REVIEW_DESK_USERS (reviewer {name!r})", name=name, password=secret_password.get_secret_value()
+            )
+        )
+    if settings.webhook_password is not None:
+        password = settings.webhook_password.get_secret_value()
+        problems.append(checks.password_problem("WEBHOOK_PASSWORD", name=settings.webhook_username, password=password))
+    if settings.inngest_signing_key is not None:
+        problems.append(checks.signing_key_problem(settings.inngest_signing_key.get_secret_value()))
+    if settings.inngest_serve_origin:
+        problems.append(checks.origin_problem(settings.inngest_serve_origin))
+    secret = settings.desk_form_secret.get_secret_value()
+    if secret != DEV_DESK_FORM_SECRET:
+        problems.append(checks.form_secret_problem(secret))
+    return [p for p in problems if p]
 
 
 def production_problems(settings: Settings) -> list[str]:
@@ -293,9 +331,7 @@ def production_problems(settings: Settings) -> list[str]:
     for name, how in required.items():
         if not getattr(settings, name):
             problems.append(f"{name.upper()} is not set; {how}")
-    origin = settings.inngest_serve_origin
-    if origin and urlsplit(origin).scheme not in ("http", "https"):
-        problems.append(f"INNGEST_SERVE_ORIGIN must be an http(s) origin (https://support.example.com): {origin!r}")
+    problems += _weak_secret_problems(settings)
     if settings.desk_form_secret.get_secret_value() == DEV_DESK_FORM_SECRET:
         problems.append(
             "DESK_FORM_SECRET is the development placeholder; set a random value shared by every process, "
