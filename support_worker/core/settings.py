@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"  # where reviewers reach the host (links in notifications)
     # Slack-compatible incoming webhook told about each refund waiting for review; unset: skipped.
     reviewer_webhook_url: str | None = None
+    # Wrong credentials on the desk or the webhook: this many within the window lock the client
+    # (and the user name, for clients it has not signed in from) out with 429 (doors/auth_limits.py).
+    auth_max_failures: int = Field(default=5, ge=1, le=1000)
+    auth_failure_window_seconds: int = Field(default=600, ge=1, le=7 * 24 * 3600)
     # Sentry DSN; when set, function failures are reported through the SDK's Sentry middleware.
     sentry_dsn: SecretStr | None = None
 

@@ -40,6 +40,7 @@ from support_worker.core.fields import MAX_ID
 from support_worker.core.identity import reviewer_identity
 from support_worker.core.money import format_money
 from support_worker.core.settings import Settings
+from support_worker.doors.auth_limits import AuthLimiter
 from support_worker.doors.ingress import credentials_match
 from support_worker.store import approvals, reviews
 from support_worker.store import escalations as escalation_store
@@ -163,6 +164,7 @@ SECURITY_HEADERS = {
 STATIC_FILES = {"desk.js": "text/javascript", "desk.css": "text/css"}
 REFUSAL_TITLES = {
     401: "Sign in to review refunds",
+    429: "Too many wrong sign-ins",
     403: "This form cannot be used",
     503: "The review desk is closed",
 }
@@ -222,13 +224,22 @@ def form_token(settings: Settings, *, reviewer: str, request_id: str) -> str:
     return hmac.new(secret, f"{reviewer}:{request_id}".encode(), hashlib.sha256).hexdigest()
 
 
-def signed_in_reviewer(settings: Settings) -> Callable[..., str]:
-    """A dependency: the signed-in reviewer's name, or a 503 (desk closed) or 401 refusal."""
+def signed_in_reviewer(settings: Settings, limits: AuthLimiter | None = None) -> Callable[..., Awaitable[str]]:
+    """A dependency: the signed-in reviewer's name, or a 503 (desk closed), 429 (locked out
+    after repeated wrong credentials, `auth_limits`) or 401 refusal."""
+    limits = limits or AuthLimiter(
+        "desk", max_failures=settings.auth_max_failures, window_seconds=settings.auth_failure_window_seconds
+    )
 
-    def reviewer(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic_credentials)]) -> str:
+    async def reviewer(
+        request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(basic_credentials)]
+    ) -> str:
         users = settings.reviewers
         if not users:
             raise HTTPException(503, "Set REVIEW_DESK_USERS (e.g. alice:a-long-password) to open it.")
+        client = AuthLimiter.client_of(request)
+        tried = reviewer_identity(credentials.username) if credentials else None
+        limits.check(client, tried)
         # Every pair is compared, so the time taken does not say which names exist.
         matches = [
             name
@@ -236,11 +247,15 @@ def signed_in_reviewer(settings: Settings) -> Callable[..., str]:
             if credentials is not None and credentials_match(credentials, username=name, password=password)
         ]
         if not matches:
+            if credentials is not None and tried is not None:
+                await limits.failed(client, tried)
             raise HTTPException(
                 401, "Sign in with your desk name and password.", {"WWW-Authenticate": f'Basic realm="{REALM}"'}
             )
         # The reviewer's identity (`core.identity`), the same one the CLI's --reviewer maps to.
-        return reviewer_identity(matches[0])
+        identity = reviewer_identity(matches[0])
+        limits.succeeded(client, identity)
+        return identity
 
     return reviewer
 
@@ -325,7 +340,13 @@ def build_router(
 ) -> APIRouter:
     """The desk's routes: the page, its static files, the live status stream and decisions."""
     router = APIRouter(route_class=DeskRoute)
-    signed_in = signed_in_reviewer(settings)
+    limits = AuthLimiter(
+        "desk",
+        max_failures=settings.auth_max_failures,
+        window_seconds=settings.auth_failure_window_seconds,
+        get_pool=get_pool,
+    )
+    signed_in = signed_in_reviewer(settings, limits)
 
     @router.get("/reviews")
     async def reviews_page(request: Request, reviewer: str = Depends(signed_in), msg: str = "") -> Response:
@@ -380,7 +401,7 @@ def build_router(
 def _add_escalation_routes(
     router: APIRouter,
     settings: Settings,
-    signed_in: Callable[..., str],
+    signed_in: Callable[..., Awaitable[str]],
     get_pool: Callable[[], asyncpg.Pool],
     announce_escalation: Announce,
 ) -> None:
