@@ -176,7 +176,7 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 async def reset_data(pool: asyncpg.Pool) -> None:
     await pool.execute(
-        "TRUNCATE audit_log, model_usage, refunds, refund_requests, orders, customers, messages"
+        "TRUNCATE audit_log, model_usage, agent_journal, refunds, refund_requests, orders, customers, messages"
         " RESTART IDENTITY CASCADE"
     )
     await sample_data.seed(pool)

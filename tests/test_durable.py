@@ -32,23 +32,30 @@ from support_worker.agent.offline_model import OfflineSupportModel
 from support_worker.conversation import loop as conversation
 from support_worker.core.settings import Settings
 from support_worker.durable import journal
+from support_worker.store import agent_journal
 from support_worker.store.sample_data import ADA
-from support_worker.workflows import decisions, notify
+from support_worker.workflows import decisions, notify, refunds
 
 # The audit rows of an email whose refund a reviewer approved, in order.
 APPROVED_STORY = ["message_received", "refund_requested", "decision_recorded", "refund_issued", "reply_sent"]
-# Its steps: read the email, look up the orders, ask for the refund (open the request, tell
-# reviewers, read it once), wait, settle the decision, pay, and write the reply.
+# Its steps: run the agent (read the email, look up the orders, ask for the refund: open the
+# request, tell reviewers, read it once), wait, settle the decision, and resume the agent from
+# its journal (pay, write the reply). The final call saves the reply.
 APPROVED_TRAIL = [
-    "receive-message",
-    "model-turn-1",
-    "tool-lookup_orders-<call-1>",
-    "model-turn-2",
-    "open-refund-<call-2>",
+    "run-agent",
     "await-approval-<request>-1",
     "settle-refund-<request>-1",
-    "tool-issue_refund-<call-2>",
-    "model-turn-3",
+    "resume-agent-<request>",
+]
+# The same run as its journal has it: (segment, turn, kind, tool) in order.
+APPROVED_JOURNAL = [
+    (0, 0, "intake", ""),
+    (0, 1, "model", ""),
+    (0, 1, "tool", "lookup_orders"),
+    (0, 2, "model", ""),
+    (0, 2, "gate", "issue_refund"),
+    (1, 2, "tool", "issue_refund"),
+    (1, 3, "model", ""),
 ]
 CHARGED_TWICE = {"customer_id": GRACE, "subject": "Double charge", "body": "I was charged twice for order 1003"}
 REFUND_1003 = {"order_id": 1003, "amount_cents": 49_900, "reason": "Charged twice for order 1003."}
@@ -57,21 +64,21 @@ REFUND_1003 = {"order_id": 1003, "amount_cents": 49_900, "reason": "Charged twic
 # --------------------------------------------------------------------------- the promise
 
 
-async def test_the_readme_promise_a_plain_email_takes_three_engine_calls_and_an_approved_refund_ten(
+async def test_the_promise_a_plain_email_takes_two_engine_calls_and_an_approved_refund_five(
     engine: Engine,
 ) -> None:
-    """README's Performance section (and tests/test_bench.py) promise these counts: each engine
-    call is a priced step and a round trip, so the number itself is the behaviour here."""
+    """docs/performance.md (and tests/test_bench.py) promise these counts: each engine call is
+    a priced execution and a round trip, so the number itself is the behaviour here."""
     plain = await engine.email({"customer_id": GRACE, "body": "Do you ship to Canada?"}, event_id="evt-plain")
     assert plain.status == "completed", plain.error
-    # Discover and run receive-message, run the one model turn, and the final call writes the reply.
-    assert trail(plain) == ["receive-message", "model-turn-1"]
-    assert len(plain.calls) == 3
+    # Run the agent (intake and the one model turn), then the final call writes the reply.
+    assert trail(plain) == ["run-agent"]
+    assert len(plain.calls) == 2
     refund = await engine.email(CHARGED_TWICE, event_id="evt-refund", resolver=engine.reviewer(approved=True))
     assert refund.status == "completed", refund.error
     assert trail(refund) == APPROVED_TRAIL
-    # One call per step of the trail, plus the first discovery call.
-    assert len(refund.calls) == 10
+    # One call per step of the trail, plus the final call.
+    assert len(refund.calls) == 5
 
 
 # --------------------------------------------------------------------------- plain emails
@@ -86,7 +93,9 @@ async def test_a_plain_question_is_answered_in_the_models_words(
         run = await engine.email({"customer_id": GRACE, "body": "Do you ship to Canada?"})
     assert run.status == "completed", run.error
     used_up(model)
-    assert trail(run) == ["receive-message", "model-turn-1"]
+    assert trail(run) == ["run-agent"]
+    [summary] = [memo["data"] for memo in run.memo.values()]
+    assert (summary["ended"], summary["turns"], summary["tool_calls"], summary["asked"]) == ("answered", 1, 0, 1)
     assert run.output["reply"] == words and run.output["gate"] == [] and run.output["refund_ids"] == []
     assert await engine.actions(run.run_id) == ["message_received", "reply_sent"]
     [sent] = await db.list_audit(pool, action=db.AuditAction.REPLY_SENT)
@@ -149,6 +158,7 @@ async def test_approved_refund_is_issued_once_and_the_reply_confirms_it(
     assert run.status == "completed", run.error
     used_up(model)
     assert trail(run) == APPROVED_TRAIL
+    assert await journal_of(pool, run.run_id) == APPROVED_JOURNAL
     assert await engine.actions(run.run_id) == APPROVED_STORY
     assert await engine.actions() == await engine.actions(run.run_id)  # the recorder added nothing
     paid = await db.list_refunds(pool)
@@ -173,8 +183,11 @@ async def test_rejected_refund_pays_nothing_and_the_reply_declines(
         run = await engine.email(CHARGED_TWICE, resolver=engine.reviewer(approved=False, note="card shows one charge"))
     assert run.status == "completed", run.error
     used_up(model)
-    # No payment step: the call ends at the reviewer's decision.
-    assert trail(run) == [*APPROVED_TRAIL[:-2], "model-turn-3"]
+    # The same steps; resumed, the agent hears the refusal and pays nothing.
+    assert trail(run) == APPROVED_TRAIL
+    assert [entry for entry in await journal_of(pool, run.run_id) if entry[2] == "tool"] == [
+        (0, 1, "tool", "lookup_orders")
+    ]
     assert await engine.actions(run.run_id) == [
         "message_received",
         "refund_requested",
@@ -200,10 +213,10 @@ async def test_timeout_expires_the_request_and_a_reply_claiming_a_refund_is_repl
         used_up(model)
         # The wait ran out; the request is settled as expired, without a round number.
         assert trail(run) == [
-            *APPROVED_TRAIL[:-4],
+            "run-agent",
             "await-approval-<request>-1",
             "settle-refund-<request>",
-            "model-turn-3",
+            "resume-agent-<request>",
         ]
         assert await engine.actions(run.run_id) == [
             "message_received",
@@ -301,8 +314,8 @@ async def test_an_injected_email_gets_no_more_than_the_policy_allows_and_no_fals
         )
     assert run.status == "completed", run.error
     used_up(model)
-    # The policy refused it in the opening step: no reviewer, no wait, no payment.
-    assert trail(run) == ["receive-message", "model-turn-1", "open-refund-<call>", "model-turn-2"]
+    # The policy refused it inside the agent's step, which went on: no reviewer, no wait, no payment.
+    assert trail(run) == ["run-agent"]
     assert run.waits == []
     assert await engine.actions(run.run_id) == ["message_received", "refund_blocked", "reply_sent"]
     [blocked] = await db.list_audit(pool, action=db.AuditAction.REFUND_BLOCKED)
@@ -320,11 +333,22 @@ async def test_a_failure_after_the_refund_retries_without_paying_or_asking_the_m
     settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
 ) -> None:
     model = CountingModel(fail=lambda turn, nth: turn == 3 and nth <= 2)  # the turn after the refund
+    paid: list[str] = []
+    pay_for_call = refunds.pay_for_call
+
+    async def counting_payment(*args: Any, **kwargs: Any) -> Any:
+        paid.append(kwargs["tool_call_id"])
+        return await pay_for_call(*args, **kwargs)
+
+    monkeypatch.setattr(refunds, "pay_for_call", counting_payment)
     async with serve(settings, monkeypatch, pool, model=model) as engine:
         run = await engine.email(CHARGED_TWICE, resolver=engine.reviewer(approved=True))
     assert run.status == "completed", run.error
+    # The resuming step failed twice after paying; each retry replayed turns 1 and 2 and the
+    # payment from the journal: the model was asked for them once, the tool ran once.
+    assert trail(run).count("resume-agent-<request>") == 3
     assert model.calls == Counter({1: 1, 2: 1, 3: 3})
-    assert run.runs_of("tool-issue_refund-call_offline_3_issue_refund") == 1
+    assert paid == ["call_offline_3_issue_refund"]
     assert len(await db.list_refunds(pool)) == 1
     assert (await engine.actions()).count("refund_issued") == 1
 
@@ -335,6 +359,19 @@ async def test_every_call_delivered_twice_writes_nothing_twice(engine: Engine) -
     assert await engine.actions() == APPROVED_STORY
     assert len(await db.list_refunds(engine.pool)) == 1
     assert await pool_count(engine.pool, "refund_requests") == 1
+
+
+async def journal_of(pool: asyncpg.Pool, run_id: str) -> list[tuple[int, int, str, str]]:
+    """A run's journal as (segment, turn, kind, tool name): what `support-worker run` lists."""
+    entries = await agent_journal.entries(pool, run_id=run_id)
+    calls = {
+        item["call_id"]: item["name"]
+        for entry in entries
+        if entry.kind == "model"
+        for item in entry.payload["output"]
+        if item.get("type") == "function_call"
+    }
+    return [(e.segment, e.turn, e.kind, calls.get(e.call_id, e.call_id)) for e in entries]
 
 
 async def pool_count(pool: asyncpg.Pool, table: str) -> int:
@@ -369,9 +406,11 @@ async def test_durability_finished_steps_never_rerun_and_a_recovery_run_complete
     async with serve(settings, monkeypatch, pool, model=broken) as engine:
         failed = await engine.email(CHARGED_TWICE)
         assert failed.status == "failed"
-        assert failed.runs_of("receive-message") == 1
-        assert failed.runs_of("model-turn-1") == 5  # every attempt of the agent step failed
+        assert failed.runs_of("run-agent") == 5  # every attempt of the agent step failed
         assert broken.calls[1] == 5
+        # No turn was ever answered, so nothing was journaled: each attempt took the email in
+        # again, and the intake's own keys kept its one row.
+        assert await journal_of(pool, failed.run_id) == []
         assert await engine.actions(failed.run_id) == ["message_received", "run_failed"]
         run_failed = (await db.list_audit(pool, action=db.AuditAction.RUN_FAILED))[0]
         assert "model unavailable" in json.dumps(run_failed.detail)

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from engine.registration import sync_errors
+from inngest_driver import cron_tick
 from tests_support import EMAIL_FN, Engine, pay_refund, serve
 
 import db
@@ -19,12 +21,8 @@ from support_worker.workflows import health
 
 CRON_FN = "daily-health-check"
 CHILD_FN = "customer-health-check"
-TICK = {
-    "name": "inngest/scheduled.timer",
-    "id": "tick-2026-11-23",
-    "ts": int(datetime(2026, 11, 23, 9, 0, tzinfo=UTC).timestamp() * 1000),
-    "data": {"cron": "0 9 * * *"},
-}
+# The tick as the engine fires it (id: the scheduled time; data: cron, scheduledAt, fireAt).
+TICK = cron_tick("0 9 * * *", datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
 ELIGIBLE = [ADA, GRACE, ALAN]  # Ada (enterprise), Grace and Alan (pro); Katherine and Linus are free
 
 
@@ -49,6 +47,8 @@ async def test_registration_carries_the_cron_and_flow_control_as_configured(
     )
     async with serve(tuned, monkeypatch, pool) as engine:
         fns = functions_by_id(engine.stub.registrations[-1])
+        # The stub validates every sync as the engine does (tests/engine/registration.py).
+        assert engine.stub.refused == [] and sync_errors(engine.stub.registrations[-1]) == []
     email = fns[EMAIL_FN]
     # One run per customer's burst, with its last event; the recorder stores every event first.
     assert email["debounce"] == {"key": inngest_app.CUSTOMER_KEY, "period": "45s", "timeout": "4m"}
@@ -82,7 +82,7 @@ async def test_the_cron_fans_out_one_event_per_paying_customer_with_stable_ids(e
     assert run.output["skipped_reasons"]["free_tier"] == "free-tier customers are not health-checked"
     sent = [(e.name, e.idempotency_id, e.data["customer_id"]) for e in engine.stub.events]
     assert sent == [("customer/health_check.requested", f"health-check-{cid}-2026-11-23", cid) for cid in ELIGIBLE]
-    assert run.trail == ["plan-fan-out", "fan-out-1"]  # three customers: one chunk
+    assert run.trail == ["plan-fan-out", "fan-out-1", "clean-agent-journal"]  # three customers: one chunk
 
     retried_tick = await engine.driver.run(CRON_FN, TICK)  # the same tick delivered again
     again = engine.stub.events[3:]
@@ -96,7 +96,7 @@ async def test_large_lists_go_out_in_chunks(
 ) -> None:
     async with serve(settings.model_copy(update={"health_check_fanout_chunk": 2}), monkeypatch, pool) as engine:
         run = await engine.driver.run(CRON_FN, TICK)
-        assert run.trail == ["plan-fan-out", "fan-out-1", "fan-out-2"]  # 2 + 1: the short chunk is the last
+        assert run.trail[:-1] == ["plan-fan-out", "fan-out-1", "fan-out-2"]  # 2 + 1: the short chunk is the last
         assert [e.data["customer_id"] for e in engine.stub.events] == ELIGIBLE
 
 

@@ -127,9 +127,11 @@ async def test_a_run_over_its_token_budget_stops_calling_the_model_and_escalates
             run = await engine.email(EMAIL)
     assert run.status == "completed", run.error
     assert run.output["status"] == "escalated" and holding(run.output["reply"])
-    # Every call after the escalation replayed the run and took the same decision at turn 3,
-    # from the replayed turns' usage: the model was never asked a third time.
-    assert len(fake.received) == 2 and "model-turn-3" not in run.trail
+    # The agent's step stopped before turn 3, from the first two turns' usage: the model was
+    # never asked a third time.
+    assert len(fake.received) == 2
+    summary = run.memo[next(iter(run.memo))]["data"]
+    assert (summary["ended"], summary["turns"], summary["asked"]) == ("escalated", 2, 2)
     escalation = await only_escalation(pool)
     assert escalation.source == "budget" and "token budget" in escalation.reason
     usage = await pool.fetch("SELECT turn, total_tokens FROM model_usage WHERE run_id = $1 ORDER BY turn", run.run_id)
@@ -146,7 +148,8 @@ async def test_a_500_or_a_malformed_body_is_retried_by_the_step_and_the_run_answ
     assert run.status == "completed", run.error
     assert run.output["status"] == "replied"
     assert len(fake.received) == 3 and [r.status for r in fake.received][1:] == [200, 200]
-    assert run.runs_of("model-turn-1") == 2
+    # The failed turn failed the step; its retry asked for that turn again, and for the next.
+    assert run.runs_of("run-agent") == 2
     fake.assert_script_used_up()
 
 
@@ -158,7 +161,7 @@ async def test_a_429_with_retry_after_is_retried_by_the_client_first(
             run = await engine.email(EMAIL)
     assert run.status == "completed", run.error
     assert [r.status for r in fake.received] == [429, 200]
-    assert run.runs_of("model-turn-1") == 1
+    assert run.runs_of("run-agent") == 1  # the client's retry, inside the step
 
 
 async def test_a_timeout_is_retried_by_the_step_and_the_run_answers(
@@ -169,7 +172,7 @@ async def test_a_timeout_is_retried_by_the_step_and_the_run_answers(
             run = await engine.email(EMAIL)
         assert run.status == "completed", run.error
         assert run.output["status"] == "replied" and len(fake.received) == 2
-    assert run.runs_of("model-turn-1") == 2
+    assert run.runs_of("run-agent") == 2
 
 
 # --------------------------------------------------------------------------- the terminal path

@@ -15,6 +15,7 @@ from tests_support import GRACE, Engine, serve, trail, used_up
 import db
 from support_worker.conversation import loop as conversation
 from support_worker.core.settings import Settings
+from support_worker.store import agent_journal
 from support_worker.workflows import decisions
 
 TWO_REFUNDS = {"customer_id": GRACE, "body": "Orders 1003 and 1004 were both charged twice."}
@@ -63,19 +64,15 @@ async def test_two_refunds_from_one_email_have_unique_step_ids_that_never_shift(
         run = await engine.email(TWO_REFUNDS, resolver=approve_each)
     assert run.status == "completed", run.error
     used_up(model)  # every scripted turn was used, none twice
-    # Each call's request is opened, waited on and settled in turn; then both are paid.
+    # The agent's step opens both requests (reviewers told of both at once); each is waited on
+    # and settled in turn; then the agent resumes from its journal and both are paid.
     assert trail(run) == [
-        "receive-message",
-        "model-turn-1",
-        "open-refund-<call-1>",
+        "run-agent",
         "await-approval-<request-1>-1",
         "settle-refund-<request-1>-1",
-        "open-refund-<call-2>",
         "await-approval-<request-2>-1",
         "settle-refund-<request-2>-1",
-        "tool-issue_refund-<call-1>",
-        "tool-issue_refund-<call-2>",
-        "model-turn-2",
+        "resume-agent-<request-1>",
     ]
     steps = executed_steps(run)
     assert len(steps) == len(set(steps)), steps  # no id repeats, so none depends on call order
@@ -84,10 +81,12 @@ async def test_two_refunds_from_one_email_have_unique_step_ids_that_never_shift(
     assert len(request_ids) == 2
     for request_id in request_ids:
         assert any(s.startswith(f"settle-refund-{request_id}") for s in steps), (request_id, steps)
-    assert {"open-refund-c1", "open-refund-c2", "tool-issue_refund-c1", "tool-issue_refund-c2"} <= set(steps)
-    # Each call's opening step opened its own request, told reviewers and read it once.
-    outputs = [memo["data"] for memo in run.memo.values() if isinstance(memo, dict)]
-    opened = [data for data in outputs if isinstance(data, dict) and "outcome" in data]
+    # Both tool calls were paid once each, in the resuming step, and journaled there.
+    paid = [(e.segment, e.call_id) for e in await agent_journal.entries(pool, run_id=run.run_id) if e.kind == "tool"]
+    assert paid == [(1, "c1"), (1, "c2")]
+    # The agent's step opened each call's own request, told reviewers and read it once.
+    [summary] = [memo["data"] for memo in run.memo.values() if isinstance(memo, dict) and "waiting" in memo["data"]][:1]
+    opened = summary["waiting"]
     assert sorted(o["outcome"]["request_id"] for o in opened) == request_ids
     assert all(o["notified"] is not None and o["check"]["status"] == "pending" for o in opened)
     assert sorted(w.display_name for w, _ in run.waits) == sorted(f"await-approval-{r}-1" for r in request_ids)
@@ -111,13 +110,13 @@ async def test_a_malformed_decision_is_ignored_and_the_run_keeps_waiting_for_a_v
     assert ignored.detail["why"].startswith("malformed decision: approved:")
     assert ignored.detail["current_status"] == "pending"
     # The stray event is set aside, Postgres re-read, and a second round waits for the valid one.
-    assert trail(run)[4:-2] == [
-        "open-refund-<call-2>",
+    assert trail(run)[1:] == [
         "await-approval-<request>-1",
         "ignore-decision-<request>-1",
         "check-decision-<request>-2",
         "await-approval-<request>-2",
         "settle-refund-<request>-2",
+        "resume-agent-<request>",
     ]
     first, second = (wait for wait, _ in run.waits)
     # The second wait is a new round for what is left of the original deadline, never more.

@@ -74,8 +74,8 @@ def trail(run: Run) -> list[str]:
     """The run's steps by name, in order (retries repeat), with the ids that come from data
     replaced by placeholders: each tool call id by `<call>` and each refund request id by
     `<request>` (`<call-1>`, `<call-2>`, ... when there are several, in order of first use).
-    The ids are read from the run itself: the model turns' tool calls and the requests the
-    opening steps returned."""
+    The ids are read from the run itself: tool calls in step outputs and the requests the
+    agent steps opened."""
     calls: list[str] = []
     requests: list[str] = []
     for memo in run.memo.values():
@@ -85,9 +85,11 @@ def trail(run: Run) -> list[str]:
         for item in data.get("output") or []:
             if isinstance(item, dict) and item.get("type") == "function_call" and item["call_id"] not in calls:
                 calls.append(item["call_id"])
-        request_id = (data.get("outcome") or {}).get("request_id")
-        if request_id and request_id not in requests:
-            requests.append(request_id)
+        # A waiting agent step names the requests it opened; a settle step, the one it settled.
+        for opened in [data, *(data.get("waiting") or [])]:
+            request_id = (opened.get("outcome") or {}).get("request_id") if isinstance(opened, dict) else None
+            if request_id and request_id not in requests:
+                requests.append(request_id)
 
     def placeholders(ids: list[str], kind: str) -> dict[str, str]:
         if len(ids) == 1:

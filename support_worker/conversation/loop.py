@@ -44,11 +44,13 @@ Decider = Callable[[db.RefundRequest], Awaitable[decisions.Decision | None]]
 
 class Conversation(BaseModel):
     """The agent's final draft and what became of each refund it asked for; or, when the agent
-    asked for a human or the model could not go on, the escalation to open instead."""
+    asked for a human or the model could not go on, the escalation to open instead; or, when a
+    gate answered "pending" (a durable run's reviewer decides later), a pause."""
 
     draft: str
     gate: list[refunds.GateOutcome]
     escalation: escalations.EscalationAsk | None = None
+    paused: bool = False
 
 
 def apply_gate_outcome(state: RunState[Any, Any], item: ToolApprovalItem, outcome: refunds.GateOutcome) -> None:
@@ -90,7 +92,8 @@ async def converse(
     token_budget: int | None = None,
 ) -> Conversation:
     """Run the agent; each paused refund goes through `gate`; resume until it answers. A call
-    to `escalate_to_human`, or a fault retrying cannot fix, ends it with an escalation."""
+    to `escalate_to_human`, or a fault retrying cannot fix, ends it with an escalation. A gate
+    that answers "pending" ends it paused, once every call of that pause went through `gate`."""
     outcomes: list[refunds.GateOutcome] = []
     meter = budget.metering(context.pool, run_id=context.run_id, budget=token_budget) if token_budget else nullcontext()
     with meter:
@@ -121,7 +124,10 @@ async def _run_through_gates(
                 raise ModelBehaviorError(f"Invalid JSON input for tool {item.name}")
             outcome = await gate(item)
             outcomes.append(outcome)
-            apply_gate_outcome(state, item, outcome)
+            if outcome.status != "pending":
+                apply_gate_outcome(state, item, outcome)
+        if any(outcome.status == "pending" for outcome in outcomes):
+            return Conversation(draft="", gate=outcomes, paused=True)
         result = await Runner.run(agent, state, run_config=run_config, max_turns=max_turns)
     return Conversation(draft=str(result.final_output), gate=outcomes)
 

@@ -1,11 +1,12 @@
-"""The human gates' durable waits, engine-free: a paused refund opened, reviewers told, and a
-decision awaited in slices that re-read Postgres; the same slices for escalations.
+"""The human gates' durable waits, engine-free: a paused refund opened and reviewers told
+(inside the agent's step), a decision awaited in slices that re-read Postgres; the same slices
+for escalations.
 
-Like journal.py, this module takes the engine's step object as a parameter (`Step`: `run`
-and `wait_for_event`, which Inngest's `ctx.step` has) and never imports the engine; what is
+This module takes the engine's step object as a parameter (`Step`: `run` and
+`wait_for_event`, which Inngest's `ctx.step` has) and never imports the engine; what is
 engine-specific (Slack's Retry-After as a retry of the step) arrives as a callable. Every
-step id comes from data (`open-refund-<call>`, `await-approval-<request>-<round>`), never
-from call order, so a new release never shifts the steps of a run paused for hours.
+step id comes from data (`await-approval-<request>-<round>`, `settle-refund-<request>-<round>`),
+never from call order, so a new release never shifts the steps of a run paused for hours.
 """
 
 from __future__ import annotations
@@ -70,40 +71,40 @@ class OpenedRefund(BaseModel):
     check: DecisionCheck | None = None
 
 
-async def refund_gate(
-    step: Step,
+async def open_refund(
     context: worker.SupportContext,
     item: ToolApprovalItem,
     *,
     pool: asyncpg.Pool,
     settings: Settings,
     tell: TellReviewers,
-) -> refunds.GateOutcome:
-    """Open a request (the policy first), tell reviewers, and wait for a decision in slices
-    that re-read Postgres, so a decision recorded anywhere settles within one slice even if
-    its announcement never arrived. Every step id comes from the request, never call order."""
-    call_id = item.call_id or "unknown-call"
+) -> OpenedRefund:
+    """Open a request for a paused `issue_refund` call (the policy first), tell reviewers, and
+    read the request once. Called inside the agent's step, which journals the result."""
     open_request = partial(
         refunds.open_request,
         pool,
         run_id=context.run_id,
         customer_id=context.customer_id,
         customer_message=context.customer_message,
-        call_id=call_id,
+        call_id=item.call_id or "unknown-call",
         raw_arguments=item.arguments,
         ttl_seconds=settings.refund_approval_timeout_seconds,
         four_eyes_cents=settings.refund_four_eyes_cents,
         four_eyes_window_days=settings.refund_four_eyes_window_days,
     )
-    opened = await step.run(
-        f"open-refund-{call_id}",
-        partial(_open_refund, pool, open_request, tell),
-        output_type=OpenedRefund,
-    )
+    return await _open_refund(pool, open_request, tell)
+
+
+async def await_opened(
+    step: Step, opened: OpenedRefund, *, pool: asyncpg.Pool, settings: Settings
+) -> refunds.GateOutcome:
+    """The engine's half of the gate: wait for a decision on an opened request in slices that
+    re-read Postgres, so a decision recorded anywhere settles within one slice even if its
+    announcement never arrived. A request that was not left pending needs no wait."""
     if opened.outcome.status != "pending" or opened.outcome.request_id is None or opened.check is None:
         return opened.outcome
-    request_id = opened.outcome.request_id
-    return await _await_decision(step, pool, settings, request_id, first_check=opened.check)
+    return await _await_decision(step, pool, settings, opened.outcome.request_id, first_check=opened.check)
 
 
 async def _open_refund(pool: asyncpg.Pool, open_request: partial[Any], tell: TellReviewers) -> OpenedRefund:

@@ -2,7 +2,7 @@
 
 `support-worker seed` (and `support-worker up` when ENVIRONMENT=development) inserts them, only
 into an empty `customers` table. Customer ids are text, in the shape the course's events use
-("c-4429" is Grace); orders are numbered from 1001 in this order (README walkthroughs and
+("c-4429" is Grace); orders are numbered from 1001 in this order (README and docs walk-throughs and
 tests name them).
 """
 

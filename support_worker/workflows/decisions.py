@@ -46,7 +46,6 @@ class Decision(BaseModel):
     withdrawn: StrictBool = False
 
 
-
 class DecisionOutcome(BaseModel):
     """What recording a decision did. `applied` is False when it changed nothing."""
 
@@ -64,7 +63,6 @@ class DecisionOutcome(BaseModel):
     ]
     request: db.RefundRequest | None
     approvers: list[str] = []  # four eyes: who has approved so far, first approver first
-
 
 
 async def audit_decision_ignored(
@@ -273,7 +271,6 @@ async def withdraw(pool: asyncpg.Pool, *, request_id: str, withdrawal_id: str, w
             idempotency_key=f"refund_withdrawn:{request_id}",
         )
         return DecisionOutcome(applied=True, reason="recorded", request=request)
-
 
 
 # --------------------------------------------------------------------------- decide from a door

@@ -31,7 +31,6 @@ class PolicyVerdict(BaseModel):
     approvals_needed: int = 1  # distinct reviewers who must approve: 2 above the four-eyes limit
 
 
-
 def _refused(explanation: str, *, order_id: int | None, amount_cents: int, refundable: int = 0) -> PolicyVerdict:
     return PolicyVerdict(
         allowed=False,
@@ -128,4 +127,3 @@ async def check_policy(
     return refund_policy(
         order, customer_id=customer_id, order_id=order_id, amount_cents=amount_cents, four_eyes_cents=four_eyes_cents
     )
-

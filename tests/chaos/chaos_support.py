@@ -229,6 +229,20 @@ async def assert_story(pool: asyncpg.Pool, run: Any, outcome: str) -> None:
     assert len(decisions) == (0 if outcome == "expired" else 1)
     assert await duplicated_audit_rows(pool) == []
     assert REPLIES[outcome] in run.output["reply"], run.output["reply"]
+    assert await turns_asked(run) == await turns_journaled(pool, run.run_id), "a journaled turn was asked again"
+
+
+async def turns_asked(run: Any) -> int:
+    """Model turns the run's agent steps asked the model for, as their outputs say (`asked`):
+    a step replaying a turn from the journal does not count it."""
+    summaries = [m["data"] for m in run.memo.values() if isinstance(m, dict) and "asked" in (m.get("data") or {})]
+    assert summaries, "the run has no agent step"
+    return sum(int(s["asked"]) for s in summaries)
+
+
+async def turns_journaled(pool: asyncpg.Pool, run_id: str) -> int:
+    """Model turns in the run's journal: each is billed once, by the step that wrote it."""
+    return int(await pool.fetchval("SELECT count(*) FROM agent_journal WHERE run_id = $1 AND kind = 'model'", run_id))
 
 
 async def duplicated_audit_rows(pool: asyncpg.Pool) -> list[tuple[str | None, str, int]]:
