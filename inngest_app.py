@@ -86,8 +86,6 @@ REJECTION_PREFIX = "rejected "
 FAILED_HERE = (
     f'event.data.function_id.startsWith("{APP_ID}-") && event.data.function_id != "{APP_ID}-record-run-failure"'
 )
-# Malformed or refused decisions a waiting run will hear out before it stops listening early.
-MAX_IGNORED_DECISIONS = 20
 # The email function's retries; its last attempt stops honouring a notifier's Retry-After.
 EMAIL_RETRIES = 4
 

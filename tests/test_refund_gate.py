@@ -38,11 +38,12 @@ async def approve_each(op: WaitOp) -> dict[str, Any]:
 
 
 def two_refund_model() -> ScriptedModel:
+    # $400.00 + $19.99: together under the four-eyes limit, so one reviewer approves each.
     return ScriptedModel(
         [
             [
                 function_call(
-                    "issue_refund", {"order_id": 1003, "amount_cents": 49_900, "reason": "dup"}, call_id="c1"
+                    "issue_refund", {"order_id": 1003, "amount_cents": 40_000, "reason": "dup"}, call_id="c1"
                 ),
                 function_call("issue_refund", {"order_id": 1004, "amount_cents": 1_999, "reason": "dup"}, call_id="c2"),
             ],

@@ -18,6 +18,7 @@ from tests_support import open_request
 import db
 import worker
 from support_worker.conversation import loop as conversation
+from support_worker.conversation import reply_guard
 from support_worker.core.settings import Settings
 from support_worker.store.sample_data import ADA, GRACE
 from support_worker.workflows import decisions, refunds
@@ -129,7 +130,9 @@ async def test_already_refunded_order_is_refused(pool: asyncpg.Pool, settings: S
         pool, customer_id=GRACE, body="charged twice for order 1004", decide=never_asked, settings=settings
     )
     assert len(await db.list_refunds(pool, order_id=1004)) == 1
-    assert "already been fully refunded" in second.reply
+    # The offline model's "already been fully refunded" is a refund claim the guard cannot check
+    # (no refund moved in this run), so the safe reply says what it means, in the app's words.
+    assert second.reply_replaced and "order 1004 has nothing left to refund" in second.reply
 
 
 async def test_non_integer_amount_from_the_model_never_pays(pool: asyncpg.Pool, settings: Settings) -> None:
@@ -185,14 +188,14 @@ async def test_a_reply_claiming_an_unissued_refund_is_never_sent(pool: asyncpg.P
 
 
 def test_reply_guard_allows_negated_and_true_claims() -> None:
-    assert (
-        conversation.guard_reply("Sadly no refund has been issued.", refund_issued=False, customer_name="A")[1] is False
-    )
-    assert conversation.guard_reply("We have refunded you.", refund_issued=True, customer_name="A")[1] is False
-    assert conversation.guard_reply("We've refunded you in full.", refund_issued=False, customer_name="A")[1] is True
+    paid = [reply_guard.PaidRefund(id=1, order_id=1001, amount_cents=129_900)]
+    assert reply_guard.check_reply("Sadly no refund has been issued.", []).allowed
+    assert reply_guard.check_reply("We have refunded you.", paid).allowed
+    assert not reply_guard.check_reply("We've refunded you in full.", []).allowed
     # An amount with cents in the claim is still a claim (the decimal point is not a sentence end).
     claim = "Good news: a refund of $1,299.00 for order 1001 has been issued."
-    assert conversation.guard_reply(claim, refund_issued=False, customer_name="A")[1] is True
+    assert not reply_guard.check_reply(claim, []).allowed
+    assert reply_guard.check_reply(claim, paid).allowed
 
 
 async def test_the_tool_pays_the_approved_amount_not_what_the_model_resends(

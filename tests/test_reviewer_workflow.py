@@ -209,7 +209,8 @@ async def test_an_edit_that_raises_the_amount_is_refused_and_the_run_keeps_waiti
 async def test_the_desk_and_the_cli_offer_edited_approvals(doors_engine: Engine, settings: Settings) -> None:
     engine = doors_engine
     first = await open_request(engine.pool, order_id=1003, cents=49_900)
-    second = await open_request(engine.pool, order_id=1004, cents=1_999)
+    # Another customer's: Grace's $499.00 and $19.99 together would need two reviewers.
+    second = await open_request(engine.pool, customer_id=ALAN, order_id=1006, cents=1_999)
     http = engine.driver.http
     page = (await http.get("/reviews", auth=ALICE)).text
     token = re.search(rf'id="{first.id}".*?name="csrf" value="([^"]+)"', page, re.S)

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from support_worker.core import settings as settings_module
@@ -15,7 +17,7 @@ from support_worker.core.settings import DEV_DESK_FORM_SECRET, Settings
 SAFE_PRODUCTION: dict[str, Any] = {
     "environment": "production",
     "inngest_dev": None,
-    "inngest_signing_key": "signkey-prod-0123456789abcdef",
+    "inngest_signing_key": "signkey-prod-" + "0123456789abcdef" * 4,
     "inngest_event_key": "evtkey-0123456789abcdef",
     "inngest_serve_origin": "https://support.example.com",
     "desk_form_secret": "8f3c1a9e5b7d2f4a6c8e0b1d3f5a7c9e",
@@ -181,6 +183,114 @@ def test_every_problem_is_listed_at_once() -> None:
 def test_development_accepts_placeholders_and_dev_mode() -> None:
     s = fresh(webhook_password="change-me", inngest_dev="1", review_desk_users="alice:secret")
     assert s.inngest_dev_mode and s.reviewers["alice"].get_secret_value() == "secret"
+
+
+# --------------------------------------------------------------------------- weak and malformed (issue 21)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"desk_form_secret": "x"}, "DESK_FORM_SECRET is shorter than 32"),
+        ({"desk_form_secret": "a" * 31}, "DESK_FORM_SECRET is shorter than 32"),
+        ({"review_desk_users": "alice:x"}, "reviewer 'alice') is shorter than 12"),
+        ({"review_desk_users": "alice:alice"}, "reviewer 'alice') is shorter than 12"),
+        ({"review_desk_users": "alice-the-reviewer:ALICE-THE-REVIEWER"}, "is the user's own name"),
+        ({"webhook_password": "short-pw"}, "WEBHOOK_PASSWORD is shorter than 12"),
+        ({"webhook_username": "postmark-inbound", "webhook_password": "Postmark-Inbound"}, "own name"),
+        ({"inngest_signing_key": SAFE_PRODUCTION["inngest_signing_key"] + "\n"}, "whitespace"),
+        ({"inngest_signing_key": " " + SAFE_PRODUCTION["inngest_signing_key"]}, "whitespace"),
+        ({"inngest_signing_key": "signkey-prod-" + "zz" * 32}, "is not signkey-<env>-<hex>"),
+        ({"inngest_signing_key": "sk-prod-" + "ab" * 32}, "is not signkey-<env>-<hex>"),
+        ({"inngest_signing_key": "signkey-prod-" + "a" * 63}, "hex digits"),
+        ({"inngest_signing_key": "signkey-prod-abcd"}, "hex digits"),
+        ({"inngest_event_key": "evtkey-0123456789abcdef\n"}, "INNGEST_EVENT_KEY begins or ends with whitespace"),
+        ({"inngest_serve_origin": "https://"}, "https://host[:port]"),
+        ({"inngest_serve_origin": "http://support.example.com"}, "https://host[:port]"),
+        ({"inngest_serve_origin": "support.example.com"}, "https://host[:port]"),
+        ({"inngest_serve_origin": "https://support.example.com/api"}, "without a path"),
+        ({"inngest_serve_origin": "https://support.example.com?x=1"}, "without a path"),
+        ({"inngest_serve_origin": "https://support.example.com:99999"}, "port"),
+        ({"inngest_serve_origin": "https://user:pw@support.example.com"}, "credentials"),
+    ],
+)
+def test_production_refuses_weak_or_malformed_secrets_and_origins(overrides: dict[str, str], named: str) -> None:
+    message = refusal(**overrides)
+    assert named in message
+    for name, value in overrides.items():
+        if name in settings_module.SECRET_FIELDS and len(value.strip()) >= 8:
+            assert value.strip() not in message  # a secret is named, never shown
+
+
+@pytest.mark.parametrize(
+    "good",
+    [
+        {"inngest_serve_origin": "https://support.example.com:8443"},
+        {"inngest_serve_origin": "https://support.example.com/"},
+        {"inngest_signing_key": "signkey-test-" + "AB" * 32},
+        {"inngest_signing_key": "signkey-branch-" + "0f" * 16},
+        {"review_desk_users": "alice:Tr0ub4dor&3horse,bob:correct-horse-battery"},
+        {"review_desk_users": '{"alice": "Tr0ub4dor,&3horse", "bob": "correct:horse,battery"}'},
+        {"webhook_password": "a-long-webhook-password"},
+    ],
+)
+def test_production_accepts_strong_well_formed_values(good: dict[str, str]) -> None:
+    assert production(**good).environment == "production"
+
+
+@pytest.mark.parametrize("environment", ["development", "production"])
+@pytest.mark.parametrize(
+    ("users", "said"),
+    [
+        ("alice:Tr0ub4dor,&3horse", "item 2 is not name:password"),
+        ("alice:long-password-1,,bob:long-password-2", "item 2 is not name:password"),
+        ("alice:", "item 1 is not name:password"),
+        (":long-password-1", "item 1 is not name:password"),
+        ("alice:long-password-1,Alice :long-password-2", "which are one reviewer"),
+        ('{"alice": "long-password-1", "ＡＬＩＣＥ": "long-password-2"}', "which are one reviewer"),
+        ('{"alice": 12}', "object of names to passwords"),
+        ('{"alice": "x"', "not valid JSON"),
+    ],
+)
+def test_a_reviewer_list_that_cannot_be_read_one_way_is_refused_everywhere(
+    environment: str, users: str, said: str
+) -> None:
+    values = SAFE_PRODUCTION if environment == "production" else {}
+    with pytest.raises(ValidationError) as error:
+        fresh(**(values | {"review_desk_users": users}))
+    assert said in str(error.value)
+    assert "Tr0ub4dor" not in str(error.value) and "&3horse" not in str(error.value)
+
+
+def test_a_password_with_a_comma_is_kept_whole_in_the_json_form() -> None:
+    s = fresh(review_desk_users='{"alice": "Tr0ub4dor,&3horse"}')
+    assert s.reviewers["alice"].get_secret_value() == "Tr0ub4dor,&3horse"
+
+
+@given(
+    users=st.dictionaries(
+        st.text(alphabet=st.characters(codec="utf-8", exclude_characters=",:{"), min_size=1, max_size=12).filter(
+            lambda n: n.strip() == n and n.strip()
+        ),
+        st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=30),
+        max_size=4,
+    )
+)
+def test_any_reviewer_list_in_json_reads_back_as_written_or_is_refused(users: dict[str, str]) -> None:
+    """Generated names and passwords (commas, colons, quotes, any Unicode): the JSON form reads
+    back exactly, unless two names are one reviewer, which is refused by name."""
+    import json
+
+    from support_worker.core.identity import reviewer_identity
+
+    raw = json.dumps(users)
+    identities = [reviewer_identity(name) for name in users]
+    if len(set(identities)) < len(identities) or not all(identities):
+        with pytest.raises(ValidationError):
+            fresh(review_desk_users=raw)
+        return
+    read = fresh(review_desk_users=raw).reviewers
+    assert {name: p.get_secret_value() for name, p in read.items()} == users
 
 
 # --------------------------------------------------------------------------- one read of .env

@@ -230,8 +230,10 @@ async def open_request(
 
 
 async def pay_refund(pool: asyncpg.Pool, *, customer_id: int, order_id: int, cents: int) -> None:
-    """History for the health check: a refund requested, approved and issued."""
+    """History for the health check: a refund requested, approved (by two reviewers when four
+    eyes asks for them) and issued."""
     request = await open_request(pool, customer_id=customer_id, order_id=order_id, cents=cents)
-    decision = decisions.Decision(request_id=request.id, approved=True, reviewer="r")
-    await decisions.record_decision(pool, decision, decision_id=f"d{order_id}")
+    for reviewer in ("r", "s")[: request.approvals_needed]:
+        decision = decisions.Decision(request_id=request.id, approved=True, reviewer=reviewer)
+        await decisions.record_decision(pool, decision, decision_id=f"d{order_id}-{reviewer}")
     await refunds.pay_for_call(pool, run_id=request.run_id, customer_id=customer_id, tool_call_id=request.tool_call_id)

@@ -10,7 +10,6 @@ does with a paused refund is the refund workflow (`refunds.py`).
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
@@ -35,6 +34,7 @@ from pydantic import BaseModel
 
 import db
 import worker
+from support_worker.conversation import reply_guard
 from support_worker.core.settings import Settings
 from support_worker.workflows import budget, decisions, escalations, refunds
 
@@ -134,40 +134,11 @@ async def _run_through_gates(
 
 # --------------------------------------------------------------------------- reply guard
 
-_CLAIMS_REFUND = re.compile(
-    r"refund (of (?:[^.\n]|\.\d)*?)?(has been|was|is being|will be) (issued|processed|sent|approved)"
-    r"|(have|has|'ve) (issued|processed|sent) (you )?(a|the|your) refund|(have|'ve) refunded|refunded you",
-    re.I,
-)
-_NEGATION = re.compile(r"\b(no|not|never|cannot|can't|couldn't|unable)\b|n't\b", re.I)
-
-
-def _is_affirmative(text: str, match: re.Match[str]) -> bool:
-    """A claim counts unless the same sentence negates it ("no refund has been issued")."""
-    ends = [m.end() for m in re.finditer(r"\.(?!\d)|\n", text[: match.start()])]
-    sentence_start = ends[-1] if ends else 0
-    return not _NEGATION.search(text[sentence_start : match.end()])
-
 
 def claims_refund(reply: str) -> bool:
-    """Whether the reply tells the customer a refund was issued (negated claims do not count)."""
-    return any(_is_affirmative(reply, m) for m in _CLAIMS_REFUND.finditer(reply))
-
-
-def guard_reply(reply: str, *, refund_issued: bool, customer_name: str) -> tuple[str, bool]:
-    """Never send a reply that claims a refund when none was issued in this run.
-
-    Enforced in code because a model (or an injected email) can write anything. Returns the
-    reply to send and whether it had to be replaced.
-    """
-    if refund_issued or not claims_refund(reply):
-        return reply, False
-    safe = (
-        f"Hi {customer_name.split()[0]},\n\nthank you for your patience. We have not issued a refund "
-        "for this request. If you believe this is a mistake, reply to this email and a member of "
-        "our team will take another look.\n\nBest regards,\nThe Support Team"
-    )
-    return safe, True
+    """Whether the reply tells the customer money moved (negated claims do not count);
+    `reply_guard.check_reply` is the guard itself, which also checks amounts and orders."""
+    return any(reply_guard.claims_money_moved(clause) for clause in reply_guard.clauses(reply))
 
 
 class SentReply(BaseModel):
@@ -175,22 +146,30 @@ class SentReply(BaseModel):
     replaced_unsafe_reply: bool
     refund_ids: list[int]
     edited_by_reviewer: bool
+    guard_problems: list[str] = []  # why the guard replaced the reply (`reply_guard.check_reply`)
 
 
 async def send_reply(
     pool: asyncpg.Pool, *, run_id: str, customer: db.Customer, draft: str, gate: list[refunds.GateOutcome]
 ) -> SentReply:
     """The last word of every run: a reviewer's edited reply replaces the agent's draft, the
-    refund-claim guard checks whichever it is against the refunds actually issued, and the
-    reply is audited once per run."""
+    reply guard (`reply_guard.py`) checks whichever it is against the refunds this run actually
+    issued (claims, amounts, orders) and replaces it when it says otherwise, and the reply is
+    audited once per run, with the guard's reasons when it replaced one."""
     edited = [g.edited_reply for g in gate if g.edited_reply]
     approved = [g.request_id for g in gate if g.status == "approved" and g.request_id]
-    refund_ids = [r.id for r in await db.refunds_for_requests(pool, request_ids=approved)] if approved else []
-    reply, replaced = guard_reply(
-        edited[-1] if edited else draft, refund_issued=bool(refund_ids), customer_name=customer.name
+    issued = await db.refunds_for_requests(pool, request_ids=approved) if approved else []
+    paid = [reply_guard.PaidRefund(id=r.id, order_id=r.order_id, amount_cents=r.amount_cents) for r in issued]
+    unpaid = await _unpaid(pool, [g for g in gate if g.status != "approved"])
+    reply, verdict = reply_guard.guard(
+        edited[-1] if edited else draft, paid, customer_name=customer.name, unpaid=unpaid
     )
     sent = SentReply(
-        reply=reply, replaced_unsafe_reply=replaced, refund_ids=refund_ids, edited_by_reviewer=bool(edited)
+        reply=reply,
+        replaced_unsafe_reply=not verdict.allowed,
+        refund_ids=[r.id for r in issued],
+        edited_by_reviewer=bool(edited),
+        guard_problems=[p[:300] for p in verdict.problems[:10]],
     )
     key = f"reply_sent:{run_id}"
     detail = sent.model_dump()
@@ -202,6 +181,21 @@ async def send_reply(
     # A repeated call (a redelivery, a retried final call) answers with what was sent first.
     stored = await db.audit_detail(pool, idempotency_key=key)
     return SentReply.model_validate(stored) if stored is not None else sent
+
+
+async def _unpaid(pool: asyncpg.Pool, gate: list[refunds.GateOutcome]) -> list[reply_guard.Unpaid]:
+    """The refunds this run asked for and did not pay, with their orders, for the safe reply."""
+    found = []
+    for outcome in gate:
+        request = await db.get_refund_request(pool, request_id=outcome.request_id) if outcome.request_id else None
+        found.append(
+            reply_guard.Unpaid(
+                status=outcome.status,
+                order_id=request.order_id if request else None,
+                explanation=outcome.message_for_model,
+            )
+        )
+    return found
 
 
 async def record_message_once(
@@ -260,6 +254,7 @@ async def _decide_here(
         raw_arguments=item.arguments,
         ttl_seconds=settings.refund_approval_timeout_seconds,
         four_eyes_cents=settings.refund_four_eyes_cents,
+        four_eyes_window_days=settings.refund_four_eyes_window_days,
     )
     if opened.status != "pending" or opened.request_id is None:
         return opened

@@ -23,7 +23,7 @@ from platformdirs import user_data_dir
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from support_worker.core import cron
+from support_worker.core import cron, operator_checks
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,10 @@ SECRET_FIELDS = (
 class Settings(BaseSettings):
     """Configuration for the database, the model, the durable layer and the doors."""
 
-    model_config = SettingsConfigDict(env_file=None, env_file_encoding="utf-8", extra="ignore")
+    # hide_input_in_errors: a refusal never echoes the values it was given (secrets among them).
+    model_config = SettingsConfigDict(
+        env_file=None, env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     # `development` (the default) seeds sample data and allows dev-only conveniences;
     # `production` refuses placeholder secrets and unsafe defaults at startup.
@@ -139,6 +142,10 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"  # where reviewers reach the host (links in notifications)
     # Slack-compatible incoming webhook told about each refund waiting for review; unset: skipped.
     reviewer_webhook_url: str | None = None
+    # Wrong credentials on the desk or the webhook: this many within the window lock the client
+    # (and the user name, for clients it has not signed in from) out with 429 (doors/auth_limits.py).
+    auth_max_failures: int = Field(default=5, ge=1, le=1000)
+    auth_failure_window_seconds: int = Field(default=600, ge=1, le=7 * 24 * 3600)
     # Sentry DSN; when set, function failures are reported through the SDK's Sentry middleware.
     sentry_dsn: SecretStr | None = None
 
@@ -164,6 +171,9 @@ class Settings(BaseSettings):
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
     # Controls (docs/controls.md): refunds above this many cents need two different reviewers.
     refund_four_eyes_cents: int = Field(default=50_000, ge=0)
+    # Four eyes counts totals: what an order was ever refunded, and what a customer was refunded
+    # over this many days, plus every refund still pending or approved (docs/controls.md).
+    refund_four_eyes_window_days: int = Field(default=30, ge=1, le=3650)
 
     # The escalation gate (docs/durable.md, "Escalations") and the cost cap per conversation.
     # Slack-compatible incoming webhook of the senior support channel (its URL holds a token);
@@ -253,12 +263,19 @@ class Settings(BaseSettings):
             return super().model_copy(deep=deep)
         return self.model_validate(dict(self) | dict(update))
 
+    @field_validator("review_desk_users")
+    @classmethod
+    def _one_reading_of_the_reviewers(cls, users: SecretStr | None) -> SecretStr | None:
+        """Refuse, in every environment, a list that could be read two ways (`operator_checks`)."""
+        if users is not None:
+            operator_checks.parse_reviewers(users.get_secret_value())
+        return users
+
     @property
     def reviewers(self) -> dict[str, SecretStr]:
-        """Desk sign-ins from REVIEW_DESK_USERS, name -> password."""
+        """Desk sign-ins from REVIEW_DESK_USERS, name -> password (`name:pw,...` or a JSON object)."""
         raw = self.review_desk_users.get_secret_value() if self.review_desk_users else ""
-        pairs = [p.strip() for p in raw.split(",") if p.strip()]
-        return {name: SecretStr(password) for name, _, password in (p.partition(":") for p in pairs if ":" in p)}
+        return {name: SecretStr(password) for name, password in operator_checks.parse_reviewers(raw).items()}
 
     @property
     def refund_approval_timeout_seconds(self) -> int:
@@ -309,7 +326,32 @@ def _placeholder_problems(settings: Settings) -> list[str]:
                     f"{where} is a placeholder ({value.strip()!r}); set a real secret, "
                     f"or remove the line if you do not use this feature"
                 )
+            elif value != value.strip():
+                problems.append(f"{where} begins or ends with whitespace (a pasted newline?); remove it")
     return problems
+
+
+def _weak_secret_problems(settings: Settings) -> list[str]:
+    """Secrets that are set but weak or malformed (`operator_checks` states the rules)."""
+    checks = operator_checks
+    problems = []
+    for name, secret_password in settings.reviewers.items():
+        problems.append(
+            checks.password_problem(
+                f"REVIEW_DESK_USERS (reviewer {name!r})", name=name, password=secret_password.get_secret_value()
+            )
+        )
+    if settings.webhook_password is not None:
+        password = settings.webhook_password.get_secret_value()
+        problems.append(checks.password_problem("WEBHOOK_PASSWORD", name=settings.webhook_username, password=password))
+    if settings.inngest_signing_key is not None:
+        problems.append(checks.signing_key_problem(settings.inngest_signing_key.get_secret_value()))
+    if settings.inngest_serve_origin:
+        problems.append(checks.origin_problem(settings.inngest_serve_origin))
+    secret = settings.desk_form_secret.get_secret_value()
+    if secret != DEV_DESK_FORM_SECRET:
+        problems.append(checks.form_secret_problem(secret))
+    return [p for p in problems if p]
 
 
 def production_problems(settings: Settings) -> list[str]:
@@ -323,9 +365,7 @@ def production_problems(settings: Settings) -> list[str]:
     for name, how in required.items():
         if not getattr(settings, name):
             problems.append(f"{name.upper()} is not set; {how}")
-    origin = settings.inngest_serve_origin
-    if origin and urlsplit(origin).scheme not in ("http", "https"):
-        problems.append(f"INNGEST_SERVE_ORIGIN must be an http(s) origin (https://support.example.com): {origin!r}")
+    problems += _weak_secret_problems(settings)
     if settings.desk_form_secret.get_secret_value() == DEV_DESK_FORM_SECRET:
         problems.append(
             "DESK_FORM_SECRET is the development placeholder; set a random value shared by every process, "

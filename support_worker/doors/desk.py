@@ -18,26 +18,30 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 import asyncpg
 import jinja2
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadData, URLSafeTimedSerializer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
 from support_worker.core.fields import MAX_ID
+from support_worker.core.identity import reviewer_identity
 from support_worker.core.money import format_money
 from support_worker.core.settings import Settings
+from support_worker.doors.auth_limits import AuthLimiter
+from support_worker.doors.desk_security import (
+    flash_redirect,
+    verified_flash,
+)
 from support_worker.doors.ingress import credentials_match
 from support_worker.durable import journal
 from support_worker.store import agent_journal, approvals, reviews
@@ -151,17 +155,11 @@ def time_left(seconds: int) -> str:
     return f"{hours}h {rest // 60:02d}m left" if hours else f"{rest // 60}m left"
 
 
-# Every desk response carries these, refusals included: the desk is a page that decides
-# money, so it may not be framed (clickjacking), leak its URLs, or run any inline script.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
 STATIC_FILES = {"desk.js": "text/javascript", "desk.css": "text/css"}
 REFUSAL_TITLES = {
+    400: "Nothing was changed",
     401: "Sign in to review refunds",
+    429: "Too many wrong sign-ins",
     403: "This form cannot be used",
     503: "The review desk is closed",
 }
@@ -191,23 +189,28 @@ def refusal_page(request: Request, error: StarletteHTTPException) -> Response:
 
 
 class DeskRoute(APIRoute):
-    """A route whose every response, a refusal raised by a dependency included, carries the
-    security headers. App-level exception handlers run outside the router, too late to add them."""
+    """A route whose refusals are pages: an HTTP error raised anywhere (a dependency included)
+    keeps its status, and input the desk cannot take (a missing field, NUL, a reply over the
+    limit) is a 400 saying which field, never a 500. The headers come from `DeskSecurityHeaders`."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
-        async def secured(request: Request) -> Response:
+        async def refused_as_pages(request: Request) -> Response:
             try:
-                response = await handler(request)
+                return await handler(request)
             except StarletteHTTPException as error:
-                response = refusal_page(request, error)
-            except RequestValidationError as error:
-                response = await request_validation_exception_handler(request, error)
-            response.headers.update(SECURITY_HEADERS)
-            return response
+                return refusal_page(request, error)
+            except (RequestValidationError, ValidationError) as error:
+                why = "; ".join(_field_problem(e) for e in error.errors()) or "the form could not be read"
+                return refusal_page(request, StarletteHTTPException(400, f"Nothing was changed: {why}."))
 
-        return secured
+        return refused_as_pages
+
+
+def _field_problem(error: Any) -> str:
+    where = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+    return f"{'.'.join(where) or 'form'}: {error.get('msg', 'not accepted')}"
 
 
 STALE_FORM = "This form is stale or was not sent from the desk. Reload the desk."
@@ -241,13 +244,22 @@ def form_token_is_valid(settings: Settings, token: str, *, reviewer: str, reques
     return bool(signed == [reviewer, request_id])
 
 
-def signed_in_reviewer(settings: Settings) -> Callable[..., str]:
-    """A dependency: the signed-in reviewer's name, or a 503 (desk closed) or 401 refusal."""
+def signed_in_reviewer(settings: Settings, limits: AuthLimiter | None = None) -> Callable[..., Awaitable[str]]:
+    """A dependency: the signed-in reviewer's name, or a 503 (desk closed), 429 (locked out
+    after repeated wrong credentials, `auth_limits`) or 401 refusal."""
+    limits = limits or AuthLimiter(
+        "desk", max_failures=settings.auth_max_failures, window_seconds=settings.auth_failure_window_seconds
+    )
 
-    def reviewer(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic_credentials)]) -> str:
+    async def reviewer(
+        request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(basic_credentials)]
+    ) -> str:
         users = settings.reviewers
         if not users:
             raise HTTPException(503, "Set REVIEW_DESK_USERS (e.g. alice:a-long-password) to open it.")
+        client = AuthLimiter.client_of(request)
+        tried = reviewer_identity(credentials.username) if credentials else None
+        limits.check(client, tried)
         # Every pair is compared, so the time taken does not say which names exist.
         matches = [
             name
@@ -255,10 +267,15 @@ def signed_in_reviewer(settings: Settings) -> Callable[..., str]:
             if credentials is not None and credentials_match(credentials, username=name, password=password)
         ]
         if not matches:
+            if credentials is not None and tried is not None:
+                await limits.failed(client, tried)
             raise HTTPException(
                 401, "Sign in with your desk name and password.", {"WWW-Authenticate": f'Basic realm="{REALM}"'}
             )
-        return matches[0]
+        # The reviewer's identity (`core.identity`), the same one the CLI's --reviewer maps to.
+        identity = reviewer_identity(matches[0])
+        limits.succeeded(client, identity)
+        return identity
 
     return reviewer
 
@@ -341,11 +358,20 @@ def build_router(
 ) -> APIRouter:
     """The desk's routes: the page, its static files, the live status stream and decisions."""
     router = APIRouter(route_class=DeskRoute)
-    signed_in = signed_in_reviewer(settings)
+    limits = AuthLimiter(
+        "desk",
+        max_failures=settings.auth_max_failures,
+        window_seconds=settings.auth_failure_window_seconds,
+        get_pool=get_pool,
+    )
+    signed_in = signed_in_reviewer(settings, limits)
 
     @router.get("/reviews")
-    async def reviews_page(request: Request, reviewer: str = Depends(signed_in), msg: str = "") -> Response:
-        context = await _page_context(settings, get_pool(), reviewer=reviewer, msg=msg)
+    async def reviews_page(
+        request: Request, reviewer: str = Depends(signed_in), msg: str = "", sig: str = ""
+    ) -> Response:
+        flash = verified_flash(settings, reviewer=reviewer, msg=msg, sig=sig)
+        context = await _page_context(settings, get_pool(), reviewer=reviewer, msg=flash)
         return templates.TemplateResponse(request, "desk.html", context)
 
     @router.get("/reviews/static/{name}")
@@ -385,13 +411,13 @@ def build_router(
             amount_cents = parse_dollars(amount) if decision == "approve" else None
         except ValueError:
             message = f"{amount!r} is not an amount; write it like 12.34. Nothing was changed."
-            return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
+            return flash_redirect(settings, reviewer=reviewer, message=message)
         choice = _form_decision(
             request_id, decision, reviewer=reviewer, note=note, amount_cents=amount_cents, reply=reply
         )
         outcome, announced = await decisions.submit_decision(get_pool(), choice, announce=announce, via="desk")
         message = describe_outcome(outcome, announced)
-        return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
+        return flash_redirect(settings, reviewer=reviewer, message=message)
 
     _add_escalation_routes(router, settings, signed_in, get_pool, announce_escalation or _nobody)
     return router
@@ -400,7 +426,7 @@ def build_router(
 def _add_escalation_routes(
     router: APIRouter,
     settings: Settings,
-    signed_in: Callable[..., str],
+    signed_in: Callable[..., Awaitable[str]],
     get_pool: Callable[[], asyncpg.Pool],
     announce_escalation: Announce,
 ) -> None:
@@ -428,7 +454,7 @@ def _add_escalation_routes(
             get_pool(), choice, announce=announce_escalation, via="desk"
         )
         message = describe_escalation_outcome(outcome, announced)
-        return RedirectResponse(f"/reviews?{urlencode({'msg': message})}", status_code=303)
+        return flash_redirect(settings, reviewer=reviewer, message=message)
 
 
 async def _nobody(data: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 import db
 from support_worker.core.events import APPROVAL_DECIDED, EMAIL_RECEIVED, ESCALATION_DECIDED
 from support_worker.core.settings import Settings
-from support_worker.doors import desk, ingress
+from support_worker.doors import desk, desk_security, ingress
 
 # Send one event: name, id (a resend with the same id is a no-op), data.
 Send = Callable[[str, str, dict[str, Any]], Awaitable[None]]
@@ -91,6 +91,7 @@ def mount_doors(app: FastAPI, settings: Settings, *, get_pool: Callable[[], asyn
             settings, find_customer=find_customer, send=send, event_name=EMAIL_RECEIVED, get_pool=get_pool
         )
     )
+    app.add_middleware(desk_security.DeskSecurityHeaders)
     app.include_router(
         desk.build_router(
             settings, get_pool=get_pool, announce=announce_decision, announce_escalation=announce_escalation_decision

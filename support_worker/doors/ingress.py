@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import db
 from support_worker.core.settings import Settings
 from support_worker.doors import inbound
+from support_worker.doors.auth_limits import AuthLimiter
 
 logger = logging.getLogger("support_worker.ingress")
 
@@ -89,16 +90,27 @@ WRONG_CREDENTIALS = "missing or wrong webhook credentials"
 provider_credentials = HTTPBasic(realm="webhook", auto_error=False)
 
 
-def webhook_caller(settings: Settings) -> Callable[..., None]:
-    """A dependency that lets only the configured provider in: 503 when no password is set."""
+def webhook_caller(settings: Settings, limits: AuthLimiter | None = None) -> Callable[..., Awaitable[None]]:
+    """A dependency that lets only the configured provider in: 503 when no password is set,
+    429 for a client (or user) locked out after repeated wrong credentials (`auth_limits`)."""
+    limits = limits or AuthLimiter(
+        "webhook", max_failures=settings.auth_max_failures, window_seconds=settings.auth_failure_window_seconds
+    )
 
-    def authorized(credentials: Annotated[HTTPBasicCredentials | None, Depends(provider_credentials)]) -> None:
+    async def authorized(
+        request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(provider_credentials)]
+    ) -> None:
         if not settings.webhook_password:
             raise HTTPException(503, "the email webhook is disabled: set WEBHOOK_PASSWORD (and WEBHOOK_USERNAME)")
+        client = AuthLimiter.client_of(request)
+        limits.check(client, credentials.username if credentials else None)
         if credentials is None or not credentials_match(
             credentials, username=settings.webhook_username, password=settings.webhook_password
         ):
+            if credentials is not None:
+                await limits.failed(client, credentials.username)
             raise HTTPException(401, WRONG_CREDENTIALS, {"WWW-Authenticate": 'Basic realm="webhook"'})
+        limits.succeeded(client, credentials.username)
 
     return authorized
 
@@ -112,8 +124,14 @@ def build_router(
     get_pool: Callable[[], asyncpg.Pool],
 ) -> APIRouter:
     router = APIRouter(route_class=WebhookRoute)
+    limits = AuthLimiter(
+        "webhook",
+        max_failures=settings.auth_max_failures,
+        window_seconds=settings.auth_failure_window_seconds,
+        get_pool=get_pool,
+    )
 
-    @router.post("/webhooks/email", status_code=200, dependencies=[Depends(webhook_caller(settings))])
+    @router.post("/webhooks/email", status_code=200, dependencies=[Depends(webhook_caller(settings, limits))])
     async def inbound_email(request: Request) -> JSONResponse:
         """Postmark inbound webhook. Configure the provider's URL with basic auth:
         https://<WEBHOOK_USERNAME>:<WEBHOOK_PASSWORD>@your-host/webhooks/email"""

@@ -29,7 +29,10 @@ from support_worker.core.events import APPROVAL_DECIDED, ESCALATION_DECIDED, App
 from support_worker.core.settings import Settings
 from support_worker.workflows import decisions, escalations, refunds
 
-# Malformed or refused decisions a waiting gate hears out before it stops listening early.
+# Decisions a waiting gate hears that do not settle it (malformed, refused, a first of two
+# approvals) before it stops listening to the event: from then on it sleeps slice by slice and
+# re-reads Postgres, where the recorder functions write every decision, until the deadline. A
+# flood therefore costs at most this many steps, and never any of the wait's time.
 MAX_IGNORED_DECISIONS = 20
 # Tells reviewers about a request; the engine decides what a rate limit means (a step retry).
 TellReviewers = Callable[[str], Awaitable[dict[str, Any]]]
@@ -48,6 +51,8 @@ class Step(Protocol):
         if_exp: str | None = None,
         timeout: timedelta,  # noqa: ASYNC109 (the engine's signature: a durable wait, not a deadline)
     ) -> Any: ...
+
+    async def sleep(self, step_id: str, duration: int | timedelta) -> None: ...
 
 
 class DecisionCheck(BaseModel):
@@ -86,6 +91,7 @@ async def open_refund(
         raw_arguments=item.arguments,
         ttl_seconds=settings.refund_approval_timeout_seconds,
         four_eyes_cents=settings.refund_four_eyes_cents,
+        four_eyes_window_days=settings.refund_four_eyes_window_days,
     )
     return await _open_refund(pool, open_request, tell)
 
@@ -136,6 +142,7 @@ class SlicedWait:
     event: str
     check_prefix: str  # e.g. "check-decision": step `check-decision-<id>-<round>`
     await_prefix: str  # e.g. "await-approval": wait `await-approval-<id>-<round>`
+    sleep_prefix: str  # e.g. "recheck-approval": sleep `recheck-approval-<id>-<round>` once deaf
     timeout_seconds: int
     check: Callable[[], Awaitable[DecisionCheck]]
     # Handles one matching event inside its own steps; True when that settled the gate.
@@ -147,9 +154,15 @@ async def wait_in_slices(
 ) -> None:
     """Wait for a decision in slices of DECISION_RECHECK_MINUTES that re-read Postgres between
     them, so a decision recorded anywhere (its event lost, or sent before the wait began: the
-    engine never looks back) settles within one slice. Each round either uses up a slice or
-    hears one event, so the rounds are bounded; every step id carries the subject and round."""
+    engine never looks back) settles within one slice.
+
+    Only time the engine waited with nothing heard counts towards the deadline (`waited`), so
+    events never shorten the wait: after MAX_IGNORED_DECISIONS events that did not settle it,
+    the gate stops listening and sleeps its slices instead, still re-reading Postgres. It returns
+    when Postgres says the subject is no longer pending, or the deadline has passed (by Postgres'
+    clock, or by the engine having waited it out). Every step id carries the subject and round."""
     slice_seconds = recheck_seconds
+    heard = waited = 0
     max_rounds = math.ceil(wait.timeout_seconds / slice_seconds) + MAX_IGNORED_DECISIONS + 1
     for round_no in range(1, max_rounds + 1):
         check = first_check if round_no == 1 and first_check else None
@@ -158,17 +171,23 @@ async def wait_in_slices(
             check = await step.run(step_id, wait.check, output_type=DecisionCheck)
         if check.status != "pending" or check.seconds_left <= 0:
             return
-        wait_seconds = min(math.ceil(check.seconds_left), slice_seconds)
-        event = await step.wait_for_event(
-            f"{wait.await_prefix}-{wait.subject_id}-{round_no}",
-            event=wait.event,
-            if_exp=decision_match(wait.subject_id),
-            timeout=timedelta(seconds=wait_seconds),
-        )
+        wait_seconds = min(math.ceil(check.seconds_left), slice_seconds, max(1, wait.timeout_seconds - waited))
+        event = None
+        if heard < MAX_IGNORED_DECISIONS:
+            event = await step.wait_for_event(
+                f"{wait.await_prefix}-{wait.subject_id}-{round_no}",
+                event=wait.event,
+                if_exp=decision_match(wait.subject_id),
+                timeout=timedelta(seconds=wait_seconds),
+            )
+        else:
+            await step.sleep(f"{wait.sleep_prefix}-{wait.subject_id}-{round_no}", timedelta(seconds=wait_seconds))
         if event is None:
-            if wait_seconds >= check.seconds_left:
+            waited += wait_seconds
+            if wait_seconds >= check.seconds_left or waited >= wait.timeout_seconds:
                 return  # the engine waited out the whole deadline
             continue  # a slice ran out: re-read Postgres, then wait for what time is left
+        heard += 1
         if await wait.on_event(event, round_no):
             return
 
@@ -200,6 +219,7 @@ async def _await_decision(
         event=APPROVAL_DECIDED,
         check_prefix="check-decision",
         await_prefix="await-approval",
+        sleep_prefix="recheck-approval",
         timeout_seconds=settings.refund_approval_timeout_seconds,
         check=partial(_check_decision, pool, request_id),
         on_event=on_event,
@@ -247,6 +267,7 @@ async def await_escalation_decision(
         event=ESCALATION_DECIDED,
         check_prefix="check-escalation",
         await_prefix="await-escalation",
+        sleep_prefix="recheck-escalation",
         timeout_seconds=settings.escalation_timeout_seconds,
         check=partial(_escalation_state, pool, escalation_id),
         on_event=on_event,

@@ -40,3 +40,5 @@ class AuditAction(StrEnum):
     ESCALATION_REJECTED = "escalation_rejected"
     ESCALATION_POSTED_VIA_TIMEOUT = "escalation_posted_via_timeout"
     MODEL_UNAVAILABLE = "model_unavailable"
+    AUTH_THROTTLED = "auth_throttled"
+

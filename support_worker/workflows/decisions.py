@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 import db
 from support_worker.core.fields import MAX_ID, StorableText
+from support_worker.core.identity import ReviewerName, same_reviewer
 from support_worker.store import approvals
 from support_worker.store.reviews import TERMINAL_RUN_PREFIX
 
@@ -32,7 +33,8 @@ class Decision(BaseModel):
 
     request_id: StorableText = Field(min_length=1, max_length=100)
     approved: StrictBool
-    reviewer: StorableText = Field(min_length=1, max_length=200)
+    # One identity however spelled (`core.identity`): "Alice " and "alice" are one reviewer.
+    reviewer: ReviewerName
     note: StorableText | None = Field(default=None, max_length=2000)
     # Set by whoever records the decision before announcing it (desk, CLI), so every path
     # that sees the same decision recognises it as one.
@@ -171,7 +173,8 @@ async def _record_approval(
     safer reading of both: the lowest amount any approver named is paid, and the reply of the
     latest approver who wrote one is sent (later approvers see earlier edits on the desk).
     """
-    mine = next((a for a in given if a.reviewer == decision.reviewer), None)
+    # Compared as identities, so approvals stored before names were normalized count too.
+    mine = next((a for a in given if same_reviewer(a.reviewer, decision.reviewer)), None)
     if mine is not None:
         reason: Literal["same_decision", "same_reviewer"] = (
             "same_decision" if mine.decision_id == decision_id else "same_reviewer"

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import db
 from support_worker.core.fields import StorableText
+from support_worker.core.identity import ReviewerName
 from support_worker.core.settings import Settings
 from support_worker.store import escalations as store
 from support_worker.store.escalations import Escalation, Source, Urgency
@@ -76,7 +77,7 @@ class Decision(BaseModel):
 
     request_id: StorableText = Field(min_length=1, max_length=100)
     decision: DecisionKind
-    reviewer: StorableText = Field(min_length=1, max_length=200)
+    reviewer: ReviewerName  # one identity however spelled (`core.identity`)
     edited_text: StorableText | None = Field(default=None, max_length=20_000)
     decision_id: StorableText | None = Field(default=None, max_length=200)
 

@@ -1,7 +1,8 @@
 """The refund policy, in code: may this refund be paid, and must a human ask first?
 
 Pure rules over an order as the database has it (`refund_policy`), plus the one read that
-fetches that order (`check_policy`). Engine-free and model-free. `refunds.open_request`
+fetches that order (`check_policy`), and four eyes on totals (`approvals_needed`: what an order
+and a customer get refunded in total, not one request). Engine-free and model-free. `refunds.open_request`
 consults it when a request is opened and `refunds.pay_for_call` again, under the order's
 lock, when paying; nothing else decides what is refundable.
 """
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 
 import db
 from support_worker.core.fields import MAX_ID
+from support_worker.store.refund_totals import Exposure
 
 
 class PolicyVerdict(BaseModel):
@@ -42,6 +44,19 @@ def _refused(explanation: str, *, order_id: int | None, amount_cents: int, refun
 
 # The default of REFUND_FOUR_EYES_CENTS: refunds above $500.00 need two different reviewers.
 DEFAULT_FOUR_EYES_CENTS = 50_000
+# The default of REFUND_FOUR_EYES_WINDOW_DAYS: what a customer was refunded over the last 30
+# days counts towards the limit, so a large refund asked for in parts still needs two people.
+DEFAULT_FOUR_EYES_WINDOW_DAYS = 30
+
+
+def approvals_needed(amount_cents: int, exposure: Exposure, *, four_eyes_cents: int) -> int:
+    """Four eyes on totals: two different reviewers when this request takes what its order has
+    been refunded (ever), or what its customer has been refunded over the window, above
+    `four_eyes_cents`; both totals count every live request too (`refund_totals.Exposure`).
+    Strictly greater: a total of exactly the limit needs one."""
+    order_total = exposure.order_cents + amount_cents
+    customer_total = exposure.customer_cents + amount_cents
+    return 2 if max(order_total, customer_total) > four_eyes_cents else 1
 
 
 def refund_policy(

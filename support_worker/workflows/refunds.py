@@ -22,9 +22,15 @@ from pydantic import BaseModel
 
 import db
 from support_worker.core.fields import MAX_ID
-from support_worker.store import approvals
+from support_worker.store import approvals, refund_totals
 from support_worker.workflows.decisions import Decision, record_decision
-from support_worker.workflows.policy import DEFAULT_FOUR_EYES_CENTS, PolicyVerdict, check_policy
+from support_worker.workflows.policy import (
+    DEFAULT_FOUR_EYES_CENTS,
+    DEFAULT_FOUR_EYES_WINDOW_DAYS,
+    PolicyVerdict,
+    approvals_needed,
+    check_policy,
+)
 
 GateStatus = Literal["approved", "rejected", "expired", "blocked", "withdrawn", "pending"]
 BlockedStage = Literal["request", "review", "payment"]
@@ -105,13 +111,16 @@ async def open_request(
     raw_arguments: str | None,
     ttl_seconds: int,
     four_eyes_cents: int = DEFAULT_FOUR_EYES_CENTS,
+    four_eyes_window_days: int = DEFAULT_FOUR_EYES_WINDOW_DAYS,
 ) -> GateOutcome:
     """Turn a paused `issue_refund` call into a pending request, once the policy agrees.
 
     The model's arguments name the order and amount; the customer id and the request id are
     the server's. A call the policy refuses opens nothing and is audited as blocked at the
     request stage. A redelivered call finds the request the first delivery opened. How many
-    reviewers must approve is fixed here, from `four_eyes_cents` (REFUND_FOUR_EYES_CENTS).
+    reviewers must approve is fixed here, from `four_eyes_cents` (REFUND_FOUR_EYES_CENTS) on
+    totals: the order's and the customer's (over `four_eyes_window_days`), this request
+    included (`policy.approvals_needed`).
     """
     arguments, unreadable = refund_arguments(raw_arguments)
     order_id, amount = arguments.get("order_id"), arguments.get("amount_cents")
@@ -142,6 +151,7 @@ async def open_request(
         call_id=call_id,
         reason=str(arguments.get("reason", ""))[:500],
         ttl_seconds=ttl_seconds,
+        four_eyes=(four_eyes_cents, four_eyes_window_days),
     )
 
 
@@ -155,20 +165,33 @@ async def _insert_request(
     call_id: str,
     reason: str,
     ttl_seconds: int,
+    four_eyes: tuple[int, int],
 ) -> GateOutcome:
-    """The request and its `refund_requested` row, together or not at all."""
+    """The request and its `refund_requested` row, together or not at all. The customer's and
+    the order's rows are locked first, so requests opened at once count each other: of three
+    parts opened together, at most the first stays under the four-eyes limit."""
+    four_eyes_cents, window_days = four_eyes
+    order_id = verdict.order_id or 0
     async with db.transaction(pool) as conn:
+        await refund_totals.lock_customer(conn, customer_id=customer_id)
+        await db.lock_order(conn, order_id=order_id)
+        exposure = await refund_totals.refund_exposure(
+            conn, customer_id=customer_id, order_id=order_id, window_days=window_days
+        )
+        needed = max(
+            verdict.approvals_needed, approvals_needed(verdict.amount_cents, exposure, four_eyes_cents=four_eyes_cents)
+        )
         request, created = await db.insert_refund_request(
             conn,
             customer_id=customer_id,
-            order_id=verdict.order_id or 0,
+            order_id=order_id,
             amount_cents=verdict.amount_cents,
             reason=reason,
             customer_message=customer_message[:4000],
             run_id=run_id,
             tool_call_id=call_id,
             ttl_seconds=ttl_seconds,
-            approvals_needed=verdict.approvals_needed,
+            approvals_needed=needed,
         )
         if created:
             await db.record_audit(
@@ -183,6 +206,13 @@ async def _insert_request(
                     "reason": request.reason,
                     "expires_at": request.expires_at,
                     "approvals_needed": request.approvals_needed,
+                    # What four eyes counted with this request: the totals and the rule.
+                    "four_eyes": {
+                        "order_total_cents": exposure.order_cents + request.amount_cents,
+                        "customer_total_cents": exposure.customer_cents + request.amount_cents,
+                        "window_days": window_days,
+                        "limit_cents": four_eyes_cents,
+                    },
                 },
                 idempotency_key=f"refund_requested:{request.id}",
             )
