@@ -8,8 +8,9 @@ from support_worker.ops import bench
 async def test_the_quick_benchmark_meets_the_count_and_size_goals(server_url: str) -> None:
     results = await bench.run_bench(quick=True, server_url=server_url)
     kinds = results["kinds"]
-    assert kinds["plain"][0] <= 4 and kinds["approved"][0] <= 10
-    assert kinds["rejected"][0] <= 10 and kinds["expired"][0] <= 10
+    # An approved refund's eleventh call is 003 D3's save-draft-reply step (issue 20).
+    assert kinds["plain"][0] <= 4 and kinds["approved"][0] <= 11
+    assert kinds["rejected"][0] <= 11 and kinds["expired"][0] <= 11
     assert all(largest < 8 * 1024 for calls, size, largest in (kinds[k] for k in ("plain", "approved")))
     fan = results["fan_out"]
     assert fan["scheduled"] >= 10_000  # every bench customer (and the paying sample ones)

@@ -25,7 +25,7 @@ from support_worker.core.settings import Settings
 from support_worker.store import escalations as escalation_store
 from support_worker.workflows import escalations
 
-ESCALATION_FN = "handle-escalation"
+ESCALATION_FN = "escalate-with-human-approval"
 RECORDER_FN = "record-escalation-decision"
 ALICE = ("alice", "alice-pw")
 
@@ -246,7 +246,7 @@ async def test_an_email_the_agent_escalates_reaches_the_senior_channel_once_appr
     assert trail == [
         "message_received",
         "escalation_requested",
-        "reply_sent",
+        "email_drafted",
         "reviewer_notified",
         "escalation_approved",
     ]

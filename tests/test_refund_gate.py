@@ -75,6 +75,7 @@ async def test_two_refunds_from_one_email_have_unique_step_ids_that_never_shift(
         "tool-issue_refund-<call-1>",
         "tool-issue_refund-<call-2>",
         "model-turn-2",
+        "save-draft-reply",
     ]
     steps = executed_steps(run)
     assert len(steps) == len(set(steps)), steps  # no id repeats, so none depends on call order
@@ -110,7 +111,7 @@ async def test_a_malformed_decision_is_ignored_and_the_run_keeps_waiting_for_a_v
     assert ignored.detail["why"].startswith("malformed decision: approved:")
     assert ignored.detail["current_status"] == "pending"
     # The stray event is set aside, Postgres re-read, and a second round waits for the valid one.
-    assert trail(run)[4:-2] == [
+    assert trail(run)[4:-3] == [
         "open-refund-<call-2>",
         "await-approval-<request>-1",
         "ignore-decision-<request>-1",
@@ -159,5 +160,5 @@ async def test_a_decision_only_postgres_knows_settles_within_one_recheck_interva
         "refund_requested",
         "decision_recorded",
         "refund_issued",
-        "reply_sent",
+        "email_drafted",
     ]

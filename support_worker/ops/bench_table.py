@@ -10,7 +10,8 @@ GOALS = {
     "flat": 1.2,
     "ratio": 1.5,
     "plain": 4,
-    "approved": 10,
+    # Issue 12 asked for 10; 003 D3's `save-draft-reply` step (issue 20) costs the eleventh.
+    "approved": 11,
     "fanout_bytes": 64 * 1024,
     "fanout_calls": 15,
     "rss_mb": 200,
@@ -24,7 +25,10 @@ def _verdict(ok: bool) -> str:
 def _email_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = []
     for kind, (calls, size, largest) in r["kinds"].items():
-        goal = {"plain": f"<= 4 calls: {_verdict(calls <= 4)}", "approved": f"<= 10 calls: {_verdict(calls <= 10)}"}
+        goal = {
+            "plain": f"<= {GOALS['plain']} calls: {_verdict(calls <= GOALS['plain'])}",
+            "approved": f"<= {GOALS['approved']} calls: {_verdict(calls <= GOALS['approved'])}",
+        }
         label = "100 KB body, inline in the event" if kind == "big" else kind
         rows.append(
             (

@@ -35,4 +35,6 @@ class AuditAction(StrEnum):
     ESCALATION_REJECTED = "escalation_rejected"
     ESCALATION_POSTED_VIA_TIMEOUT = "escalation_posted_via_timeout"
     MODEL_UNAVAILABLE = "model_unavailable"
+    EMAIL_DRAFTED = "email_drafted"
+    REPLY_SEND_FAILED = "reply_send_failed"
 
