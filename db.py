@@ -35,6 +35,8 @@ Tier = Literal["free", "pro", "enterprise"]
 # Anything that can run a query: the pool, or a connection acquired from it (for transactions).
 Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 RequestStatus = Literal["pending", "approved", "rejected", "expired", "withdrawn"]
+# The orders table's CHECK, mirrored: a status outside it fails here as it would in Postgres.
+OrderStatus = Literal["paid", "shipped", "delivered", "failed", "cancelled"]
 # Customers are named by text ids ("c-4429"), as the systems that send our events name them.
 CustomerId = str
 
@@ -53,7 +55,7 @@ class Order(BaseModel):
     customer_id: CustomerId
     description: str
     amount_cents: int
-    status: str
+    status: OrderStatus
     refunded_cents: int
     created_at: str
 

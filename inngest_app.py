@@ -75,11 +75,19 @@ PRIORITY_BY_TIER = (
     "has(event.data.tier) && type(event.data.tier) == string"
     ' ? (event.data.tier == "enterprise" ? 600 : (event.data.tier == "pro" ? 300 : 0)) : 0'
 )
-# One customer's concurrency share, whether the event names them by id (2 and "2" are one
-# customer) or only by the address they wrote from.
+# One customer's concurrency share and debounce burst, whether the event names them by id (2
+# and "2" are one customer) or only by the address they wrote from. Total over JSON: a
+# customer_id that is null, empty, a boolean, a list or an object falls through to the sender's
+# address, so such emails never share one key (an expression that errors would key them all alike).
+# Event numbers are doubles to the engine, whose string() prints 1234567.0 as "1.234567e+06":
+# a number goes through int() first.
 CUSTOMER_KEY = (
-    "has(event.data.customer_id) ? string(event.data.customer_id)"
-    ' : (has(event.data.from_email) ? "from:" + string(event.data.from_email) : "unknown")'
+    "has(event.data.customer_id) && type(event.data.customer_id) in [string, int, uint, double]"
+    ' && string(event.data.customer_id) != ""'
+    " ? (type(event.data.customer_id) == double"
+    " ? string(int(event.data.customer_id)) : string(event.data.customer_id))"
+    " : (has(event.data.from_email) && type(event.data.from_email) == string"
+    ' ? "from:" + event.data.from_email : "unknown")'
 )
 REJECTION_PREFIX = "rejected "
 # Failures of this app's functions (not another app's, not the failure recorder's own).

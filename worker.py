@@ -2,12 +2,11 @@
 
 Plain Python on the OpenAI Agents SDK, in the shape of the SDK's customer-service example.
 Nothing here knows about a durable engine or about what happens to a refund after the model
-asks for one: the refund workflow lives in `refunds.py`, running the agent through its pauses
-in `conversation.py`, durability in `inngest_app.py`. Run it on one email from a terminal:
+asks for one: the refund workflow lives in `support_worker/workflows/refunds.py`, running the
+agent through its pauses in `support_worker/conversation/loop.py`, durability in
+`inngest_app.py`. Run it on one email from a terminal:
 
-    python worker.py --customer c-4429 "I was charged twice for order 1003"
-
-(a thin entry point: the same as `support-worker answer ...`).
+    support-worker answer --customer c-4429 "I was charged twice for order 1003"
 """
 
 from __future__ import annotations

@@ -3,37 +3,49 @@
 There is no Inngest dev server on these machines, so tests drive the served app
 over HTTP the way the executor does (see /work/shared/INNGEST_WIRE.md; the SDK in
 ``inngest/_internal`` is the final word). This module is a test tool: it holds no
-product logic and must stay small enough to audit against the SDK.
+product logic and must stay small enough to audit against the SDK. The engine's rules it
+applies (CEL, registration, flow control) live in ``tests/engine/``, each with its Go source.
 
-* ``StubInngestServer`` is a real loopback HTTP server, because the SDK makes real
-  outbound calls for sync (``POST /fn/register``) and ``send`` (``POST /e/<key>``).
+* ``StubInngestServer`` (``engine.stub``) is a real loopback HTTP server, because the SDK makes
+  real outbound calls for sync (``POST /fn/register``) and ``send`` (``POST /e/<key>``). It
+  refuses (400) a sync the engine would refuse (``engine.registration``).
 * ``InngestDriver`` syncs the app and runs functions call by call: memo, stack,
-  per-call attempt counters, step retries, parallel groups, sleeps, waits.
+  per-call attempt counters, step retries, parallel groups, sleeps, waits. ``deliver``
+  routes events in virtual time with debounce, run idempotency, concurrency, throttle
+  and priority as the engine applies them (``engine.flow``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
-import heapq
-import http.server
+import datetime
+import functools
 import inspect
+import itertools
 import json
-import re
-import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import celpy
 import httpx
-from celpy import celtypes
+from engine.cel import INVALID_DEBOUNCE_KEY, cel_evaluate, cel_match, evaluated_key, priority_factor
+from engine.flow import Flow
+from engine.registration import debounce_timeout_ms, duration_ms
+from engine.stub import CapturedEvent, StubInngestServer
 from inngest._internal import net
+
+# Re-exported: tests import the stub and CEL from the driver.
+__all__ = ["CapturedEvent", "StubInngestServer", "cel_evaluate", "cel_match"]
 
 JSONDict = dict[str, Any]
 FUNCTION_FAILED = "inngest/function.failed"
+CRON_EVENT = "inngest/scheduled.timer"  # pkg/consts/events.go, `FnCronName`
+BACKOFF_TABLE_MS = [s * 1000 for s in (15, 30, 60, 120, 300, 600, 1200, 2400, 3600, 7200)]  # pkg/backoff
 # The status a call records when the host could not be reached (killed, restarting).
 UNREACHABLE = 599
 
@@ -46,133 +58,12 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclasses.dataclass
-class CapturedEvent:
-    """An event the app sent to the stub. ``duplicate`` mirrors Inngest dropping a reused ``id``."""
-
-    name: str
-    data: JSONDict
-    id: str
-    ts: int
-    idempotency_id: str | None
-    duplicate: bool
-
-    def as_event(self) -> JSONDict:
-        """The shape the executor hands to functions (``ts``/``id`` must be int/str: the SDK is strict)."""
-        return {"id": self.id, "name": self.name, "data": self.data, "ts": self.ts}
-
-
-class StubInngestServer:
-    """Loopback stand-in for the Inngest API and Event API, capturing what the app sends."""
-
-    def __init__(self) -> None:
-        self.registrations: list[JSONDict] = []
-        self.events: list[CapturedEvent] = []
-        # The REST API's view of runs, by the internal event id that started them
-        # (`GET /v1/events/{id}/runs`, as the dev server answers it). Tests fill it through
-        # `on_event`, standing in for the executor starting a function.
-        self.runs: dict[str, list[JSONDict]] = {}
-        self.run_lookups: list[str] = []
-        self.on_event: Callable[[CapturedEvent], None] | None = None
-        self._lock = threading.Lock()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        # shutdown() waits for serve_forever to notice, once per poll interval: the default
-        # 0.5 s would be half a second of every test that serves the app.
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def env(self, *, dev: bool = True) -> dict[str, str]:
-        """Env vars that point a client built afterwards at the stub (origins are read at client init)."""
-        env = {k: self.url for k in ("INNGEST_BASE_URL", "INNGEST_API_BASE_URL", "INNGEST_EVENT_API_BASE_URL")}
-        if dev:
-            env["INNGEST_DEV"] = self.url
-        return env
-
-    def start(self) -> StubInngestServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> StubInngestServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _capture_events(self, body: Any) -> list[str]:
-        ids: list[str] = []
-        with self._lock:
-            seen = {e.idempotency_id for e in self.events if e.idempotency_id}
-            for raw in body if isinstance(body, list) else [body]:
-                idem = raw.get("id") or None
-                ev = CapturedEvent(
-                    name=raw["name"],
-                    data=raw.get("data") or {},
-                    id=_new_id(),
-                    ts=int(raw.get("ts") or time.time() * 1000),
-                    idempotency_id=idem,
-                    duplicate=idem in seen,
-                )
-                if idem:
-                    seen.add(idem)
-                self.events.append(ev)
-                ids.append(ev.id)
-        if self.on_event is not None:
-            for ev in [e for e in self.events if e.id in ids]:
-                self.on_event(ev)
-        return ids
-
-    def start_run(self, event_id: str, function_id: str) -> str:
-        """Record a run of `function_id` started by the event, as the REST API will list it."""
-        run_id = _new_id()
-        with self._lock:
-            self.runs.setdefault(event_id, []).append(
-                {"run_id": run_id, "event_id": event_id, "function_id": function_id, "status": "Running"}
-            )
-        return run_id
-
-    def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
-        stub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # http.server's naming
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                body = json.loads(raw or b"null")
-                path = self.path.split("?")[0]
-                if path == "/fn/register":
-                    with stub._lock:
-                        stub.registrations.append(body)
-                    self._reply(200, {"ok": True})
-                elif path.startswith("/e/"):
-                    self._reply(200, {"ids": stub._capture_events(body), "status": 200})
-                else:
-                    self._reply(404, {"error": f"stub has no route {path}"})
-
-            def do_GET(self) -> None:  # http.server's naming
-                parts = self.path.split("?")[0].strip("/").split("/")
-                if len(parts) == 4 and parts[:2] == ["v1", "events"] and parts[3] == "runs":
-                    with stub._lock:
-                        stub.run_lookups.append(parts[2])
-                        runs = list(stub.runs.get(parts[2], []))
-                    self._reply(200, {"data": runs, "metadata": {"fetched_at": _new_id()}})
-                else:
-                    self._reply(404, {"error": f"stub has no route {self.path}"})
-
-            def _reply(self, status: int, payload: object) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
+def wall_clock_delay_ms(instant: str, *, since: float) -> int:
+    """How far an ISO instant the SDK computed from its wall clock (a sleep's wake-up, a
+    ``RetryAfterError``'s date) lies after ``since``, in whole seconds: the SDK took "now" a few
+    milliseconds before answering, and virtual time should not inherit that jitter."""
+    at = datetime.datetime.fromisoformat(instant.replace("Z", "+00:00")).timestamp()
+    return max(0, round(at - since)) * 1000
 
 
 def normalize_event(event: Mapping[str, Any] | CapturedEvent) -> JSONDict:
@@ -195,57 +86,18 @@ def signed_headers(body: bytes, signing_key: str) -> dict[str, str]:
     return {"x-inngest-signature": sig}
 
 
-# --- CEL, evaluated by a real implementation (cel-python) ----------------------------------
-
-_CEL = celpy.Environment()
-
-
-def cel_evaluate(expr: str, **variables: Any) -> Any:
-    """Evaluate a CEL expression with JSON ``variables`` (e.g. ``event=...``) bound, as the
-    engine does for priority, concurrency keys and wait matches. Returns the Python value;
-    raises ``celpy.CELParseError`` for text that is not CEL and ``celpy.CELEvalError`` when
-    evaluation fails (a missing key, a type mismatch)."""
-    program = _CEL.program(_CEL.compile(expr))
-    result = program.evaluate({name: celpy.json_to_cel(value) for name, value in variables.items()})
-    if isinstance(result, celpy.CELEvalError):
-        raise result
-    return _from_cel(result)
-
-
-def _from_cel(value: Any) -> Any:
-    if isinstance(value, celtypes.BoolType):
-        return bool(value)
-    if isinstance(value, celtypes.IntType | celtypes.UintType):
-        return int(value)
-    if isinstance(value, celtypes.DoubleType):
-        return float(value)
-    if isinstance(value, celtypes.StringType):
-        return str(value)
-    if isinstance(value, celtypes.MapType):
-        return {_from_cel(k): _from_cel(v) for k, v in value.items()}
-    if isinstance(value, celtypes.ListType):
-        return [_from_cel(v) for v in value]
-    return value
-
-
-def cel_match(expr: str | None, *, candidate: Mapping[str, Any], trigger: Mapping[str, Any]) -> bool:
-    """Inngest's ``waitForEvent`` match: ``async`` is the candidate event, ``event`` the run's
-    trigger. An empty expression matches; an evaluation error (a missing field, a type
-    mismatch) is no match, as in the engine. Text that does not parse raises: the engine
-    would refuse the wait, and a test should say so loudly.
-
-    One known difference: Inngest's evaluator reads a missing attribute as ``null`` where
-    CEL errors, so ``async.data.missing != "x"`` matches there and not here."""
-    if not expr or not expr.strip():
-        return True
-    try:
-        return cel_evaluate(expr, event=dict(trigger), **{"async": dict(candidate)}) is True
-    except celpy.CELEvalError:
-        return False
-    except Exception as error:  # celpy's parse errors come from lark
-        if isinstance(error, celpy.CELParseError):
-            raise ValueError(f"not a CEL expression: {expr!r}: {error}") from error
-        raise
+def cron_tick(cron: str, scheduled_at: datetime.datetime) -> JSONDict:
+    """The event a cron trigger fires with (pkg/execution/executor/service.go, ``handleCron``):
+    its id is the scheduled time (RFC 3339, UTC), so a tick delivered twice is one event, and
+    its data names the schedule, the scheduled time and the fire time (equal without jitter)."""
+    at = scheduled_at.astimezone(datetime.UTC).replace(microsecond=0)
+    stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "name": CRON_EVENT,
+        "id": stamp,
+        "ts": int(at.timestamp() * 1000),
+        "data": {"cron": cron, "scheduledAt": stamp, "fireAt": stamp},
+    }
 
 
 @dataclasses.dataclass
@@ -313,32 +165,24 @@ async def timeout_resolver(op: WaitOp) -> None:
 
 
 @dataclasses.dataclass
+class Arrival:
+    """An event reaching the Event API at ``at_ms`` (virtual), whatever its own ``ts`` says."""
+
+    at_ms: int
+    event: Mapping[str, Any]
+
+
+@dataclasses.dataclass
 class _Burst:
-    first: int  # ms: when the burst began (its `timeout` counts from here)
-    event: JSONDict  # the latest event: the one the run gets
-    version: int  # bumped by each event, so only the latest scheduled firing runs
+    deadline: int | None  # ms: `timeout` after the burst began, when it fires at the latest
+    event: JSONDict  # the newest event by `ts`: the one the run gets
+    version: int = 0  # bumped by each event, so only the latest scheduled firing runs
+    open_until: int = 0  # ms: the key's pointer to this burst expires then (Redis SETEX ttl)
 
 
-_DURATION = re.compile(r"(\d+)([smhd])")
-_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def _millis(duration: str | None) -> int:
-    """An Inngest duration string ("45s", "1h30m") in milliseconds; none: forever."""
-    if not duration:
-        return 1 << 62
-    parts = _DURATION.findall(duration)
-    if not parts or "".join(n + u for n, u in parts) != duration:
-        raise DriverError(f"not an Inngest duration: {duration!r}")
-    return sum(int(n) * _UNIT_MS[u] for n, u in parts)
-
-
-def _debounce_key(debounce: JSONDict, event: JSONDict) -> str:
-    """The burst an event belongs to: its `key` expression evaluated (one burst without a key)."""
-    expression = debounce.get("key")
-    if not expression:
-        return ""
-    return str(cel_evaluate(expression, event=event))
+# The debounce job runs this long after the burst's ttl (pkg/execution/debounce/debounce.go:
+# `now.Add(ttl).Add(buffer).Add(time.Second)`, buffer 50 ms).
+DEBOUNCE_JOB_DELAY_MS = 1050
 
 
 @dataclasses.dataclass
@@ -353,6 +197,26 @@ class CallRecord:
     status_code: int = 0
     body: Any = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    sent_at: float = 0.0  # wall clock (s) when the request went out
+    answered_at: float = 0.0  # wall clock (s) when the answer came: `retry-after` dates count from it
+    at_ms: int | None = None  # virtual time of the call (in `deliver`)
+
+    @property
+    def retry_after_ms(self) -> int | None:
+        """The delay a ``retry-after`` header asks for, clamped to 1 s .. 24 h as the executor
+        does (pkg/execution/driver/httpdriver/parse.go, ``ParseRetry``: a short integer is
+        seconds, anything else a date); None without the header (or one that does not parse)."""
+        value = self.headers.get("retry-after")
+        if not value:
+            return None
+        if len(value) <= 7 and value.isdigit() and int(value) > 0:
+            delay = int(value) * 1000
+        else:
+            try:
+                delay = wall_clock_delay_ms(value, since=self.answered_at)
+            except ValueError:
+                return None
+        return min(max(delay, 1000), 86_400_000)
 
     @property
     def ops(self) -> list[JSONDict]:
@@ -378,6 +242,8 @@ class Run:
     waits: list[tuple[WaitOp, JSONDict | None]] = dataclasses.field(default_factory=list)
     sleeps: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (display name, wake ISO)
     on_failure: Run | None = None
+    started_ms: int | None = None  # virtual time the run started, past any throttle (in `deliver`)
+    finished_ms: int | None = None
 
     @property
     def trail(self) -> list[str]:
@@ -411,6 +277,12 @@ class InngestDriver:
         self.default_retries = default_retries
         self.app_id: str | None = None
         self.functions: dict[str, JSONDict] = {}
+        # The virtual clock and flow control while `deliver` runs (kept afterwards, for tests to
+        # read: `flow.peak` is the most slots each concurrency key ever had taken).
+        self.flow: Flow | None = None
+        self._delivering = False
+        self._route_sent: Callable[[], None] = lambda: None
+        self._waits: list[tuple[WaitOp, asyncio.Future[JSONDict | None]]] = []  # open waits, in `deliver`
 
     def _headers(self, body: bytes) -> dict[str, str]:
         headers = {"content-type": "application/json", "x-inngest-server-kind": self.server_kind}
@@ -461,11 +333,13 @@ class InngestDriver:
         }
         request = {"event": run.event, "events": [run.event], "steps": dict(run.memo), "use_api": False, "ctx": ctx}
         rec = CallRecord(run.fn_id, step_id, attempt, request, duplicate)
+        rec.at_ms = self.flow.now if self.flow is not None and self._delivering else None
         if before_call is not None:
             maybe = before_call(rec)
             if inspect.isawaitable(maybe):
                 await maybe
         raw = json.dumps(rec.request).encode()
+        rec.sent_at = rec.answered_at = time.time()
         try:
             res = await self.http.post(
                 self.path, params={"fnId": run.fn_id, "stepId": step_id}, content=raw, headers=self._headers(raw)
@@ -476,8 +350,9 @@ class InngestDriver:
             rec.status_code, rec.body = UNREACHABLE, f"{type(error).__name__}: {error}"
             run.calls.append(rec)
             return rec
-        rec.status_code, text = res.status_code, res.text
+        rec.status_code, text, rec.answered_at = res.status_code, res.text, time.time()
         rec.headers = {k.lower(): v for k, v in res.headers.items()}
+        self._route_sent()  # events the app sent during the call reach the engine now
         if res.status_code == 201:  # INNGEST_STREAMING=force: keepalive spaces, then the real answer
             inner = json.loads(text)
             rec.status_code, text = inner["status"], inner["body"]
@@ -510,23 +385,29 @@ class InngestDriver:
         fid = self.fn_id(fn_id)
         run = Run(fid, run_id or _new_id(), normalize_event(event))
         max_attempts = self.max_attempts(fid)
+        if resolver is None and self._delivering:
+            resolver = self._wait_in_virtual_time
         if resolver is None:
             resolver = stub_resolver(self.stub) if self.stub else timeout_resolver
+        if self.flow is not None and self._delivering:
+            await self._throttle(fid, run.event)
+            run.started_ms = self.flow.now
+        score = self._score(fid, run)
+        slots = self._slots(fid, run.event)
         disable = False
         queue: collections.deque[tuple[str, int]] = collections.deque([("step", 0)])
         while queue:
             if len(run.calls) >= max_calls:
                 raise DriverError(f"{fid}: more than {max_calls} calls; looping?")
             step_id, attempt = queue.popleft()
-            if deliver_twice == "concurrently":
-                rec, _ = await asyncio.gather(
-                    self._call(run, step_id, attempt, disable, max_attempts, before_call),
-                    self._call(run, step_id, attempt, disable, max_attempts, before_call, duplicate=True),
-                )
-            else:
-                rec = await self._call(run, step_id, attempt, disable, max_attempts, before_call)
-                if deliver_twice:
-                    await self._call(run, step_id, attempt, disable, max_attempts, before_call, duplicate=True)
+            async with self._slot(slots, score):
+                call = functools.partial(self._call, run, step_id, attempt, disable, max_attempts, before_call)
+                if deliver_twice == "concurrently":
+                    rec, _ = await asyncio.gather(call(), call(duplicate=True))
+                else:
+                    rec = await call()
+                    if deliver_twice:
+                        await call(duplicate=True)
             if rec.status_code == 200:
                 run.status, run.output = "completed", rec.body
                 break
@@ -538,83 +419,204 @@ class InngestDriver:
                 for op in rec.body:
                     retry = await self._apply(run, rec, op, max_attempts, resolver, queue) or retry
                 if retry:
+                    await self._wait_retry_after(rec)
                     queue.appendleft((step_id, attempt + 1))
                 elif not queue:
                     queue.append(("step", 0))
                 continue
             if rec.status_code >= 500 and not rec.no_retry and attempt + 1 < max_attempts:
+                await self._wait_retry_after(rec)
                 queue.appendleft((step_id, attempt + 1))  # function-level error: same call again
                 continue
             # 4xx fails fast (the engine would retry) so misconfiguration stays loud in tests.
             run.status, run.error = "failed", rec.body
             break
+        run.finished_ms = self.flow.now if self.flow is not None and self._delivering else None
         if run.status == "failed" and run_on_failure:
-            # The engine emits `inngest/function.failed`; every function whose trigger takes it
-            # (an SDK `on_failure` handler, or a function of its own) runs, as in the engine.
-            failed = {
-                "name": FUNCTION_FAILED,
-                "data": {"error": run.error, "event": run.event, "function_id": fid, "run_id": run.run_id},
-            }
-            for handler in self.triggered_by(normalize_event(failed)):
-                run.on_failure = await self.run(handler, failed, resolver=resolver, run_on_failure=False)
+            await self._run_failure_handlers(run, resolver)
         return run
 
-    async def deliver(self, events: Iterable[Mapping[str, Any]], **run_kwargs: Any) -> list[Run]:
-        """Route events as the engine does, in virtual time (each event's ``ts``): every function
-        whose trigger takes an event starts at that time, except one with ``debounce``, which
-        runs once per burst of its key (CEL), with the burst's last event, ``period`` after that
-        event or ``timeout`` after the burst began, whichever comes first. Events the app sends
-        during a run are routed too, at that run's time; a reused event id starts nothing (the
-        Event API drops it). Returns the runs in the order they ran."""
-        agenda: list[tuple[int, int, str, Any]] = []  # (ms, seq, kind, payload)
-        seq = iter(range(1 << 30))
-        seen: set[str] = set()
-        for event in events:
-            ev = normalize_event(event)
-            if event.get("id") and ev["id"] in seen:
-                continue  # the Event API drops an event whose id it has seen
-            seen.add(ev["id"])
-            heapq.heappush(agenda, (ev["ts"], next(seq), "event", ev))
+    async def _run_failure_handlers(self, run: Run, resolver: Resolver) -> None:
+        """The engine emits `inngest/function.failed`; every function whose trigger takes it
+        (an SDK `on_failure` handler, or a function of its own) runs, as in the engine."""
+        failed = {
+            "name": FUNCTION_FAILED,
+            "data": {"error": run.error, "event": run.event, "function_id": run.fn_id, "run_id": run.run_id},
+        }
+        for handler in self.triggered_by(normalize_event(failed)):
+            run.on_failure = await self.run(handler, failed, resolver=resolver, run_on_failure=False)
+
+    # --- flow control (only while `deliver` runs: a bare `run()` is one run on its own) ------
+
+    def _slots(self, fn_id: str, event: JSONDict) -> list[tuple[str, int]]:
+        """The run's concurrency slots, keys evaluated once from its event (pkg/execution/queue/
+        item.go, `GetCustomConcurrencyKeys`; a key that fails to evaluate prints as `<nil>`)."""
+        config = self.functions.get(fn_id, {}).get("concurrency") or []
+        slots = []
+        for limit in config if isinstance(config, list) else [config]:
+            scope, key = limit.get("scope") or "fn", limit.get("key")
+            where = fn_id if scope == "fn" else scope
+            name = f"{where}:{evaluated_key(key, event, on_error='<nil>')}" if key else where
+            slots.append((name, int(limit["limit"])))
+        return slots
+
+    def _score(self, fn_id: str, run: Run) -> int:
+        """Queue order (pkg/execution/queue/item.go, `Score`): the run's start minus its priority."""
+        run_expr = (self.functions.get(fn_id, {}).get("priority") or {}).get("run")
+        return (run.started_ms or 0) - 1000 * priority_factor(run_expr, run.event)
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, slots: list[tuple[str, int]], score: int) -> AsyncIterator[None]:
+        if self.flow is None or not self._delivering:
+            yield
+            return
+        await self.flow.acquire(slots, score=score)
+        try:
+            yield
+        finally:
+            self.flow.release(slots)
+
+    async def _throttle(self, fn_id: str, event: JSONDict) -> None:
+        """pkg/execution/queue/item.go, `GetThrottleConfig`: one GCRA per function (and key)."""
+        throttle = self.functions.get(fn_id, {}).get("throttle")
+        if throttle and self.flow is not None:
+            key = fn_id + (f":{evaluated_key(throttle['key'], event, on_error='<nil>')}" if throttle.get("key") else "")
+            limit, burst = int(throttle["limit"]), int(throttle.get("burst") or 0)
+            await self.flow.throttle(key, limit=limit, period_ms=duration_ms(throttle["period"]), burst=burst)
+
+    async def _wait_in_virtual_time(self, op: WaitOp) -> JSONDict | None:
+        """The engine's wait inside `deliver`: the first matching event that arrives after the wait
+        began, or null once its timeout has passed in virtual time."""
+        assert self.flow is not None
+        future: asyncio.Future[JSONDict | None] = asyncio.get_running_loop().create_future()
+        entry = (op, future)
+        self._waits.append(entry)
+        try:
+            return await self.flow.wait_for(future, until_ms=self.flow.now + duration_ms(op.timeout or "1w"))
+        finally:
+            if entry in self._waits:
+                self._waits.remove(entry)
+
+    def _resume_waits(self, event: JSONDict) -> None:
+        """An arriving event resumes every open wait it matches (pkg/execution/executor: pauses
+        are matched on each event by name and `if`, whatever functions it also starts)."""
+        for op, future in list(self._waits):
+            if op.event == event["name"] and cel_match(op.if_exp, candidate=event, trigger=op.trigger):
+                if self.flow is not None and self.flow.resolve(future, event):
+                    self._waits.remove((op, future))
+
+    async def _wait_retry_after(self, rec: CallRecord) -> None:
+        """The pause before a retry, in virtual time: the answer's `retry-after` when it has one,
+        else the queue's backoff table for the attempt that failed (pkg/execution/queue/process.go
+        with pkg/backoff/backoff.go, `TableBackoff`: 15 s, 30 s, 1 m, ... 2 h; the engine adds up
+        to 30 s of jitter, which the driver leaves out)."""
+        if self.flow is not None and self._delivering:
+            delay = rec.retry_after_ms
+            if delay is None:
+                delay = BACKOFF_TABLE_MS[min(rec.attempt, len(BACKOFF_TABLE_MS) - 1)]
+            await self.flow.sleep_until(self.flow.now + delay)
+
+    async def deliver(self, events: Iterable[Mapping[str, Any] | Arrival], **run_kwargs: Any) -> list[Run]:
+        """Route events as the engine does, in virtual time (each event arrives at its ``ts``, or
+        at an ``Arrival``'s time). Every function whose trigger takes an event starts then, once
+        per sender id (run idempotency: pkg/execution/runner/runner.go, ``Initialize``, keys the
+        run by ``event.id``), except one with ``debounce``, which debounces *before* that check
+        (pkg/execution/executor/executor.go, ``schedule``) and so takes a reused id too. Runs are
+        concurrent tasks under the functions' concurrency, throttle and priority; events the app
+        sends are routed when its call returns; a wait (without a ``resolver`` passed) resumes
+        with the first matching event arriving after it began, or null at its timeout, in
+        virtual time. Returns the runs in the order they started."""
+        arrivals = [e if isinstance(e, Arrival) else Arrival(normalize_event(e)["ts"], e) for e in events]
+        flow = self.flow = Flow(min((a.at_ms for a in arrivals), default=int(time.time() * 1000)))
+        started: list[tuple[int, int, Run]] = []
+        order = itertools.count()
+        seen: set[tuple[str, str]] = set()
         bursts: dict[tuple[str, str], _Burst] = {}
-        runs: list[Run] = []
-        while agenda:
-            now, _, kind, payload = heapq.heappop(agenda)
-            if kind == "event":
-                for fn_id in self.triggered_by(payload):
-                    debounce = self.functions[fn_id].get("debounce")
-                    if not debounce:
-                        heapq.heappush(agenda, (now, next(seq), "run", (fn_id, payload)))
-                        continue
-                    key = (fn_id, _debounce_key(debounce, payload))
-                    burst = bursts.get(key)
-                    if burst is None:
-                        burst = bursts[key] = _Burst(first=now, event=payload, version=0)
-                    burst.event, burst.version = payload, burst.version + 1
-                    due = min(now + _millis(debounce["period"]), burst.first + _millis(debounce.get("timeout")))
-                    heapq.heappush(agenda, (due, next(seq), "fire", (key, burst.version)))
-                continue
-            if kind == "fire":
-                key, version = payload
-                burst = bursts.get(key)
-                if burst is None or burst.version != version:
-                    continue  # a later event of the burst moved it
-                del bursts[key]
-                fn_id, event = key[0], burst.event
-            else:
-                fn_id, event = payload
-            sent_before = len(self.stub.events) if self.stub else 0
-            runs.append(await self.run(fn_id, event, **run_kwargs))
-            for captured in self.stub.events[sent_before:] if self.stub else []:
-                if not captured.duplicate:
-                    heapq.heappush(agenda, (now, next(seq), "event", captured.as_event() | {"ts": now}))
-        return runs
+
+        async def run_one(fn_id: str, event: JSONDict) -> None:
+            position = next(order)
+            run = await self.run(fn_id, event, **run_kwargs)
+            started.append((run.started_ms or 0, position, run))
+
+        async def arrive(at_ms: int, event: JSONDict) -> None:
+            await flow.sleep_until(at_ms)
+            self._resume_waits(event)
+            for fn_id in self.triggered_by(event):
+                debounce = self.functions[fn_id].get("debounce")
+                if debounce:
+                    self._debounce(flow, bursts, fn_id, debounce, event, run_one)
+                elif (fn_id, event["id"]) not in seen:
+                    seen.add((fn_id, event["id"]))
+                    flow.spawn(run_one(fn_id, event))
+
+        routed = len(self.stub.events) if self.stub else 0
+
+        def route_sent() -> None:
+            nonlocal routed
+            for captured in self.stub.events[routed:] if self.stub else []:
+                flow.spawn(arrive(flow.now, captured.as_event() | {"ts": flow.now}))
+            routed = len(self.stub.events) if self.stub else 0
+
+        for arrival in arrivals:
+            flow.spawn(arrive(arrival.at_ms, normalize_event(arrival.event)))
+        self._delivering, self._route_sent = True, route_sent
+        try:
+            await flow.run()
+        finally:
+            self._delivering, self._route_sent = False, lambda: None
+        return [run for _, _, run in sorted(started, key=lambda item: item[:2])]
+
+    def _debounce(
+        self,
+        flow: Flow,
+        bursts: dict[tuple[str, str], _Burst],
+        fn_id: str,
+        debounce: JSONDict,
+        event: JSONDict,
+        run_one: Callable[[str, JSONDict], Awaitable[None]],
+    ) -> None:
+        """pkg/execution/debounce/debounce.go with its Lua (state/redis_state/lua/debounce/): a
+        burst per key (`debounceKey`: `<invalid>` when the key fails to evaluate) keeps the newest
+        event by `ts` (an older one has no effect) and stays open `period` after its last event
+        (capped by `timeout` after it began, in whole seconds); its run starts 1.05 s after it
+        closes. An event after it closed starts a new burst, whose run may overlap the first."""
+        expression = debounce.get("key")
+        key = (fn_id, evaluated_key(expression, event, on_error=INVALID_DEBOUNCE_KEY) if expression else "")
+        burst = bursts.get(key)
+        if burst is not None and flow.now >= burst.open_until:
+            burst = None  # its pointer expired: this event starts a new burst, the old job still fires
+        if burst is not None and event["ts"] < burst.event["ts"]:
+            return  # updateDebounce.lua: out of order, no effect
+        if burst is None:
+            timeout = debounce_timeout_ms(debounce)
+            burst = bursts[key] = _Burst(deadline=None if timeout is None else flow.now + timeout, event=event)
+        burst.event, burst.version = event, burst.version + 1
+        ttl = duration_ms(debounce["period"])
+        if burst.deadline is not None and flow.now + ttl > burst.deadline:
+            ttl = max(1000, (burst.deadline - flow.now) // 1000 * 1000)  # whole seconds, at least one
+        burst.open_until = flow.now + ttl
+        due = burst.open_until + DEBOUNCE_JOB_DELAY_MS
+
+        async def fire(version: int) -> None:
+            await flow.sleep_until(due)
+            if burst.version != version:
+                return  # a later event of the burst moved it
+            if bursts.get(key) is burst:
+                del bursts[key]  # leased: from now on an event starts a new burst
+            await run_one(fn_id, burst.event)
+
+        flow.spawn(fire(burst.version))
 
     def triggered_by(self, event: JSONDict) -> list[str]:
         """The registered functions an event starts: its name, and each trigger's CEL
-        `expression` evaluated with `event` bound (an evaluation error starts nothing)."""
+        `expression` evaluated with `event` bound (an evaluation error starts nothing). A cron
+        tick (``cron_tick``) starts the functions whose cron trigger is the tick's schedule."""
         started = []
         for fn_id, fn in self.functions.items():
             for trigger in fn.get("triggers", []):
+                if event["name"] == CRON_EVENT and trigger.get("cron") == (event.get("data") or {}).get("cron"):
+                    started.append(fn_id)
+                    break
                 if trigger.get("event") != event["name"]:
                     continue
                 expression = trigger.get("expression")
@@ -654,6 +656,8 @@ class InngestDriver:
             memo = {"error": op["error"]}
         elif code == "Sleep":
             run.sleeps.append((name, op["name"]))
+            if self.flow is not None and self._delivering:  # the SDK wrote its wake-up in wall-clock time
+                await self.flow.sleep_until(self.flow.now + wall_clock_delay_ms(op["name"], since=rec.answered_at))
             memo = None
         elif code == "WaitForEvent":
             opts = op.get("opts") or {}

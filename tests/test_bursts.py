@@ -239,3 +239,18 @@ async def test_a_waiting_event_for_no_known_customer_is_rejected_once_with_why(
     assert run.status == "failed" and run.calls[-1].no_retry
     rejected = await engine.pool.fetch("SELECT detail FROM audit_log WHERE action = 'event_rejected'")
     assert [(r["detail"]["event_id"], r["detail"]["why"]) for r in rejected] == [("waiting-x", why)]
+
+
+async def test_a_resent_waiting_event_runs_again_and_finds_nothing_waiting(engine: Engine) -> None:
+    """A retried `ask-for-a-run` step resends `waiting-…` under the same id. Inngest debounces
+    before it checks the id (pkg/execution/executor/executor.go), so the email function takes
+    the resend: inside the burst it extends it, after it another run answers nothing."""
+    await engine.driver.run(RECORDER_FN, email("Do you ship to Canada?", event_id="evt-early", at_seconds=0))
+    waiting = {"name": EMAILS_WAITING, "id": "waiting-evt-early", "data": {"customer_id": GRACE}}
+    runs = await engine.driver.deliver(
+        [waiting | {"ts": T0 + 10_000}, waiting | {"ts": T0 + 30_000}, waiting | {"ts": T0 + 300_000}]
+    )
+    emailed = [r for r in runs if r.fn_id.endswith(EMAIL_FN)]
+    assert [r.output["status"] for r in emailed] == ["drafted", "nothing_waiting"]
+    assert await owners(engine.pool) == {"evt-early": emailed[0].run_id}
+    assert (await engine.actions()).count("email_drafted") == 1

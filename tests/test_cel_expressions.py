@@ -50,11 +50,7 @@ async def test_priority_is_an_int_within_the_engines_range_for_every_tier(
     assert value == priority
 
 
-
-
-@pytest.mark.parametrize(
-    "tier", [None, True, 5, ["enterprise"]]
-)
+@pytest.mark.parametrize("tier", [None, True, 5, ["enterprise"]])
 async def test_priority_of_a_tier_that_is_not_text(engine: Engine, tier: Any) -> None:
     """A tier that is present but not a string: the expression must still give an int."""
     expression = email_fn(engine)["priority"]["run"]
@@ -65,7 +61,7 @@ async def test_priority_of_a_tier_that_is_not_text(engine: Engine, tier: Any) ->
     assert value == 0
 
 
-CUSTOMER_IDS: list[Any] = [2, 3, 20, "2", "c-4429", 'c-"quoted"', "c\\back\\slash", "c-'single'"]
+CUSTOMER_IDS: list[Any] = [2, 3, 20, "2", 1234567, "1234567", "c-4429", 'c-"quoted"', "c\\back\\slash", "c-'single'"]
 
 
 async def test_each_concurrency_key_evaluates_one_key_per_customer(engine: Engine) -> None:
@@ -74,23 +70,57 @@ async def test_each_concurrency_key_evaluates_one_key_per_customer(engine: Engin
     for expression in keyed:
         values = [cel_evaluate(expression, event=email_event(customer_id=cid)) for cid in CUSTOMER_IDS]
         # The engine keys by the evaluated value. A JSON number names the same customer as its
-        # text (2 is "2"), so they share a key; every other id gets its own.
-        assert values[:3] == ["2", "3", "20"] and values[4] == "c-4429"
+        # text (2 is "2", 1234567 is "1234567", though Inngest's CEL would print the double
+        # 1234567 as "1.234567e+06"), so they share a key; every other id gets its own.
+        assert values[:3] == ["2", "3", "20"] and values[4:6] == ["1234567", "1234567"]
+        assert values[6] == "c-4429"
         assert len(set(values)) == len({str(cid) for cid in CUSTOMER_IDS})
 
 
-async def test_emails_that_name_the_customer_by_address_are_keyed_per_customer(engine: Engine) -> None:
-    # EmailReceived accepts from_email instead of customer_id; the key reads only customer_id,
-    # so every such email evaluates to the same (missing, i.e. null) key and they all share
-    # one customer's concurrency slot.
-    [expression] = [c["key"] for c in email_fn(engine)["concurrency"] if "key" in c]
-    keys = set()
-    for address in ("grace@example.com", "ada@example.com"):
-        try:
-            keys.add(json.dumps(cel_evaluate(expression, event=email_event(from_email=address))))
-        except celpy.CELEvalError:
-            keys.add("null")  # Inngest reads a missing attribute as null
-    assert len(keys) == 2
+def customer_keys(engine: Engine) -> list[tuple[str, str]]:
+    """Every per-customer key the email function registers: (where, CEL expression)."""
+    fn = email_fn(engine)
+    keys = [("concurrency", c["key"]) for c in fn["concurrency"] if "key" in c]
+    assert fn.get("debounce"), "the email function is registered with a debounce (EMAIL_BURST_SECONDS > 0)"
+    return [*keys, ("debounce", fn["debounce"]["key"])]
+
+
+# A customer_id an event may carry that names no customer: the key must fall back to the sender.
+NOT_AN_ID: list[Any] = [None, "", True, False, ["c-4429"], {"id": "c-4429"}]
+
+
+@pytest.mark.parametrize("customer_id", [*NOT_AN_ID, "absent"])
+async def test_emails_without_a_usable_customer_id_are_keyed_per_sender(engine: Engine, customer_id: Any) -> None:
+    # Inngest keys a run by the evaluated value; an expression that errors or yields one
+    # constant for all of these would put every sender's email into one burst and one slot.
+    for where, expression in customer_keys(engine):
+        keys = []
+        for address in ("grace@example.com", "ada@example.com"):
+            data = {"from_email": address} | ({} if customer_id == "absent" else {"customer_id": customer_id})
+            keys.append(cel_evaluate(expression, event=email_event(**data)))
+        assert keys == ["from:grace@example.com", "from:ada@example.com"], where
+
+
+@pytest.mark.parametrize(
+    ("customer_id", "key"),
+    [("c-4429", "c-4429"), (2, "2"), ("2", "2"), (2**40, str(2**40)), ("c-ünïcode", "c-ünïcode")],
+)
+async def test_a_customer_id_of_text_or_a_number_is_the_key_whatever_the_sender(
+    engine: Engine, customer_id: Any, key: str
+) -> None:
+    for where, expression in customer_keys(engine):
+        for address in ("grace@example.com", None, 7):
+            data = {"customer_id": customer_id} | ({"from_email": address} if address is not None else {})
+            assert cel_evaluate(expression, event=email_event(**data)) == key, where
+
+
+@pytest.mark.parametrize("from_email", [None, 7, ["a@example.com"], "absent"])
+async def test_no_customer_and_no_readable_sender_evaluates_without_error(engine: Engine, from_email: Any) -> None:
+    # Such an event is rejected by the run (EmailReceived needs one of the two); the key must
+    # still evaluate, or the engine could not even schedule the run that rejects it.
+    for where, expression in customer_keys(engine):
+        data = {"customer_id": None} | ({} if from_email == "absent" else {"from_email": from_email})
+        assert cel_evaluate(expression, event=email_event(**data)) == "unknown", where
 
 
 async def wait_expression(engine: Engine) -> tuple[str, str]:

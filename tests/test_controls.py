@@ -246,18 +246,18 @@ async def test_truncate_restarts_the_chain(pool: asyncpg.Pool) -> None:
     assert (await ledger.verify_chain(pool)).verified == 1
 
 
-def _readme_grants(role: str) -> str:
-    """The SQL block under README's "Grants on Neon", for this role."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    after = readme[readme.index("**Grants on Neon.**") :]
+def _documented_grants(role: str) -> str:
+    """The SQL block under docs/controls.md's "Grants on Neon", for this role."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "controls.md").read_text()
+    after = page[page.index("## Grants on Neon") :]
     block = after[after.index("```sql\n") + len("```sql\n") : after.index("```", after.index("```sql\n") + 6)]
     return block.replace("support_app", role)
 
 
-async def test_the_readme_grants_let_the_app_append_but_never_change_the_audit_log(pool: asyncpg.Pool) -> None:
+async def test_the_documented_grants_let_the_app_append_but_never_change_the_audit_log(pool: asyncpg.Pool) -> None:
     role = f"sw_app_{uuid.uuid4().hex[:10]}"  # roles belong to the whole server: one per test
     async with pool.acquire() as conn:
-        await conn.execute(_readme_grants(role))
+        await conn.execute(_documented_grants(role))
         try:
             await conn.execute(f'SET ROLE "{role}"')
             assert await db.record_audit(conn, action=db.AuditAction.REPLY_SENT, run_id="r", customer_id=GRACE)

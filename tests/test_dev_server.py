@@ -70,9 +70,10 @@ def served_app(database_url: str, tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-async def send(name: str, data: dict[str, object]) -> None:
+async def send(name: str, data: dict[str, object], *, event_id: str | None = None) -> None:
+    event = {"name": name, "data": data} | ({"id": event_id} if event_id else {})
     async with httpx.AsyncClient() as http:
-        res = await http.post(f"{DEV_SERVER}/e/dev", json={"name": name, "data": data}, timeout=10)
+        res = await http.post(f"{DEV_SERVER}/e/dev", json=event, timeout=10)
         res.raise_for_status()
 
 
@@ -112,3 +113,18 @@ async def test_three_quick_emails_get_one_answer_from_the_real_debounce(served_a
     assert {row.run_id for row in received} == {reply.run_id}
     await asyncio.sleep(2 * BURST_SECONDS)  # nothing else answers them later
     assert len(await db.list_audit(pool, action=db.AuditAction.EMAIL_DRAFTED)) == 1
+
+
+async def test_a_redelivered_email_joins_its_burst_or_runs_again_and_is_answered_once(
+    served_app: str, pool: asyncpg.Pool
+) -> None:
+    """The driver's rule (tests/test_doors.py): the debounced email function takes a reused
+    event id; inside the burst it extends it, after it another run finds the email answered."""
+    email = {"customer_id": "c-4429", "body": "Do you ship to Canada?"}
+    await send("customer/email.received", email, event_id="dev-redelivered")
+    await send("customer/email.received", email, event_id="dev-redelivered")  # inside the burst
+    await wait_for_action(pool, db.AuditAction.EMAIL_DRAFTED)
+    await send("customer/email.received", email, event_id="dev-redelivered")  # after it fired
+    await wait_for_action(pool, db.AuditAction.EVENT_DUPLICATE)
+    assert len(await db.list_audit(pool, action=db.AuditAction.EMAIL_DRAFTED)) == 1
+    assert len(await db.list_audit(pool, action=db.AuditAction.MESSAGE_RECEIVED)) == 1

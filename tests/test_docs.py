@@ -1,4 +1,5 @@
-"""The promises the docs make: CI runs what README says, and .env.example lists every key."""
+"""The promises the docs make: CI runs what README says, .env.example lists every key, and every
+link between README, AGENTS.md and docs/ leads somewhere."""
 
 from __future__ import annotations
 
@@ -37,3 +38,37 @@ def test_every_top_level_module_is_packaged() -> None:
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"])
     assert {p.stem for p in ROOT.glob("*.py")} == listed
+
+
+DOC_PAGES = ("durable", "doors", "controls", "configuration", "performance", "course", "development")
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_readme_stays_a_first_page_and_links_every_docs_page() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    for page in DOC_PAGES:
+        assert f"](docs/{page}.md" in readme, page
+    assert {p.stem for p in (ROOT / "docs").glob("*.md")} == set(DOC_PAGES)
+
+
+def test_every_relative_link_in_the_docs_leads_to_a_file_and_heading_that_exist() -> None:
+    pages = [ROOT / "README.md", ROOT / "AGENTS.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked.read_text()):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []

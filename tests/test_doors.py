@@ -6,18 +6,22 @@ import argparse
 import hashlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
+import itsdangerous
 import pytest
-from inngest_driver import pool_resolver
+from inngest_driver import Arrival, pool_resolver
 from tests_support import EMAIL_FN, Engine, free_port, open_request, serve
 
 import db
 from support_worker.cli import main as cli
+from support_worker.cli import sending as cli_sending
 from support_worker.core.settings import Settings
+from support_worker.doors import desk
 from support_worker.store.sample_data import GRACE
 
 AUTH = ("postmark", "hook-secret")
@@ -67,7 +71,7 @@ async def test_a_postmark_email_becomes_one_event_keyed_by_its_message_id(doors:
     assert again.status_code == 200 and again.json()["status"] == "already accepted"
     first, second = doors.stub.events
     assert first.name == "customer/email.received" and first.idempotency_id == second.idempotency_id
-    assert second.duplicate  # the engine drops the redelivery
+    assert second.duplicate  # the same sender id: no function without debounce starts for it again
     text = "I was charged twice for order 1003"
     assert first.data == {  # a reference to the stored message, never the body
         "from_email": "grace@example.com",
@@ -86,6 +90,32 @@ async def test_a_postmark_email_becomes_one_event_keyed_by_its_message_id(doors:
     run = await doors.driver.run(EMAIL_FN, first.as_event(), resolver=pool_resolver([]))
     assert run.status == "completed"
     assert await db.list_audit(doors.pool, action=db.AuditAction.REFUND_REQUESTED)
+
+
+async def test_a_redelivered_webhook_joins_the_burst_or_runs_again_and_every_email_is_answered_once(
+    doors: Engine,
+) -> None:
+    """Inngest does not drop a reused event id for the debounced email function (it debounces
+    before the run's idempotency check, pkg/execution/executor/executor.go): a redelivery inside
+    the burst extends it, one after the burst fired starts another run. The recorder, without
+    debounce, runs once per id (pkg/execution/runner/runner.go). One email, one reply."""
+    for _ in range(3):  # Postmark delivers, retries within the minute, and again ten minutes on
+        assert (await http(doors).post("/webhooks/email", json=postmark(), auth=AUTH)).status_code == 200
+    t0 = 1_790_000_000_000
+    arrivals = [
+        Arrival(t0 + ms, e.as_event() | {"ts": t0 + ms})
+        for e, ms in zip(doors.stub.events, (0, 20_000, 600_000), strict=True)
+    ]
+    runs = await doors.driver.deliver(arrivals, resolver=pool_resolver([]))
+    recorded = [r for r in runs if r.fn_id.endswith("record-customer-email")]
+    emailed = [r for r in runs if r.fn_id.endswith(EMAIL_FN)]
+    assert len(recorded) == 1
+    assert [(r.started_ms, r.output["status"]) for r in emailed] == [
+        (t0 + 81_050, "drafted"),
+        (t0 + 661_050, "duplicate"),
+    ]
+    assert [a.action.value for a in await db.list_audit(doors.pool)].count("email_drafted") == 1
+    assert len(await db.list_audit(doors.pool, action=db.AuditAction.MESSAGE_RECEIVED)) == 1
 
 
 async def test_the_stripped_reply_is_preferred_over_the_quoted_thread(doors: Engine) -> None:
@@ -124,9 +154,8 @@ async def test_missing_or_wrong_webhook_credentials_get_401_and_send_nothing(
     [
         (b"not json", "body is not valid JSON"),
         (b"[1, 2]", "body must be a JSON object"),
-        (json.dumps({k: v for k, v in postmark().items() if k != "MessageID"}).encode(), "MessageID: Field required"),
         (json.dumps(postmark(TextBody="  ", StrippedTextReply="")).encode(), "the email has nothing to read"),
-        (json.dumps(postmark(From="nobody", FromFull=None)).encode(), "no sender address"),
+        (json.dumps(postmark(From="nobody", FromFull=None)).encode(), "no sender address anywhere"),
     ],
 )
 async def test_malformed_webhook_bodies_get_403_saying_what_is_wrong(
@@ -168,7 +197,7 @@ async def pending_request(pool: asyncpg.Pool, order_id: int = 1003, cents: int =
 
 
 def csrf_for(page: str, request_id: str) -> str:
-    match = re.search(rf'id="{request_id}".*?name="csrf" value="([0-9a-f]+)"', page, re.S)
+    match = re.search(rf'id="{request_id}".*?name="csrf" value="([^"]+)"', page, re.S)
     assert match, page
     return match.group(1)
 
@@ -264,6 +293,31 @@ async def test_a_forged_form_without_the_desk_token_is_refused(doors: Engine) ->
     assert res.status_code == 403
     stored = await db.get_refund_request(doors.pool, request_id=request.id)
     assert stored is not None and stored.status == "pending"
+
+
+async def test_a_desk_form_that_outlived_every_wait_or_was_signed_for_someone_else_is_refused(
+    doors: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = await pending_request(doors.pool)
+    too_old = desk.form_max_age_seconds(settings) + 60
+    with monkeypatch.context() as past:  # signed that long ago, with the desk's own secret
+        past.setattr(itsdangerous.TimestampSigner, "get_timestamp", lambda self: int(time.time()) - too_old)
+        stale = desk.form_token(settings, reviewer=ALICE[0], request_id=request.id)
+    refused = [
+        stale,
+        desk.form_token(settings, reviewer="bob", request_id=request.id),
+        desk.form_token(settings, reviewer=ALICE[0], request_id="rr_another"),
+    ]
+    for token in refused:
+        res = await http(doors).post(f"/reviews/{request.id}", data={"decision": "approve", "csrf": token}, auth=ALICE)
+        assert res.status_code == 403 and "stale" in res.text
+    stored = await db.get_refund_request(doors.pool, request_id=request.id)
+    assert stored is not None and stored.status == "pending"
+    fresh = desk.form_token(settings, reviewer=ALICE[0], request_id=request.id)
+    res = await http(doors).post(f"/reviews/{request.id}", data={"decision": "approve", "csrf": fresh}, auth=ALICE)
+    assert res.status_code == 303
+    stored = await db.get_refund_request(doors.pool, request_id=request.id)
+    assert stored is not None and stored.status == "approved"
 
 
 # --------------------------------------------------------------------------- command line
@@ -433,7 +487,7 @@ async def test_cli_send_email_prints_the_event_id_and_the_run_with_its_dashboard
 async def test_cli_send_email_says_when_the_dev_server_started_no_run_in_time(
     doors: Engine, settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "RUN_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(cli_sending, "RUN_WAIT_SECONDS", 0.3)
     assert await cli.run_async(args("send-email", "--customer", GRACE, "Where is order 1004?"), settings) == 0
     out = capsys.readouterr().out
     [event] = doors.stub.events

@@ -61,7 +61,7 @@ REFUND_1003 = {"order_id": 1003, "amount_cents": 49_900, "reason": "Charged twic
 async def test_the_readme_promise_a_plain_email_takes_four_engine_calls_and_an_approved_refund_eleven(
     engine: Engine,
 ) -> None:
-    """README's Performance section (and tests/test_bench.py) promise these counts: each engine
+    """docs/performance.md (and tests/test_bench.py) promise these counts: each engine
     call is a priced step and a round trip, so the number itself is the behaviour here."""
     plain = await engine.email({"customer_id": GRACE, "body": "Do you ship to Canada?"}, event_id="evt-plain")
     assert plain.status == "completed", plain.error

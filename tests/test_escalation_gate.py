@@ -22,6 +22,7 @@ import db
 from support_worker.cli import main as cli
 from support_worker.core import events
 from support_worker.core.settings import Settings
+from support_worker.durable import gates
 from support_worker.store import escalations as escalation_store
 from support_worker.workflows import escalations
 
@@ -171,7 +172,7 @@ async def test_a_timeout_posts_the_draft_under_a_no_human_review_header(gate: En
     [row] = await outcome_rows(gate.pool)
     assert row.action.value == "escalation_posted_via_timeout" and row.detail["reviewer"] == "timeout"
     [(wait, memo)] = run.waits
-    assert memo is None and wait.if_exp == f'async.data.request_id == "{escalation.id}"'
+    assert memo is None and wait.if_exp == gates.decision_match(escalation.id, GRACE)
 
 
 async def test_a_decision_whose_announcement_was_lost_settles_within_one_slice(
@@ -294,7 +295,7 @@ async def test_the_desk_shows_an_escalation_and_decides_it(gate: Engine, senior:
     page = (await http.get("/reviews", auth=ALICE)).text
     assert escalation.id in page and "legal threat" in page and "Threatens to sue." in page
     match = re.search(
-        rf'action="/reviews/escalations/{escalation.id}">\s*<input type="hidden" name="csrf" value="([0-9a-f]+)"', page
+        rf'action="/reviews/escalations/{escalation.id}">\s*<input type="hidden" name="csrf" value="([^"]+)"', page
     )
     assert match, page
     form = {"decision": "approve", "csrf": match.group(1)}

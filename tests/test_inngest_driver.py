@@ -384,7 +384,7 @@ async def test_the_default_wait_only_sees_events_sent_after_it_began(
         run = await driver.run("waiter", trigger, resolver=stub_resolver(stub, when_waiting=send_while_waiting))
     assert stub.events[-1].duplicate  # dropped for starting runs, yet it resumes the wait
     assert run.status == "completed" and run.output == approve["data"]
-    assert run.waits[0][1] is not None and run.waits[0][1]["id"] == stub.events[-1].id
+    assert run.waits[0][1] is not None and run.waits[0][1]["id"] == "early"  # the sender's id, as functions see it
 
 
 @pytest.mark.asyncio
@@ -465,7 +465,11 @@ def typed_key(user: str, n: int, at_seconds: int, event_id: str | None = None) -
 @pytest.mark.asyncio
 async def test_deliver_debounces_by_key_period_and_timeout_and_runs_the_rest_per_event(driver: InngestDriver) -> None:
     """Inngest's debounce: one run per key's burst, with its last event, `period` after it or
-    `timeout` after the burst began; every other function runs once per event at its time."""
+    `timeout` after the burst began; every other function runs once per event id at its time.
+    A reused id is not dropped for the debounced function (pkg/execution/executor/executor.go,
+    `schedule`, debounces before the run's idempotency key is checked): it joins a's open burst
+    and becomes its last event, while `tally` starts nothing for it
+    (pkg/execution/runner/runner.go, `Initialize`: the run is keyed by `event.id`)."""
     events = [
         typed_key("a", 1, 0),
         typed_key("b", 2, 3),
@@ -473,14 +477,17 @@ async def test_deliver_debounces_by_key_period_and_timeout_and_runs_the_rest_per
         typed_key("a", 4, 12),  # 7 s after the last: still a's first burst
         typed_key("a", 5, 40),  # 28 s later: a burst of its own
         *(typed_key("c", 10 + k, 8 * k) for k in range(6)),  # every 8 s: the 30 s timeout ends it
-        typed_key("a", 1, 41, event_id="a-1"),  # a reused id: the Event API drops it
+        typed_key("a", 1, 41, event_id="a-1"),  # a reused id, resent: it extends a's second burst
     ]
     runs = await driver.deliver(events)
-    debounced = [r.output for r in runs if r.fn_id.endswith("-debounced")]
+    debounced = [((r.started_ms or 0) - T0) // 1000 for r in runs if r.fn_id.endswith("-debounced")]
+    debounced_outputs = [r.output for r in runs if r.fn_id.endswith("-debounced")]
     tallied = sorted(r.output for r in runs if r.fn_id.endswith("-tally"))
-    # b fires at 13 s, a at 22 s, c at 30 s (the timeout, with the event at 24 s), then the rest.
-    assert debounced == [2, 4, 13, 5, 15]
-    assert tallied == sorted([1, 2, 3, 4, 5, *range(10, 16)])
+    # Bursts close 10 s after their last event and run 1.05 s later: b at 14 s, a at 23 s, c at
+    # 31 s (its 30 s timeout, with the event at 24 s), c's second burst at 51 s, and a's second
+    # at 52 s with the resent event as its last.
+    assert list(zip(debounced, debounced_outputs, strict=True)) == [(14, 2), (23, 4), (31, 13), (51, 15), (52, 1)]
+    assert tallied == sorted([1, 2, 3, 4, 5, *range(10, 16)])  # the resent "a-1" started no tally
 
 
 @pytest.mark.asyncio

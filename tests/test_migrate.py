@@ -192,7 +192,6 @@ async def test_migrate_and_seed_commands_on_a_fresh_database(
         assert [o.id for o in await db.list_orders(pool, customer_id=ADA)] == [1001, 1002]
 
 
-
 def test_a_command_on_an_unmigrated_database_prints_what_to_run_not_a_traceback(empty_database_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "INNGEST"))}
     done = subprocess.run(

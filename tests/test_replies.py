@@ -189,3 +189,20 @@ async def test_the_agent_reads_the_thread_before_the_new_email_bounded(
     assert "The customer wrote (subject: Shipping):\nDo you ship to Canada?" in earlier
     assert f"We replied (subject: Re: Shipping):\n{first.output['reply']}" in earlier
     assert len(earlier) <= MAX_THREAD_CHARS + 10
+
+
+async def test_a_second_attempt_while_the_first_holds_the_draft_posts_nothing(
+    sending: Engine, postmark: FakePostmark, settings: Settings
+) -> None:
+    from support_worker.store import drafts as store
+    from support_worker.workflows import replies
+
+    run = await sending.email(QUESTION)
+    draft_id = run.output["draft_id"]
+    await sending.pool.execute("UPDATE drafts SET status = 'drafted', send_started_at = NULL")
+    postmark_settings = {"postmark_server_token": TOKEN, "postmark_api_url": postmark.url}
+    configured = settings.model_copy(update=postmark_settings | {"reply_from_email": "support@shop.example"})
+    assert await store.claim_for_sending(sending.pool, draft_id=draft_id)  # the first attempt, in flight
+    with pytest.raises(replies.PostmarkUnavailable, match="another attempt is sending"):
+        await replies.send_draft(sending.pool, configured, draft_id=draft_id)
+    assert len(postmark.requests) == 1  # only the run's own send; the second attempt posted nothing

@@ -71,11 +71,13 @@ def test_every_secret_is_a_secret_str_and_never_printed() -> None:
         database_url="postgresql://u:db-pw@localhost/db",
         desk_form_secret="form-secret-x",
         senior_support_webhook_url="https://hooks.example.com/services/senior-token",
+        postmark_server_token="postmark-token-x",
     )
     for name in settings_module.SECRET_FIELDS:
         assert isinstance(getattr(s, name), SecretStr), name
     shown = repr(s) + str(s.model_dump())
-    for value in ("sk-live-abc", "signkey-x", "hook-pw", "alice-pw", "db-pw", "form-secret-x", "senior-token"):
+    secrets = ("sk-live-abc", "signkey-x", "hook-pw", "alice-pw", "db-pw", "form-secret-x", "senior-token")
+    for value in (*secrets, "postmark-token-x"):
         assert value not in shown
     assert s.reviewers["alice"].get_secret_value() == "alice-pw"
 
@@ -209,3 +211,25 @@ def test_the_real_environment_wins_over_env_file(tmp_path: Path, monkeypatch: py
     settings_module.get_settings.cache_clear()
     assert settings_module.get_settings().inngest_dev == "http://127.0.0.1:7777"
     assert os.environ["INNGEST_DEV"] == "http://127.0.0.1:7777"
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("@daily", "parser does not accept descriptors"),
+        ("0 0 9 * * *", "expected exactly 5 fields, found 6"),
+        ("TZ=Mars/Olympus 0 9 * * *", "provided bad location Mars/Olympus"),
+        ("0 9 * * 7", "end of range (7) above maximum (6)"),
+    ],
+)
+def test_a_health_check_cron_inngest_would_refuse_stops_startup_naming_it(spec: str, why: str) -> None:
+    """Inngest refuses the whole sync over one unparseable cron (pkg/inngest/trigger.go); the
+    settings refuse it first, so it never reaches the engine (tests/test_engine_fidelity.py
+    shows the stub refusing what this refuses)."""
+    with pytest.raises(ValidationError, match="HEALTH_CHECK_CRON") as refused:
+        fresh(health_check_cron=spec)
+    assert why in str(refused.value)
+
+
+def test_a_zoned_five_field_cron_is_accepted() -> None:
+    assert fresh(health_check_cron="TZ=Europe/Paris 30 8 * * 1-5").health_check_cron == "TZ=Europe/Paris 30 8 * * 1-5"

@@ -1,7 +1,7 @@
 """The CLI's read-only listings: `list`, `pending`, `audit` and `audit verify`.
 
 Each prints a table, or JSON with `--json`, through `print_rows`. Nothing here writes;
-`cli.py` parses the arguments and dispatches to these.
+`cli.main` parses the arguments and dispatches to these.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from platformdirs import user_data_dir
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from support_worker.core import cron
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -120,10 +122,13 @@ class Settings(BaseSettings):
     # failing the step, so a dead notifier cannot cost the refund.
     reviewer_notify_attempts: int = Field(default=3, ge=1, le=10)
 
-    # The doors (README "Doors"): the inbound-email webhook and the reviewers' desk.
+    # The doors (docs/doors.md): the inbound-email webhook and the reviewers' desk.
     webhook_username: str = "postmark"
     webhook_password: SecretStr | None = None  # unset: the webhook refuses everything
     webhook_max_bytes: int = Field(default=50_000_000, ge=1_000)  # Postmark: ~35 MB mail, base64 in JSON
+    # Longest an HTML-only email's conversion to text may take (in a child process); past it,
+    # tags are stripped instead, so hostile markup can neither stall the host nor lose the email.
+    webhook_html_seconds: float = Field(default=5.0, gt=0, le=60)
     review_desk_users: SecretStr | None = None  # "alice:pw1,bob:pw2"; unset: the desk is closed
     # Signs the desk's form tokens; every process serving the desk must share it.
     desk_form_secret: SecretStr = SecretStr(DEV_DESK_FORM_SECRET)
@@ -139,13 +144,13 @@ class Settings(BaseSettings):
     postmark_api_url: str = "https://api.postmarkapp.com"
     postmark_message_stream: str = "outbound"
 
-    # Flow control, the course's values (001 D4, 003 D5-D7; docs/course.md). In-flight steps
+    # Flow control, the course's values (001 D4, 003 D5-D7; docs/course.md, docs/durable.md). In-flight steps
     # each hold at most one pool connection, so the caps together (email 10, health checks 5,
     # escalations 5) should not exceed DB_POOL_MAX_SIZE (20).
     email_concurrency: int = Field(default=10, ge=1)  # all email runs at once: protects the pool
     email_concurrency_per_customer: int = Field(default=2, ge=1)  # one noisy customer's share
     email_throttle_per_minute: int = Field(default=30, ge=1)  # run starts/min: the model's rate limit
-    # One answer to a burst (README "Controls"): a customer's emails less than this many seconds
+    # One answer to a burst (docs/durable.md): a customer's emails less than this many seconds
     # apart are answered together, by one run, this long after the last (Inngest debounce keyed
     # on the customer). 0 answers every email on its own, at once.
     email_burst_seconds: int = Field(default=60, ge=0, le=7 * 24 * 3600)
@@ -159,13 +164,13 @@ class Settings(BaseSettings):
     health_check_fanout_chunk: int = Field(default=1000, ge=1, le=5000)
     # Customers who got a reply or an outreach note this many days ago or less are not checked.
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
-    # Controls (README "Controls"): refunds above this many cents need two different reviewers.
+    # Controls (docs/controls.md): refunds above this many cents need two different reviewers.
     refund_four_eyes_cents: int = Field(default=50_000, ge=0)
     # Whether a decision event must name its reviewer. Unset: on in production, off in
     # development, where the course's decisions (no reviewer) are recorded as `event:<id>`.
     decisions_require_reviewer: bool | None = None
 
-    # The escalation gate (README "Escalations") and the cost cap per conversation.
+    # The escalation gate (docs/durable.md, "Escalations") and the cost cap per conversation.
     # Slack-compatible incoming webhook of the senior support channel (its URL holds a token);
     # unset: approved escalations are recorded and audited but posted nowhere.
     senior_support_webhook_url: SecretStr | None = None
@@ -185,6 +190,19 @@ class Settings(BaseSettings):
                 "of seconds and at least one second: use e.g. 0.25 (15 minutes) or 4"
             )
         return hours
+
+    @field_validator("health_check_cron")
+    @classmethod
+    def _cron_inngest_accepts(cls, spec: str) -> str:
+        """Inngest refuses the whole sync over one cron it cannot parse: refuse it here, by name."""
+        why = cron.problem(spec)
+        if why:
+            raise ValueError(
+                f"HEALTH_CHECK_CRON={spec!r} is not a schedule Inngest accepts ({why}); it takes five fields "
+                "(minute hour day-of-month month day-of-week), optionally after TZ=<zone>, e.g. '0 9 * * *' "
+                "or 'TZ=Europe/Paris 30 8 * * *'; no seconds field and no @daily-style descriptors"
+            )
+        return spec
 
     @property
     def escalation_timeout_seconds(self) -> int:
@@ -242,7 +260,7 @@ class Settings(BaseSettings):
         """How long a refund waits for a reviewer, in the whole seconds the engine counts."""
         return round(self.refund_approval_timeout_hours * 3600)
 
-    # Providers (README "Webhook contract"): no event above this many bytes leaves the app
+    # Providers (docs/doors.md, "Webhook contract"): no event above this many bytes leaves the app
     # (Inngest Cloud's free plan caps an event at 256 KiB); messages are claim-checked in Postgres.
     max_event_bytes: int = Field(default=262_144, ge=4_096)
     # A Slack 429's Retry-After above this many seconds is capped, so the notifier still retries.

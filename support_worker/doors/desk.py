@@ -12,12 +12,9 @@ script and styles are files in `static/`). This module knows nothing about Innge
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import re
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,11 +25,13 @@ import jinja2
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.templating import Jinja2Templates
+from itsdangerous import BadData, URLSafeTimedSerializer
 from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import db
@@ -105,7 +104,7 @@ def parse_dollars(text: str) -> int | None:
 
 async def status_events(
     pool: asyncpg.Pool, run_id: str, *, poll_seconds: float = 0.5, max_seconds: float = 900
-) -> AsyncIterator[str]:
+) -> AsyncIterator[dict[str, str]]:
     """Server-sent events for one run, fed by its audit rows, ending when the run does.
 
     The audit trail is already the run's story, written once per step; streaming it needs
@@ -116,7 +115,7 @@ async def status_events(
         for entry in await db.list_audit(pool, run_id=run_id, after_id=last_id):
             last_id, action = entry.id, entry.action.value
             payload = {"run_id": run_id, "action": action, "line": STATUS_LINES.get(action, action), "at": entry.at}
-            yield f"data: {json.dumps(payload)}\n\n"
+            yield {"data": json.dumps(payload)}
             if action in FINAL_ACTIONS:
                 return
         await asyncio.sleep(poll_seconds)
@@ -212,15 +211,35 @@ class DeskRoute(APIRoute):
         return secured
 
 
+STALE_FORM = "This form is stale or was not sent from the desk. Reload the desk."
+
+
+def _form_signer(settings: Settings) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(settings.desk_form_secret.get_secret_value(), salt="desk-form")
+
+
 def form_token(settings: Settings, *, reviewer: str, request_id: str) -> str:
-    """The token a desk form carries, bound to the reviewer and the request.
+    """The token a desk form carries, bound to the reviewer and the request, with its time.
 
     Basic-auth credentials are sent by the browser automatically, so without it another site
-    could post a decision. Signed with DESK_FORM_SECRET, so any process sharing the setting
-    accepts a form another one rendered.
+    could post a decision. Signed with DESK_FORM_SECRET (itsdangerous), so any process sharing
+    the setting accepts a form another one rendered.
     """
-    secret = settings.desk_form_secret.get_secret_value().encode()
-    return hmac.new(secret, f"{reviewer}:{request_id}".encode(), hashlib.sha256).hexdigest()
+    return _form_signer(settings).dumps([reviewer, request_id])
+
+
+def form_max_age_seconds(settings: Settings) -> int:
+    """How long a rendered form stays good: as long as anything on it can still be waiting."""
+    return max(settings.refund_approval_timeout_seconds, settings.escalation_timeout_seconds)
+
+
+def form_token_is_valid(settings: Settings, token: str, *, reviewer: str, request_id: str) -> bool:
+    """Whether `token` is one the desk signed for this reviewer and request, and not too old."""
+    try:
+        signed = _form_signer(settings).loads(token, max_age=form_max_age_seconds(settings))
+    except BadData:  # a bad signature, an expired token, or not a token at all
+        return False
+    return bool(signed == [reviewer, request_id])
 
 
 def signed_in_reviewer(settings: Settings) -> Callable[..., str]:
@@ -296,10 +315,8 @@ async def _page_context(settings: Settings, pool: asyncpg.Pool, *, reviewer: str
 
 def _check_form(settings: Settings, *, reviewer: str, request_id: str, csrf: str, decision: str) -> None:
     """Refuse a decision form the desk did not send (403) or that chose nothing (400)."""
-    expected = form_token(settings, reviewer=reviewer, request_id=request_id)
-    # Bytes, so a token with non-ASCII characters is a mismatch (403), not a TypeError.
-    if not secrets.compare_digest(csrf.encode(), expected.encode()):
-        raise HTTPException(403, "This form is stale or was not sent from the desk. Reload the desk.")
+    if not form_token_is_valid(settings, csrf, reviewer=reviewer, request_id=request_id):
+        raise HTTPException(403, STALE_FORM)
     if decision not in ("approve", "reject"):
         raise HTTPException(400, "Choose Approve or Reject.")
 
@@ -344,11 +361,9 @@ def build_router(
     @router.get("/runs/{run_id}/status")
     async def run_status(run_id: str, reviewer: str = Depends(signed_in)) -> Response:
         """Live status lines for one run, as server-sent events (reviewers only)."""
-        return StreamingResponse(
-            status_events(get_pool(), run_id),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        # sse-starlette frames the events, keeps proxies from closing an idle stream with
+        # pings, and stops reading the audit trail when the reviewer leaves or the host stops.
+        return EventSourceResponse(status_events(get_pool(), run_id))
 
     @router.post("/reviews/{request_id}")
     async def decide(
@@ -396,9 +411,8 @@ def _add_escalation_routes(
         csrf: Annotated[str, Form()] = "",
         edited_text: Annotated[str, Form()] = "",
     ) -> Response:
-        expected = form_token(settings, reviewer=reviewer, request_id=escalation_id)
-        if not secrets.compare_digest(csrf.encode(), expected.encode()):
-            raise HTTPException(403, "This form is stale or was not sent from the desk. Reload the desk.")
+        if not form_token_is_valid(settings, csrf, reviewer=reviewer, request_id=escalation_id):
+            raise HTTPException(403, STALE_FORM)
         if decision not in ("approve", "edit", "reject"):
             raise HTTPException(400, "Choose Approve, Edit or Reject.")
         choice = escalations.Decision(

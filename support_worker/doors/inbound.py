@@ -4,9 +4,12 @@ Engine-free body handling for the email webhook (ingress.py checks the credentia
 the body with a size cap, then hands it here). Postmark retries every answer but 200 (ten
 times, with growing intervals) and stops at 403, so:
 
-- 200: accepted, or already accepted (the same MessageID): stored once, one event sent.
-- 403: can never be accepted (not JSON, not Postmark's shape, no sender, nothing to read,
-  an unreadable attachment, too large): a `webhook_refused` audit row says why, and when the
+- 200: accepted, or already accepted (the same MessageID and content): stored once, one
+  event sent. Text Postgres cannot store is cleaned and fields past their limit are cut
+  (postmark.py), with a `webhook_repaired` row; a MessageID seen before with other content is
+  stored beside the first under an id of its own, with a `message_id_reused` row.
+- 403: can never be answered (not JSON or nested past MAX_JSON_DEPTH, no sender address
+  anywhere, nothing to read, too large): a `webhook_refused` audit row says why, and when the
   sender's address is known a reply telling them what to do is recorded (`reply_sent`).
 - 5xx: only when a retry can help (Postgres or the event API is unreachable).
 
@@ -16,24 +19,22 @@ the event carries that reference, a digest, an excerpt and sizes, never the cont
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
-from email.utils import parseaddr, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import asyncpg
-import html2text
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import db
-from support_worker.core.fields import storable_problem
+from support_worker.doors import html_text, postmark
+from support_worker.doors.postmark import PostmarkInbound
 from support_worker.store import messages
 
 logger = logging.getLogger("support_worker.inbound")
@@ -42,79 +43,9 @@ SendEvent = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 FindCustomer = Callable[[str], Awaitable[db.Customer | None]]
 
 
-class PostmarkAddress(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    Email: str = ""
-    Name: str = ""
-    MailboxHash: str = ""
-
-
-class PostmarkHeader(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    Name: str
-    Value: str = ""
-
-
-class PostmarkAttachment(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    Name: str = ""
-    Content: str = ""
-    ContentType: str = "application/octet-stream"
-    ContentLength: int | None = None
-    ContentID: str = ""
-
-
-class PostmarkInbound(BaseModel):
-    """Postmark's inbound webhook JSON (https://postmarkapp.com/developer/webhooks/inbound-webhook)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    From: str = ""
-    FromName: str = ""
-    FromFull: PostmarkAddress | None = None
-    To: str = ""
-    ToFull: list[PostmarkAddress] = []
-    Cc: str = ""
-    CcFull: list[PostmarkAddress] = []
-    Bcc: str = ""
-    BccFull: list[PostmarkAddress] = []
-    OriginalRecipient: str = ""
-    ReplyTo: str = ""
-    Subject: str = ""
-    MessageID: str = Field(min_length=1, max_length=200)
-    Date: str = ""
-    MailboxHash: str = ""
-    TextBody: str | None = ""
-    HtmlBody: str | None = ""
-    StrippedTextReply: str | None = ""
-    Tag: str | None = ""
-    Headers: list[PostmarkHeader] = []
-    Attachments: list[PostmarkAttachment] = []
-    MessageStream: str = ""
-    RawEmail: str | None = None
-
-    @property
-    def sender(self) -> str:
-        if self.FromFull is not None and self.FromFull.Email.strip():
-            return self.FromFull.Email.strip()
-        return parseaddr(self.From)[1].strip()
-
-    def header(self, name: str) -> str:
-        return next((h.Value for h in self.Headers if h.Name.lower() == name.lower()), "")
-
-
-def html_to_text(markup: str) -> str:
-    """Readable text from an HTML-only email (html2text: links kept, images dropped)."""
-    converter = html2text.HTML2Text()
-    converter.ignore_images = True
-    converter.body_width = 0  # no hard wrapping: the model reads paragraphs
-    return converter.handle(markup).strip()
-
-
-_MESSAGE_IDS = re.compile(r"<[^<>\s]+>")
+HTML_INPUT_CHARS = 2_000_000  # HTML past this is cut before conversion
+HTML_TEXT_CHARS = 200_000  # text kept of a converted HTML body
+_MESSAGE_IDS = re.compile(r"<[^<>\s]{1,298}>")
 
 
 def thread_keys(inbound: PostmarkInbound) -> tuple[str | None, list[str]]:
@@ -152,59 +83,60 @@ def sender_in_prefix(prefix: bytes) -> str | None:
     match = _SENDER.search(prefix)
     if match is None:
         return None
-    address = parseaddr(match.group(1).decode(errors="replace"))[1]
-    return address if "@" in address else None
+    return postmark.usable_address(match.group(1).decode(errors="replace"))
 
 
-def _check_storable(inbound: PostmarkInbound) -> None:
-    for name in ("From", "Subject", "TextBody", "HtmlBody", "StrippedTextReply", "MessageID", "RawEmail"):
-        value = getattr(inbound, name)
-        if isinstance(value, str) and (problem := storable_problem(value)):
-            raise Refusal(f"{name}: {problem}", "Please send your message again as plain text.")
-    for header in inbound.Headers:
-        if storable_problem(header.Name + header.Value):
-            raise Refusal(f"Headers.{header.Name}: unstorable text", "Please send your message again.")
-    for a in inbound.Attachments:
-        if storable_problem(a.Name + a.ContentType + a.ContentID):
-            raise Refusal("Attachments: a name or type with unstorable text", "Please rename the file and resend it.")
+def fingerprint(inbound: PostmarkInbound, attachments: list[messages.Attachment]) -> str:
+    """What makes two deliveries the same email: its bodies and attachment contents."""
+    whole = hashlib.sha256(json.dumps([inbound.TextBody, inbound.HtmlBody, inbound.StrippedTextReply]).encode())
+    for a in attachments:
+        whole.update(hashlib.sha256(a.content).digest())
+    return whole.hexdigest()
 
 
-def _decode_attachments(inbound: PostmarkInbound) -> list[messages.Attachment]:
-    decoded = []
-    for i, a in enumerate(inbound.Attachments):
-        try:
-            content = base64.b64decode("".join(a.Content.split()), validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise Refusal(
-                f"Attachments[{i}] ({a.Name or 'unnamed'}): Content is not base64 ({error})",
-                f"We could not read the attachment {a.Name or '(unnamed)'}; please attach it again and resend.",
-            ) from error
-        decoded.append(
-            messages.Attachment(
-                name=(a.Name or f"attachment-{i + 1}")[:255],
-                content_type=(a.ContentType or "application/octet-stream")[:255],
-                content=content,
-                content_id=a.ContentID or None,
-            )
-        )
-    return decoded
+@dataclass
+class Reading:
+    """An inbound message as read: the cleaned message, its decoded attachments, what reading
+    changed, and the id it is stored under."""
+
+    inbound: PostmarkInbound
+    attachments: list[messages.Attachment]
+    repairs: postmark.Repairs
+    message_id: str
+    fingerprint: str
 
 
-async def to_message(pool: asyncpg.Pool, inbound: PostmarkInbound, customer: db.Customer | None) -> messages.NewMessage:
-    """The message as the claim-check stores it, or a Refusal."""
-    _check_storable(inbound)
-    stripped = (inbound.StrippedTextReply or "").strip()
-    text_body = (inbound.TextBody or "").strip()
-    from_html = False
-    if not text_body and (inbound.HtmlBody or "").strip():
-        text_body, from_html = html_to_text(inbound.HtmlBody or ""), True
-    attachments = _decode_attachments(inbound)
+async def _text_of(inbound: PostmarkInbound, repairs: postmark.Repairs, html_seconds: float) -> tuple[str, bool]:
+    """The text the agent reads (the stripped reply, else TextBody, else the HTML's text) and
+    whether it came from the HTML."""
+    stripped = inbound.StrippedTextReply.strip()
+    text_body = inbound.TextBody.strip()
+    if stripped or text_body or not inbound.HtmlBody.strip():
+        return stripped or text_body, False
+    converted = await html_text.html_to_text(
+        inbound.HtmlBody, seconds=html_seconds, max_input=HTML_INPUT_CHARS, max_text=HTML_TEXT_CHARS
+    )
+    for note in converted.notes:
+        repairs.add(note)
+    return converted.text, True
+
+
+async def to_message(
+    pool: asyncpg.Pool, reading: Reading, customer: db.Customer | None, *, html_seconds: float
+) -> messages.NewMessage:
+    """The message as the claim-check stores it, or a Refusal when it has nothing to read."""
+    inbound, attachments = reading.inbound, reading.attachments
     # The customer's new words, without the quoted thread, when Postmark could separate them.
-    text = stripped or text_body
+    text, from_html = await _text_of(inbound, reading.repairs, html_seconds)
     if not text and not attachments:
+        unreadable = [a.Name[:60] or "(unnamed)" for a in inbound.Attachments if not a.readable][:3]
         raise Refusal(
-            "TextBody, HtmlBody and Attachments are all empty: the email has nothing to read",
-            "Your email arrived empty. Please write what you need help with and send it again.",
+            f"the attachment {', '.join(unreadable)} is not base64, and there is no text: nothing to read"
+            if unreadable
+            else "TextBody, HtmlBody and Attachments are all empty: the email has nothing to read",
+            "We could not read the attachment; please attach it again and resend."
+            if unreadable
+            else "Your email arrived empty. Please write what you need help with and send it again.",
         )
     own, replied_to = thread_keys(inbound)
     thread = (
@@ -212,20 +144,20 @@ async def to_message(pool: asyncpg.Pool, inbound: PostmarkInbound, customer: db.
         or await messages.thread_of(pool, header_message_ids=replied_to)
         or (replied_to[-1] if replied_to else None)  # the root of References
         or own
-        or f"postmark:{inbound.MessageID}"
+        or f"postmark:{reading.message_id}"
     )
-    payload = inbound.model_dump(exclude={"TextBody", "HtmlBody", "RawEmail", "Attachments"})
-    payload["Attachments"] = [a.model_dump(exclude={"Content"}) for a in inbound.Attachments]
-    if stripped and inbound.TextBody:
+    payload = inbound.model_dump(exclude={"TextBody", "HtmlBody", "RawEmail", "sender"})
+    payload["Fingerprint"] = reading.fingerprint
+    if inbound.StrippedTextReply.strip() and inbound.TextBody:
         payload["TextBody"] = inbound.TextBody  # the quoted thread, kept once beside the reply
     return messages.NewMessage(
-        id=inbound.MessageID,
+        id=reading.message_id,
         source="postmark",
         customer_id=customer.id if customer else None,
         sender=inbound.sender,
-        subject=inbound.Subject[:500] or None,
+        subject=inbound.Subject or None,
         text_body=text or "(no text: see the attachments)",
-        text_from_html=from_html and not stripped,
+        text_from_html=from_html,
         html_body=inbound.HtmlBody or None,
         raw_email=inbound.RawEmail or None,
         payload=payload,
@@ -304,16 +236,41 @@ async def refuse(
     return Answer(403, {"error": why, "replied_to": sender if replied else None})
 
 
-async def _read_inbound(
-    raw: bytes, *, key: str, pool: asyncpg.Pool, find_customer: FindCustomer
-) -> PostmarkInbound | Answer:
-    """Postmark's JSON as a `PostmarkInbound` with a sender address, or the refusal's answer."""
+def _parse_json(raw: bytes, repairs: postmark.Repairs) -> Any:
+    """The body as JSON, cleaned to what Postgres can store; ValueError when it is not JSON or
+    nests too deep (json raises RecursionError past Python's limit, clean_json far sooner)."""
     try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", "replace")
+        repairs.add("body: bytes that are not UTF-8 were replaced by U+FFFD")
+
+    def no_constant(name: str) -> None:
+        # Python reads NaN and Infinity (not JSON) and 1e999 (past a double) as numbers jsonb refuses.
+        repairs.add(f"body: {name} is not a finite number Postgres can store, read as null")
+
+    def finite(literal: str) -> float | None:
+        number = float(literal)  # 1e999 reads as infinity
+        if math.isfinite(number):
+            return number
+        no_constant(literal)
+        return None
+
+    try:
+        return postmark.clean_json(json.loads(text, parse_constant=no_constant, parse_float=finite), repairs)
+    except RecursionError as error:
+        raise postmark.TooDeep(f"the JSON nests deeper than {postmark.MAX_JSON_DEPTH} levels") from error
+
+
+async def _read_inbound(raw: bytes, *, key: str, pool: asyncpg.Pool, find_customer: FindCustomer) -> Reading | Answer:
+    """Postmark's JSON read into a `Reading` with a sender address, or the refusal's answer."""
+    repairs = postmark.Repairs()
+    try:
+        payload = _parse_json(raw, repairs)
+    except ValueError as error:
         return await refuse(
             pool,
-            why="body is not valid JSON",
+            why=str(error) if isinstance(error, postmark.TooDeep) else "body is not valid JSON",
             advice="Please send your message again.",
             key=key,
             sender=sender_in_prefix(raw[:65536]),
@@ -323,25 +280,45 @@ async def _read_inbound(
         return await refuse(
             pool, why="body must be a JSON object (Postmark's inbound format)", advice="", key=key, sender=None
         )
-    try:
-        inbound = PostmarkInbound.model_validate(payload)
-    except ValidationError as error:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        sender = payload.get("FromFull", {}).get("Email") if isinstance(payload.get("FromFull"), dict) else None
+    inbound, attachments = postmark.read(payload, repairs)
+    if inbound.sender is None:
         return await refuse(
-            pool,
-            why=f"not a Postmark inbound message: {fields}",
-            advice="Please send your message again.",
-            key=key,
-            sender=sender if isinstance(sender, str) and "@" in sender else None,
-            find_customer=find_customer,
-        )
-    if "@" not in inbound.sender:
-        return await refuse(
-            pool, why="From/FromFull.Email: no sender address", advice="", key=key, message_id=inbound.MessageID,
-            sender=None, subject=inbound.Subject or None,
+            pool, why="From/FromFull.Email: no sender address anywhere in the email", advice="", key=key,
+            message_id=inbound.MessageID or None, sender=None, subject=inbound.Subject or None,
         )  # fmt: skip
-    return inbound
+    # Postmark always sends a MessageID; without one, the body itself keys its retries.
+    message_id = inbound.MessageID or f"sha256:{key}"
+    return Reading(inbound, attachments, repairs, message_id, fingerprint(inbound, attachments))
+
+
+async def _same_id_elsewhere(pool: asyncpg.Pool, reading: Reading) -> dict[str, Any] | None:
+    """When this MessageID is stored with other content, move the reading to an id of its own
+    and say what happened (for the `message_id_reused` row); None when it is new or the same."""
+    stored = await messages.stored_fingerprint(pool, message_id=reading.message_id)
+    if stored is None or stored in ("", reading.fingerprint):
+        return None  # new, the same email again, or stored before fingerprints were kept
+    first = reading.message_id
+    reading.message_id = f"{first[:200]}~{reading.fingerprint[:16]}"
+    return {"message_id": first, "stored_as": reading.message_id, "sender": reading.inbound.sender}
+
+
+async def _record_changes(
+    pool: asyncpg.Pool, reading: Reading, customer: db.Customer | None, reused: dict[str, Any] | None
+) -> None:
+    """The rows saying what the webhook changed to store this email, once per message."""
+    customer_id = customer.id if customer else None
+    if reused is not None:
+        await db.record_audit(
+            pool, action=db.AuditAction.MESSAGE_ID_REUSED, run_id=None, customer_id=customer_id,
+            detail=reused | {"why": "a MessageID seen before arrived with different content; both are kept"},
+            idempotency_key=f"message_id_reused:{reading.message_id}",
+        )  # fmt: skip
+    if notes := reading.repairs.summary():
+        await db.record_audit(
+            pool, action=db.AuditAction.WEBHOOK_REPAIRED, run_id=None, customer_id=customer_id,
+            detail={"message_id": reading.message_id, "sender": reading.inbound.sender, "repairs": notes},
+            idempotency_key=f"webhook_repaired:{reading.message_id}",
+        )  # fmt: skip
 
 
 async def accept(
@@ -352,30 +329,31 @@ async def accept(
     send: SendEvent,
     event_name: str,
     max_event_bytes: int,
+    html_seconds: float = 5.0,
 ) -> Answer:
     key = hashlib.sha256(raw).hexdigest()[:32]
-    inbound = await _read_inbound(raw, key=key, pool=pool, find_customer=find_customer)
-    if isinstance(inbound, Answer):
-        return inbound
-    customer = await find_customer(inbound.sender)
-    try:
-        message = await to_message(pool, inbound, customer)
-    except Refusal as refusal:
-        return await refuse(
-            pool,
-            why=refusal.why,
-            advice=refusal.advice,
-            key=key,
-            sender=inbound.sender,
-            subject=inbound.Subject or None,
-            message_id=inbound.MessageID,
-            find_customer=find_customer,
-        )
-    ref, stored_now = await messages.store_message(pool, message)
+    reading = await _read_inbound(raw, key=key, pool=pool, find_customer=find_customer)
+    if isinstance(reading, Answer):
+        return reading
+    inbound = reading.inbound
+    customer = await find_customer(inbound.sender or "")
+    reused = await _same_id_elsewhere(pool, reading)
+    ref = await messages.get_ref(pool, message_id=reading.message_id)
+    stored_now = False
+    if ref is None:  # a redelivery skips the reading (and the HTML's conversion)
+        try:
+            message = await to_message(pool, reading, customer, html_seconds=html_seconds)
+        except Refusal as refusal:
+            return await refuse(
+                pool, why=refusal.why, advice=refusal.advice, key=key, sender=inbound.sender,
+                subject=inbound.Subject or None, message_id=inbound.MessageID or None, find_customer=find_customer,
+            )  # fmt: skip
+        ref, stored_now = await messages.store_message(pool, message)
+        await _record_changes(pool, reading, customer, reused)
     data = event_data(inbound, ref, customer)
     while len(json.dumps(data).encode()) > max_event_bytes and data["attachments"]:
         data["attachments"] = data["attachments"][: len(data["attachments"]) // 2]  # the count stays exact
-    event_id = f"postmark-{inbound.MessageID}"
+    event_id = f"postmark-{reading.message_id}"
     # Sent on every delivery, also a repeated one: the event id makes the engine drop a
     # second copy, and a first delivery whose send failed (503) needs this one.
     await send(event_name, event_id, data)

@@ -137,6 +137,7 @@ def build_router(
                     send=send,
                     event_name=event_name,
                     max_event_bytes=settings.max_event_bytes,
+                    html_seconds=settings.webhook_html_seconds,
                 )
         except Exception:
             logger.exception("could not take the email in")

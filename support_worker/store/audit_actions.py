@@ -28,6 +28,11 @@ class AuditAction(StrEnum):
     OUTREACH_RECORDED = "outreach_recorded"
     REVIEWER_NOTIFY_FAILED = "reviewer_notify_failed"
     WEBHOOK_REFUSED = "webhook_refused"
+    # An accepted email the webhook had to change to store (cleaned text, cut fields, HTML
+    # converted by the fallback, an unreadable attachment): what changed, per message.
+    WEBHOOK_REPAIRED = "webhook_repaired"
+    # A MessageID seen before arrived with different content: stored beside the first.
+    MESSAGE_ID_REUSED = "message_id_reused"
     NOTIFIER_MISCONFIGURED = "notifier_misconfigured"
     ESCALATION_REQUESTED = "escalation_requested"
     ESCALATION_APPROVED = "escalation_approved"

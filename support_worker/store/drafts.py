@@ -39,6 +39,7 @@ def _draft(row: asyncpg.Record) -> StoredDraft:
     data["created_at"] = iso(data["created_at"])
     data["failure"] = json.loads(data["failure"]) if isinstance(data["failure"], str) else data["failure"]
     data.pop("sent_at", None)
+    data.pop("send_started_at", None)
     return StoredDraft(**data)
 
 
@@ -79,6 +80,27 @@ async def insert_draft(
 async def get_draft(conn: Executor, *, draft_id: str, lock: bool = False) -> StoredDraft | None:
     row = await conn.fetchrow(f"SELECT * FROM drafts WHERE id = $1{' FOR UPDATE' if lock else ''}", draft_id)
     return _draft(row) if row else None
+
+
+# How long one attempt may hold a draft before another may send it (a crashed attempt's lease).
+SEND_LEASE_SECONDS = 120
+
+
+async def claim_for_sending(conn: Executor, *, draft_id: str) -> bool:
+    """Take the draft for one attempt to send it; False while another attempt holds it, or once
+    it is sent or refused."""
+    claimed = await conn.fetchval(
+        "UPDATE drafts SET send_started_at = now() WHERE id = $1 AND status = 'drafted'"
+        " AND (send_started_at IS NULL OR send_started_at < now() - make_interval(secs => $2)) RETURNING id",
+        draft_id,
+        SEND_LEASE_SECONDS,
+    )
+    return claimed is not None
+
+
+async def release(conn: Executor, *, draft_id: str) -> None:
+    """Give the draft back after an attempt Postmark turned away for now (5xx, 429)."""
+    await conn.execute("UPDATE drafts SET send_started_at = NULL WHERE id = $1 AND status = 'drafted'", draft_id)
 
 
 async def mark_sent(conn: Executor, *, draft_id: str, provider_message_id: str) -> None:

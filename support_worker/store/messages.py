@@ -161,6 +161,12 @@ async def get_ref(conn: Executor, *, message_id: str) -> MessageRef | None:
     )
 
 
+async def stored_fingerprint(conn: Executor, *, message_id: str) -> str | None:
+    """The content fingerprint the webhook stored with this message ("" for one stored
+    before fingerprints were kept), or None when no message has this id."""
+    return await conn.fetchval("SELECT coalesce(payload->>'Fingerprint', '') FROM messages WHERE id = $1", message_id)
+
+
 async def load_text(conn: Executor, *, message_id: str) -> StoredText:
     row = await conn.fetchrow("SELECT subject, text_body, thread_key FROM messages WHERE id = $1", message_id)
     if row is None:

@@ -3,8 +3,8 @@
 `support-worker seed` (and `support-worker up` when ENVIRONMENT=development) inserts them, only
 into an empty `customers` table. Customer ids are text, in the shape the course's events use:
 "c-4429" (Grace, pro) is the customer of 001's walk-throughs, "c-test-1" the one 003 D8's
-happy path writes from. Orders are numbered from 1001 in this order (README walkthroughs and
-tests name them; c-test-1's are 1012 and 1013).
+happy path writes from. Orders are numbered from 1001 in this order (README and docs
+walk-throughs and tests name them; c-test-1's are 1012 and 1013).
 """
 
 from __future__ import annotations

@@ -128,7 +128,16 @@ async def send_draft(pool: asyncpg.Pool, settings: Settings, *, draft_id: str) -
         return _outcome(draft)
     if not sending_configured(settings):
         return Sent(draft_id=draft_id, status="not_configured", why="POSTMARK_SERVER_TOKEN or REPLY_FROM_EMAIL unset")
-    answer = await _post(settings, postmark_email(settings, draft))
+    if not await store.claim_for_sending(pool, draft_id=draft_id):
+        current = await store.get_draft(pool, draft_id=draft_id)
+        if current is not None and current.status != "drafted":
+            return _outcome(current)
+        raise PostmarkUnavailable(f"another attempt is sending draft {draft_id}; retrying after it")
+    try:
+        answer = await _post(settings, postmark_email(settings, draft))
+    except PostmarkUnavailable:
+        await store.release(pool, draft_id=draft_id)
+        raise
     async with db.transaction(pool) as conn:
         current = await store.get_draft(conn, draft_id=draft_id, lock=True)
         if current is None or current.status != "drafted":  # another copy of this step got there first

@@ -19,6 +19,9 @@ CREATE TABLE drafts (
     status               text NOT NULL DEFAULT 'drafted' CHECK (status IN ('drafted', 'sent', 'send_failed')),
     provider_message_id  text,                              -- Postmark's MessageID once sent
     failure              jsonb,                             -- Postmark's ErrorCode and Message
+    -- When an attempt to send began: a second attempt waits for it (a lease of two minutes),
+    -- so two deliveries of the sending step never both post the same draft.
+    send_started_at      timestamptz,
     created_at           timestamptz NOT NULL DEFAULT now(),
     sent_at              timestamptz
 );
