@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 import db
 import worker
-from support_worker.conversation import intake
+from support_worker.conversation import intake, thread
 from support_worker.conversation import loop as conversation
 from support_worker.core.events import (
     APPROVAL_DECIDED,
@@ -55,7 +55,16 @@ from support_worker.doors import host, inbound
 from support_worker.durable import agent_run, gates, journal
 from support_worker.store import activity, agent_journal, message_cache
 from support_worker.store import escalations as escalation_store
-from support_worker.workflows import budget, decisions, escalations, health, notify, refunds
+from support_worker.workflows import (
+    budget,
+    decision_targets,
+    decisions,
+    escalations,
+    health,
+    notify,
+    refunds,
+    replies,
+)
 
 logger = logging.getLogger("support_worker.inngest")
 
@@ -93,9 +102,13 @@ EMAIL_RETRIES = 4
 
 
 class EmailRunResult(BaseModel):
-    """The run's output in the dashboard: the reply as sent and each refund's fate."""
+    """The run's output in the dashboard: the reply as drafted (003 D3: `{"status": "drafted",
+    "draft_id": …}`), whether it was sent, and each refund's fate."""
 
-    status: str  # "replied" | "escalated" | "duplicate" | "merged" | "nothing_waiting"
+    # "drafted" | "sent" | "send_failed" | "escalated" | "duplicate" | "merged" | "nothing_waiting"
+    status: str
+    draft_id: str | None = None
+    sent: replies.Sent | None = None  # with sending configured: Postmark's MessageID or refusal
     first_run_id: str | None = None
     escalation_id: str | None = None
     reply: str | None = None
@@ -272,7 +285,21 @@ def _event_time(event: inngest.Event) -> datetime:
 
 async def receive_message(ctx: inngest.Context) -> intake.Intake:
     """The first step: the messages this run answers (its own, and with bursts gathered, what
-    else its customer has waiting), or a refusal with an `event_rejected` row and no retries."""
+    else its customer has waiting) and the thread before them (003 D3's load-thread, here to
+    save an engine call), or a refusal with an `event_rejected` row and no retries."""
+    received = await _receive(ctx)
+    if received.status == "accepted" and received.answering:
+        earlier = await thread.load_thread(
+            runtime().require_pool(),
+            customer_id=received.customer.id,
+            thread_key=received.answering[-1].message.thread_key,
+            answering=[item.message.message_id for item in received.answering],
+        )
+        received.thread = earlier.items
+    return received
+
+
+async def _receive(ctx: inngest.Context) -> intake.Intake:
     rt = runtime()
     pool, settings = rt.require_pool(), rt.settings
     at, event_id = _event_time(ctx.event), ctx.event.id or ctx.run_id
@@ -338,7 +365,8 @@ async def _ask_for_a_run(customer_id: str, *, key: str) -> None:
 async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     """Answer one email: the agent runs in one step (`run-agent`, journaled in Postgres) until
     it answers, escalates or waits for a reviewer; each waiting refund goes through the gate's
-    waits, then `resume-agent-<request>` goes on from the journal."""
+    waits, then `resume-agent-<request>` goes on from the journal. The reply is saved as a draft
+    (`save-draft-reply`, 003 D3) and, with Postmark configured, sent (`send-reply`)."""
     rt = runtime()
     pool = rt.require_pool()
     steps = _agent_steps(rt, pool)
@@ -358,7 +386,9 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     known: dict[str, refunds.GateOutcome] = {}
     while talk.waiting:
         for opened in talk.waiting:
-            known[opened.outcome.call_id] = await gates.await_opened(ctx.step, opened, pool=pool, settings=rt.settings)
+            known[opened.outcome.call_id] = await gates.await_opened(
+                ctx.step, opened, pool=pool, settings=rt.settings, customer_id=customer.id
+            )
         resume = partial(
             agent_run.resume_agent,
             steps,
@@ -376,12 +406,53 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     else:
         escalation_id = None
     draft = escalations.holding_reply(customer) if escalation_id else talk.draft
-    # Not a step: only the call that finds every step memoized gets here, and it ends the run.
-    # The reply is written once per run by its key, and a repeated final call (a redelivery, a
-    # retry) answers with the reply stored first: one engine call saved per email.
-    sent = await conversation.send_reply(pool, run_id=ctx.run_id, customer=customer, draft=draft, gate=talk.gate)
-    status = "escalated" if escalation_id else "replied"
-    return EmailRunResult(status=status, escalation_id=escalation_id, gate=talk.gate, **sent.model_dump())
+    saved, sent = await _save_and_send(ctx, received, draft=draft, gate=talk.gate)
+    status = "escalated" if escalation_id else (sent.status if sent and sent.status != "not_configured" else "drafted")
+    return EmailRunResult(status=status, escalation_id=escalation_id, gate=talk.gate, sent=sent, **saved.model_dump())
+
+
+async def _save_and_send(
+    ctx: inngest.Context, received: intake.Intake, *, draft: str, gate: list[refunds.GateOutcome]
+) -> tuple[conversation.SentReply, replies.Sent | None]:
+    """003 D3's `save-draft-reply` (the draft and its `email_drafted` row, once per run), then,
+    with sending configured, `send-reply`."""
+    last = received.answering[-1] if received.answering else None
+    save = partial(
+        conversation.send_reply,
+        runtime().require_pool(),
+        run_id=ctx.run_id,
+        customer=received.customer,
+        draft=draft,
+        gate=gate,
+        subject=last.subject if last else None,
+        answering=[item.message.message_id for item in received.answering],
+        thread_key=last.message.thread_key if last else None,
+    )
+    saved = await ctx.step.run("save-draft-reply", save, output_type=conversation.SentReply)
+    return saved, await send_reply(ctx, saved.draft_id)
+
+
+async def send_reply(ctx: inngest.Context, draft_id: str | None) -> replies.Sent | None:
+    """With Postmark's outbound API configured, send the draft once (`send-reply`); Postmark's
+    5xx and 429 retry the step, honouring its Retry-After. A send that still fails leaves the
+    draft on the desk rather than failing the run: the reply is saved either way."""
+    rt = runtime()
+    if draft_id is None or not replies.sending_configured(rt.settings):
+        return None
+
+    async def send() -> replies.Sent:
+        try:
+            return await replies.send_draft(rt.require_pool(), rt.settings, draft_id=draft_id)
+        except replies.PostmarkUnavailable as error:
+            if error.retry_after:
+                raise inngest.RetryAfterError(str(error), retry_after=timedelta(seconds=error.retry_after)) from error
+            raise
+
+    try:
+        return await ctx.step.run("send-reply", send, output_type=replies.Sent)
+    except inngest.StepError as error:
+        logger.warning("draft %s not sent after the step's retries (%s); it waits on the desk", draft_id, error)
+        return replies.Sent(draft_id=draft_id, status="not_configured", why=f"not sent: {error}")
 
 
 def _agent_steps(rt: Runtime, pool: asyncpg.Pool) -> agent_run.AgentSteps:
@@ -405,6 +476,7 @@ async def _texts(pool: asyncpg.Pool, answering: list[intake.Answering], *, limit
 class EscalationOpened(BaseModel):
     request_id: str
     reason: str
+    customer_id: str | None = None  # None in runs paused before it was recorded
 
 
 async def escalate(
@@ -451,20 +523,38 @@ async def tell_reviewers(request_id: str, *, last_attempt: bool) -> dict[str, An
 
 
 async def record_refund_decision(ctx: inngest.Context) -> DecisionRecorded:
-    """Every decision lands in Postgres, whether or not a run is waiting for it yet."""
-    pool = runtime().require_pool()
+    """Every decision lands in Postgres, whether or not a run is waiting for it yet. One that
+    names only the customer decides their one pending request (decision_targets.py)."""
+    rt = runtime()
+    pool = rt.require_pool()
 
     async def record() -> DecisionRecorded:
-        decision = await parse_or_reject(ctx, ApprovalDecided)
-        if decision.withdrawn:  # recorded by the withdrawal function that announced it
+        asked = await parse_or_reject(ctx, ApprovalDecided)
+        if asked.withdrawn:  # recorded by the withdrawal function that announced it
             return DecisionRecorded(applied=False, reason="withdrawal")
-        outcome = await decisions.record_decision(
-            pool, decision, decision_id=decision.decision_id or ctx.event.id or ctx.run_id
+        event_id = ctx.event.id or ctx.run_id
+        decision_id = asked.decision_id or event_id
+        decision = await decision_targets.resolve_refund(
+            pool, asked, decision_id=decision_id, event_id=event_id, require_reviewer=rt.settings.require_named_reviewer
         )
+        if isinstance(decision, decision_targets.Unresolved):
+            await decisions.audit_decision_ignored(
+                pool,
+                key=event_id,
+                request_id=asked.request_id,
+                why=decision.why,
+                customer_id=asked.customer_id,
+                run_id=ctx.run_id,
+                event_id=ctx.event.id,
+                approved=asked.approved,
+                reviewer=asked.reviewer,
+            )
+            return DecisionRecorded(applied=False, reason=decision.reason)
+        outcome = await decisions.record_decision(pool, decision, decision_id=decision_id)
         if not outcome.applied and outcome.reason != "same_decision":
             await decisions.audit_decision_ignored(
                 pool,
-                key=ctx.event.id or ctx.run_id,
+                key=event_id,
                 request_id=decision.request_id,
                 why=outcome.reason,
                 request=outcome.request,
@@ -523,7 +613,7 @@ async def handle_escalation(ctx: inngest.Context) -> escalations.Settled:
         escalation = await escalation_store.get_escalation(pool, escalation_id=asked.request_id)
         if escalation is None:
             await reject(ctx, f"unknown escalation: {asked.request_id}")
-        return EscalationOpened(request_id=escalation.id, reason=escalation.reason)
+        return EscalationOpened(request_id=escalation.id, reason=escalation.reason, customer_id=escalation.customer_id)
 
     loaded = await ctx.step.run("load-escalation", load, output_type=EscalationOpened)
     escalation_id = loaded.request_id
@@ -533,19 +623,28 @@ async def handle_escalation(ctx: inngest.Context) -> escalations.Settled:
     except inngest.StepError as error:
         # The escalation is stored and on the desk; a dead notifier must not lose it.
         logger.warning("could not notify reviewers about %s: %s", escalation_id, error)
-    await gates.await_escalation_decision(ctx.step, pool, rt.settings, escalation_id, run_id=ctx.run_id)
+    await gates.await_escalation_decision(
+        ctx.step, pool, rt.settings, escalation_id, customer_id=loaded.customer_id or "", run_id=ctx.run_id
+    )
     settle = partial(escalations.settle, pool, rt.settings, escalation_id=escalation_id, time_is_up=True)
     return await ctx.step.run(f"settle-escalation-{escalation_id}", settle, output_type=escalations.Settled)
 
 
 async def record_escalation_decision(ctx: inngest.Context) -> DecisionRecorded:
     """Every escalation decision lands in Postgres, whether or not its run is waiting yet."""
-    pool = runtime().require_pool()
+    rt = runtime()
+    pool = rt.require_pool()
 
     async def record() -> DecisionRecorded:
         await parse_or_reject(ctx, escalations.Decision)
         event_id = ctx.event.id or ctx.run_id
-        recorded = await escalations.record_event(pool, ctx.event.data, event_id=event_id, run_id=ctx.run_id)
+        recorded = await escalations.record_event(
+            pool,
+            ctx.event.data,
+            event_id=event_id,
+            run_id=ctx.run_id,
+            require_reviewer=rt.settings.require_named_reviewer,
+        )
         return DecisionRecorded(applied=recorded.applied, reason=recorded.reason)
 
     return await ctx.step.run("record-decision", record, output_type=DecisionRecorded)
@@ -594,7 +693,8 @@ async def gather_activity(ctx: inngest.Context) -> HealthGathered:
     if customer is None:
         await reject(ctx, f"unknown customer: customer_id {request.customer_id}")
     recent = await activity.customer_activity(pool, customer_id=customer.id)
-    return HealthGathered(customer=customer, activity=recent, day=request.day)
+    day = request.day_or(_event_time(ctx.event).date().isoformat())
+    return HealthGathered(customer=customer, activity=recent, day=day)
 
 
 async def customer_health_check(ctx: inngest.Context) -> dict[str, Any]:
@@ -684,15 +784,15 @@ def _email_functions(client: inngest.Inngest, settings: Settings) -> list[innges
 
 def _health_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
     daily = client.create_function(
-        fn_id="daily-health-check",
-        name="Daily health check",
+        fn_id="daily-customer-health-check",
+        name="Daily customer health check",
         trigger=inngest.TriggerCron(cron=settings.health_check_cron),
         retries=2,
     )(daily_health_check)
     per_customer = _on_event(
         client,
-        "customer-health-check",
-        "Customer health check",
+        "process-customer-health-check",
+        "Process customer health check",
         HEALTH_CHECK_REQUESTED,
         customer_health_check,
         retries=3,
@@ -706,8 +806,8 @@ def _health_functions(client: inngest.Inngest, settings: Settings) -> list[innge
 def _escalation_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
     handle = _on_event(
         client,
-        "handle-escalation",
-        "Handle escalation",
+        "escalate-with-human-approval",
+        "Escalate with human approval",
         ESCALATION_REQUESTED,
         handle_escalation,
         output_type=escalations.Settled,

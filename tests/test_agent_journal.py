@@ -29,7 +29,7 @@ def ten_turns() -> list[list[object]]:
     return [*looks, [assistant_message("Hi Grace, I checked everything twice over. The Support Team")]]
 
 
-async def test_a_ten_turn_email_is_one_step_and_two_engine_calls_with_a_small_output(
+async def test_a_ten_turn_email_is_one_agent_step_and_three_engine_calls_with_a_small_output(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool
 ) -> None:
     model = scripted(*ten_turns())
@@ -37,8 +37,9 @@ async def test_a_ten_turn_email_is_one_step_and_two_engine_calls_with_a_small_ou
         run = await engine.email({"customer_id": GRACE, "body": "Please check my orders carefully."})
     assert run.status == "completed", run.error
     used_up(model)
-    assert trail(run) == ["run-agent"] and len(run.calls) == 2
-    [summary] = [memo["data"] for memo in run.memo.values()]
+    # One agent step, then the course's save-draft-reply (issue 20), then the final call.
+    assert trail(run) == ["run-agent", "save-draft-reply"] and len(run.calls) == 3
+    [summary] = [memo["data"] for memo in run.memo.values() if "ended" in memo["data"]]
     assert (summary["turns"], summary["tool_calls"], summary["asked"]) == (10, 9, 10)
     assert len(json.dumps(summary)) < 8 * 1024  # the dashboard's summary, not the conversation
     kinds = Counter(e.kind for e in await agent_journal.entries(pool, run_id=run.run_id))
@@ -133,7 +134,7 @@ async def test_the_daily_check_deletes_journal_entries_past_their_retention(engi
             run_id,
             age,
         )
-    run = await engine.driver.run("daily-health-check", {"name": "inngest/scheduled.timer", "data": {}})
+    run = await engine.driver.run("daily-customer-health-check", {"name": "inngest/scheduled.timer", "data": {}})
     assert run.status == "completed", run.error
     assert run.output["journal_rows_deleted"] == 1
     assert [r["run_id"] for r in await engine.pool.fetch("SELECT run_id FROM agent_journal")] == ["new-run"]

@@ -40,7 +40,7 @@ def email(body: str, *, event_id: str, at_seconds: int, customer: str = GRACE, s
 
 def answers(runs: list[Run]) -> list[Run]:
     """The email function's runs that sent a reply."""
-    return [r for r in runs if r.fn_id.endswith(EMAIL_FN) and (r.output or {}).get("status") == "replied"]
+    return [r for r in runs if r.fn_id.endswith(EMAIL_FN) and (r.output or {}).get("status") == "drafted"]
 
 
 async def owners(pool: asyncpg.Pool) -> dict[str, str]:
@@ -75,7 +75,7 @@ async def test_three_emails_within_a_minute_get_one_answer_that_reads_all_three(
     positions = [text.index(body) for _, body in QUESTIONS]
     assert positions == sorted(positions) and "3 emails in a row" in text
     assert await owners(pool) == {f"evt-{n}": answer.run_id for n in range(3)}
-    replies = await pool.fetch("SELECT run_id FROM audit_log WHERE action = 'reply_sent'")
+    replies = await pool.fetch("SELECT run_id FROM audit_log WHERE action = 'email_drafted'")
     assert [r["run_id"] for r in replies] == [answer.run_id]
 
 
@@ -120,13 +120,13 @@ async def test_a_message_stored_after_its_burst_was_gathered_asks_for_a_run_of_i
         email("Hello again.", event_id="evt-last", at_seconds=10),
     )
     gathered = await engine.driver.run(EMAIL_FN, last)
-    assert gathered.output["status"] == "replied"
+    assert gathered.output["status"] == "drafted"
     late = await engine.driver.run(RECORDER_FN, early)
     assert late.output["passed_over"] is True
     asked = [e for e in engine.stub.events if e.name == EMAILS_WAITING]
     assert [(e.idempotency_id, e.data) for e in asked] == [("waiting-evt-early", {"customer_id": GRACE})]
     rescue = await engine.driver.run(EMAIL_FN, asked[0])
-    assert rescue.output["status"] == "replied"
+    assert rescue.output["status"] == "drafted"
     assert await owners(engine.pool) == {"evt-last": gathered.run_id, "evt-early": rescue.run_id}
 
 
@@ -182,7 +182,7 @@ async def test_every_call_delivered_twice_still_answers_the_burst_once(engine: E
     runs = await engine.driver.deliver(burst, deliver_twice=True)
     (answer,) = answers(runs)
     assert set((await owners(engine.pool)).values()) == {answer.run_id}
-    assert (await engine.actions()).count("reply_sent") == 1
+    assert (await engine.actions()).count("email_drafted") == 1
 
 
 async def test_a_replay_of_a_failed_burst_answers_every_message_it_had_gathered(engine: Engine) -> None:
@@ -200,7 +200,7 @@ async def test_a_replay_of_a_failed_burst_answers_every_message_it_had_gathered(
         idempotency_key="run_failed:run-failed",
     )
     replay = await engine.driver.run(EMAIL_FN, burst[-1])
-    assert replay.output["status"] == "replied"
+    assert replay.output["status"] == "drafted"
     taken_over = await engine.pool.fetch(
         "SELECT detail->>'event_id' AS event_id FROM audit_log WHERE action = 'message_received' AND run_id = $1",
         replay.run_id,
@@ -224,7 +224,7 @@ async def test_a_runs_own_email_is_never_up_for_grabs_before_the_run_claims_it(
 
     monkeypatch.setattr(conversation, "record_message_once", peek_then_claim)
     run = await engine.driver.run(EMAIL_FN, email("Do you ship to Canada?", event_id="evt-own", at_seconds=0))
-    assert run.output["status"] == "replied"
+    assert run.output["status"] == "drafted"
     assert seen_unclaimed == []
 
 
@@ -251,6 +251,6 @@ async def test_a_resent_waiting_event_runs_again_and_finds_nothing_waiting(engin
         [waiting | {"ts": T0 + 10_000}, waiting | {"ts": T0 + 30_000}, waiting | {"ts": T0 + 300_000}]
     )
     emailed = [r for r in runs if r.fn_id.endswith(EMAIL_FN)]
-    assert [r.output["status"] for r in emailed] == ["replied", "nothing_waiting"]
+    assert [r.output["status"] for r in emailed] == ["drafted", "nothing_waiting"]
     assert await owners(engine.pool) == {"evt-early": emailed[0].run_id}
-    assert (await engine.actions()).count("reply_sent") == 1
+    assert (await engine.actions()).count("email_drafted") == 1

@@ -162,8 +162,19 @@ async def test_the_wait_expression_survives_awkward_request_ids(engine: Engine, 
     this checks that quoting is valid CEL for any text, so a future id scheme cannot break it."""
     expression, real_id = await wait_expression(engine)
     prefix, suffix = expression.split(json.dumps(real_id))
-    built = gates.decision_match(request_id)  # exactly how the app builds it
+    built = gates.decision_match(request_id, GRACE)  # exactly how the app builds it
     assert built == prefix + json.dumps(request_id, ensure_ascii=False) + suffix
     trigger = email_event(**CHARGED_TWICE)
     assert cel_match(built, candidate=decision(request_id), trigger=trigger)
     assert not cel_match(built, candidate=decision(request_id + "x"), trigger=trigger)
+
+
+@pytest.mark.parametrize("customer_id", ['c-"quoted"', "c\\back\\slash", "c-'single'", "c-ünïcode", "c-😀"])
+async def test_a_decision_naming_only_an_awkward_customer_reaches_that_customers_wait(customer_id: str) -> None:
+    """The course's decision names the customer, not the request; the match quotes that id too."""
+    built = gates.decision_match("rr_1", customer_id)
+    trigger = email_event(customer_id=customer_id)
+    course = {"name": inngest_app.APPROVAL_DECIDED, "id": "d", "data": {"customer_id": customer_id, "approved": True}}
+    assert cel_match(built, candidate=course, trigger=trigger)
+    other = {**course, "data": {"customer_id": customer_id + "x", "approved": True}}
+    assert not cel_match(built, candidate=other, trigger=trigger)

@@ -71,7 +71,7 @@ async def test_answer_here_then_audit_as_a_table_and_as_the_same_rows_in_json(
         "refund_requested",
         "decision_recorded",
         "refund_issued",
-        "reply_sent",
+        "email_drafted",
     ]
     assert await cli.run_async(args("audit", "--customer", str(GRACE)), settings) == 0
     table = capsys.readouterr().out.splitlines()
@@ -89,7 +89,7 @@ async def test_listings_say_when_there_is_nothing(settings: Settings, capsys: py
 async def test_list_shows_customers_and_their_orders(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     assert await cli.run_async(args("list", "--json"), settings) == 0
     customers = json.loads(capsys.readouterr().out)
-    assert len(customers) == 5 and "#1003 $499.00 paid" in customers[1]["orders"]
+    assert len(customers) == 6 and "#1003 $499.00 paid" in customers[1]["orders"]
 
 
 # --------------------------------------------------------------------------- start-up: fast, quiet

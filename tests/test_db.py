@@ -66,7 +66,7 @@ async def test_adding_an_audit_action_takes_no_lock_that_blocks_audit_writers(po
 async def test_seed_never_lands_on_existing_data(pool: asyncpg.Pool) -> None:
     assert await sample_data.seed(pool) is False
     tiers = [c.tier for c in await db.list_customers(pool)]
-    assert len(tiers) == 5 and set(tiers) == {"free", "pro", "enterprise"}
+    assert len(tiers) == 6 and set(tiers) == {"free", "pro", "enterprise"}
     for customer in await db.list_customers(pool):
         assert len(await db.list_orders(pool, customer_id=customer.id)) >= 2
 

@@ -193,6 +193,7 @@ async def test_no_flood_ends_a_wait_before_its_deadline_and_a_later_decision_sti
 
     wait = gates.SlicedWait(
         subject_id="rr_1",
+        customer_id="c-4429",
         event="refund/approval.decided",
         check_prefix="check",
         await_prefix="await",

@@ -91,7 +91,7 @@ async def test_refund_email_waits_for_approval_and_pays_once(served_app: str, po
     requested = await wait_for_action(pool, db.AuditAction.REFUND_REQUESTED)
     request_id = requested[0].detail["request_id"]
     await send("refund/approval.decided", {"request_id": request_id, "approved": True, "reviewer": "dev-test"})
-    await wait_for_action(pool, db.AuditAction.REPLY_SENT)
+    await wait_for_action(pool, db.AuditAction.EMAIL_DRAFTED)
     refunds = await db.list_refunds(pool)
     assert [(r.order_id, r.amount_cents, r.request_id) for r in refunds] == [(1003, 49_900, request_id)]
 
@@ -100,7 +100,7 @@ async def test_rejected_refund_pays_nothing(served_app: str, pool: asyncpg.Pool)
     await send("customer/email.received", {"customer_id": "c-4429", "body": "I was charged twice for order 1004"})
     request_id = (await wait_for_action(pool, db.AuditAction.REFUND_REQUESTED))[0].detail["request_id"]
     await send("refund/approval.decided", {"request_id": request_id, "approved": False, "reviewer": "dev-test"})
-    reply = (await wait_for_action(pool, db.AuditAction.REPLY_SENT))[0]
+    reply = (await wait_for_action(pool, db.AuditAction.EMAIL_DRAFTED))[0]
     assert "no refund has been issued" in reply.detail["reply"]
     assert await db.list_refunds(pool) == []
 
@@ -108,11 +108,11 @@ async def test_rejected_refund_pays_nothing(served_app: str, pool: asyncpg.Pool)
 async def test_three_quick_emails_get_one_answer_from_the_real_debounce(served_app: str, pool: asyncpg.Pool) -> None:
     for body in ("Do you ship to Canada?", "Also, where is order 1004?", "Thanks!"):
         await send("customer/email.received", {"customer_id": "c-4429", "body": body})
-    (reply,) = await wait_for_action(pool, db.AuditAction.REPLY_SENT)
+    (reply,) = await wait_for_action(pool, db.AuditAction.EMAIL_DRAFTED)
     received = await wait_for_action(pool, db.AuditAction.MESSAGE_RECEIVED, count=3)
     assert {row.run_id for row in received} == {reply.run_id}
     await asyncio.sleep(2 * BURST_SECONDS)  # nothing else answers them later
-    assert len(await db.list_audit(pool, action=db.AuditAction.REPLY_SENT)) == 1
+    assert len(await db.list_audit(pool, action=db.AuditAction.EMAIL_DRAFTED)) == 1
 
 
 async def test_a_redelivered_email_joins_its_burst_or_runs_again_and_is_answered_once(
@@ -123,8 +123,8 @@ async def test_a_redelivered_email_joins_its_burst_or_runs_again_and_is_answered
     email = {"customer_id": "c-4429", "body": "Do you ship to Canada?"}
     await send("customer/email.received", email, event_id="dev-redelivered")
     await send("customer/email.received", email, event_id="dev-redelivered")  # inside the burst
-    await wait_for_action(pool, db.AuditAction.REPLY_SENT)
+    await wait_for_action(pool, db.AuditAction.EMAIL_DRAFTED)
     await send("customer/email.received", email, event_id="dev-redelivered")  # after it fired
     await wait_for_action(pool, db.AuditAction.EVENT_DUPLICATE)
-    assert len(await db.list_audit(pool, action=db.AuditAction.REPLY_SENT)) == 1
+    assert len(await db.list_audit(pool, action=db.AuditAction.EMAIL_DRAFTED)) == 1
     assert len(await db.list_audit(pool, action=db.AuditAction.MESSAGE_RECEIVED)) == 1

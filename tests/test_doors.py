@@ -83,7 +83,7 @@ async def test_a_postmark_email_becomes_one_event_keyed_by_its_message_id(doors:
         "thread_key": "postmark:a8c1040e-2f6e-4c1c-9d5a-5c1f0e2c3b4a",
         "attachments": [],
         "attachment_count": 0,
-        "received_at": "Mon, 23 Nov 2026 09:12:00 +0000",
+        "received_at": "2026-11-23T09:12:00Z",  # ISO 8601, as 003 D4 has it
         "customer_id": GRACE,
         "tier": "pro",
     }
@@ -111,10 +111,10 @@ async def test_a_redelivered_webhook_joins_the_burst_or_runs_again_and_every_ema
     emailed = [r for r in runs if r.fn_id.endswith(EMAIL_FN)]
     assert len(recorded) == 1
     assert [(r.started_ms, r.output["status"]) for r in emailed] == [
-        (t0 + 81_050, "replied"),
+        (t0 + 81_050, "drafted"),
         (t0 + 661_050, "duplicate"),
     ]
-    assert [a.action.value for a in await db.list_audit(doors.pool)].count("reply_sent") == 1
+    assert [a.action.value for a in await db.list_audit(doors.pool)].count("email_drafted") == 1
     assert len(await db.list_audit(doors.pool, action=db.AuditAction.MESSAGE_RECEIVED)) == 1
 
 
@@ -241,6 +241,7 @@ async def test_approving_on_the_desk_records_the_reviewer_and_announces_the_deci
     assert announced.name == "refund/approval.decided"
     assert announced.data | {"decision_id": None} == {
         "request_id": request.id,
+        "customer_id": None,  # the desk names the request: the recommended key
         "approved": True,
         "reviewer": "alice",
         "note": "looks right",
@@ -460,9 +461,9 @@ async def test_every_desk_response_carries_the_security_headers(doors: Engine, e
     for res in responses:
         assert_desk_headers(res)
     # The test client reads a stream to its end, so the run ends first: the stream stops there.
-    await db.record_audit(doors.pool, action=db.AuditAction.REPLY_SENT, run_id=request.run_id, customer_id=GRACE)
+    await db.record_audit(doors.pool, action=db.AuditAction.EMAIL_DRAFTED, run_id=request.run_id, customer_id=GRACE)
     stream = await http(doors).get(f"/runs/{request.run_id}/status", auth=ALICE)
-    assert stream.status_code == 200 and '"line": "reply sent"' in stream.text
+    assert stream.status_code == 200 and '"line": "reply drafted"' in stream.text
     assert_desk_headers(stream)
 
 

@@ -22,10 +22,11 @@ import db
 from support_worker.cli import main as cli
 from support_worker.core import events
 from support_worker.core.settings import Settings
+from support_worker.durable import gates
 from support_worker.store import escalations as escalation_store
 from support_worker.workflows import escalations
 
-ESCALATION_FN = "handle-escalation"
+ESCALATION_FN = "escalate-with-human-approval"
 RECORDER_FN = "record-escalation-decision"
 ALICE = ("alice", "alice-pw")
 
@@ -171,7 +172,7 @@ async def test_a_timeout_posts_the_draft_under_a_no_human_review_header(gate: En
     [row] = await outcome_rows(gate.pool)
     assert row.action.value == "escalation_posted_via_timeout" and row.detail["reviewer"] == "timeout"
     [(wait, memo)] = run.waits
-    assert memo is None and wait.if_exp == f'async.data.request_id == "{escalation.id}"'
+    assert memo is None and wait.if_exp == gates.decision_match(escalation.id, GRACE)
 
 
 async def test_a_decision_whose_announcement_was_lost_settles_within_one_slice(
@@ -246,7 +247,7 @@ async def test_an_email_the_agent_escalates_reaches_the_senior_channel_once_appr
     assert trail == [
         "message_received",
         "escalation_requested",
-        "reply_sent",
+        "email_drafted",
         "reviewer_notified",
         "escalation_approved",
     ]

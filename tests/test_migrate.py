@@ -184,7 +184,7 @@ async def test_migrate_and_seed_commands_on_a_fresh_database(
     assert await run(["migrate"]) == (0, "migrated: nothing to apply, the schema is current\n")
     code, said = await run(["seed"], production)
     assert code == 1 and "ENVIRONMENT is production" in said
-    assert await run(["seed"]) == (0, "seeded: 5 sample customers (c-4428 to c-4432) with orders (ids from 1001)\n")
+    assert await run(["seed"]) == (0, "seeded: 6 sample customers (c-4428 to c-test-1) with orders (ids from 1001)\n")
     code, said = await run(["seed"])
     assert code == 0 and said.startswith("seed: nothing to do")
     async with db.open_pool(settings, max_size=1) as pool:

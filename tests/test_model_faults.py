@@ -91,7 +91,7 @@ async def test_a_fault_retrying_cannot_fix_ends_the_durable_run_at_once_with_a_h
     escalation = await only_escalation(pool)
     assert run.output["escalation_id"] == escalation.id and escalation.source == "model_fault"
     assert reason in escalation.reason
-    assert await engine.actions() == ["message_received", "escalation_requested", "reply_sent"]
+    assert await engine.actions() == ["message_received", "escalation_requested", "email_drafted"]
     requested = [e for e in engine.stub.events if e.name == escalations_event()]
     assert [e.idempotency_id for e in requested] == [f"escalation-{escalation.id}"]
 
@@ -146,7 +146,7 @@ async def test_a_500_or_a_malformed_body_is_retried_by_the_step_and_the_run_answ
         async with serve(settings, monkeypatch, pool, model=model_on(fake)) as engine:
             run = await engine.email(EMAIL)
     assert run.status == "completed", run.error
-    assert run.output["status"] == "replied"
+    assert run.output["status"] == "drafted"
     assert len(fake.received) == 3 and [r.status for r in fake.received][1:] == [200, 200]
     # The failed turn failed the step; its retry asked for that turn again, and for the next.
     assert run.runs_of("run-agent") == 2
@@ -171,7 +171,7 @@ async def test_a_timeout_is_retried_by_the_step_and_the_run_answers(
         async with serve(settings, monkeypatch, pool, model=model_on(fake, timeout=0.3)) as engine:
             run = await engine.email(EMAIL)
         assert run.status == "completed", run.error
-        assert run.output["status"] == "replied" and len(fake.received) == 2
+        assert run.output["status"] == "drafted" and len(fake.received) == 2
     assert run.runs_of("run-agent") == 2
 
 
@@ -193,7 +193,7 @@ async def test_a_fault_retrying_cannot_fix_escalates_in_the_terminal_too(
     assert holding(outcome.reply) and outcome.escalation_id
     assert reason in (outcome.escalation_reason or "")
     actions = [e.action.value for e in await db.list_audit(pool, run_id=outcome.run_id)]
-    assert actions == ["message_received", "escalation_requested", "reply_sent"]
+    assert actions == ["message_received", "escalation_requested", "email_drafted"]
 
 
 # (name, fault, the error the audit row names, requests made: the client retries all but a
@@ -234,7 +234,7 @@ async def test_the_terminal_prints_one_line_when_the_model_stays_unavailable(
     assert len(fake.received) == requests  # the client's own retry, then the clear line
     rows = await db.list_audit(pool, action=db.AuditAction.MODEL_UNAVAILABLE)
     assert len(rows) == 1 and error in rows[0].detail["error"]
-    assert await db.list_audit(pool, action=db.AuditAction.REPLY_SENT) == []
+    assert await db.list_audit(pool, action=db.AuditAction.EMAIL_DRAFTED) == []
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ async def _every_connection(pool: asyncpg.Pool) -> list[dict[str, Any]]:
 async def test_the_hosts_connections_keep_no_session_state_after_a_refund_and_the_fan_out(engine: Engine) -> None:
     refund = await engine.email(CHARGED_TWICE, resolver=engine.reviewer(approved=True))
     assert refund.status == "completed", refund.error
-    fan_out = await engine.driver.run("daily-health-check", {"name": "inngest/scheduled.timer", "data": {}})
+    fan_out = await engine.driver.run("daily-customer-health-check", {"name": "inngest/scheduled.timer", "data": {}})
     assert fan_out.status == "completed", fan_out.error
     assert await _every_connection(inngest_app.runtime().require_pool()) == [CLEAN] * 5
 

@@ -73,6 +73,7 @@ async def test_two_refunds_from_one_email_have_unique_step_ids_that_never_shift(
         "await-approval-<request-2>-1",
         "settle-refund-<request-2>-1",
         "resume-agent-<request-1>",
+        "save-draft-reply",
     ]
     steps = executed_steps(run)
     assert len(steps) == len(set(steps)), steps  # no id repeats, so none depends on call order
@@ -117,6 +118,7 @@ async def test_a_malformed_decision_is_ignored_and_the_run_keeps_waiting_for_a_v
         "await-approval-<request>-2",
         "settle-refund-<request>-2",
         "resume-agent-<request>",
+        "save-draft-reply",
     ]
     first, second = (wait for wait, _ in run.waits)
     # The second wait is a new round for what is left of the original deadline, never more.
@@ -159,5 +161,5 @@ async def test_a_decision_only_postgres_knows_settles_within_one_recheck_interva
         "refund_requested",
         "decision_recorded",
         "refund_issued",
-        "reply_sent",
+        "email_drafted",
     ]

@@ -66,7 +66,7 @@ async def test_charged_twice_pauses_for_the_order_amount_and_approval_pays_once(
         "refund_requested",
         "decision_recorded",
         "refund_issued",
-        "reply_sent",
+        "email_drafted",
     ]
     assert conversation.claims_refund(outcome.reply) and "$499.00" in outcome.reply
     assert not outcome.reply_replaced
@@ -84,7 +84,7 @@ async def test_rejected_refund_writes_blocked_row_no_refund_and_a_declining_repl
         "refund_requested",
         "decision_recorded",
         "refund_blocked",
-        "reply_sent",
+        "email_drafted",
     ]
     blocked = await db.list_audit(pool, run_id=outcome.run_id, action=db.AuditAction.REFUND_BLOCKED)
     assert blocked[0].detail["reviewer"] == "tester" and blocked[0].detail["note"] == "not a duplicate"
@@ -183,7 +183,7 @@ async def test_a_reply_claiming_an_unissued_refund_is_never_sent(pool: asyncpg.P
     )
     assert outcome.reply_replaced
     assert "We have not issued a refund" in outcome.reply
-    sent = await db.list_audit(pool, run_id=outcome.run_id, action=db.AuditAction.REPLY_SENT)
+    sent = await db.list_audit(pool, run_id=outcome.run_id, action=db.AuditAction.EMAIL_DRAFTED)
     assert sent[0].detail["reply"] == outcome.reply and sent[0].detail["replaced_unsafe_reply"] is True
 
 

@@ -238,9 +238,11 @@ async def test_a_rejecting_reviewers_own_reply_claiming_the_refund_is_never_sent
         model=model,
     )
     assert outcome.reply_replaced and "We have not issued a refund" in outcome.reply
-    [sent] = await db.list_audit(pool, run_id=outcome.run_id, action=db.AuditAction.REPLY_SENT)
-    assert sent.detail["edited_by_reviewer"] is True and sent.detail["replaced_unsafe_reply"] is True
-    assert "no refund was issued" in sent.detail["guard_problems"][0]
+    # The draft is what would be sent: the guard's safe reply, never the reviewer's claim.
+    [drafted] = await db.list_audit(pool, run_id=outcome.run_id, action=db.AuditAction.EMAIL_DRAFTED)
+    assert drafted.detail["edited_by_reviewer"] is True and drafted.detail["replaced_unsafe_reply"] is True
+    assert "no refund was issued" in drafted.detail["guard_problems"][0]
+    assert await pool.fetchval("SELECT body FROM drafts WHERE run_id = $1", outcome.run_id) == outcome.reply
 
 
 async def test_a_claim_for_more_than_was_paid_is_replaced_by_what_was_paid(

@@ -175,6 +175,7 @@ async def test_an_edited_approval_pays_the_lower_amount_and_sends_the_reviewers_
         "await-approval-<request>-1",
         "settle-refund-<request>-1",
         "resume-agent-<request>",
+        "save-draft-reply",
     ]
     assert [(r.order_id, r.amount_cents) for r in await db.list_refunds(engine.pool)] == [(1003, 10_000)]
     # The reviewer's words replace the agent's draft; the model still heard it was approved.
@@ -257,11 +258,16 @@ async def test_a_withdrawal_ends_the_waiting_run_without_a_refund(engine: Engine
         "message_received",
         "refund_requested",
         "refund_withdrawn",
-        "reply_sent",
+        "email_drafted",
     ]
     assert [g["status"] for g in run.output["gate"]] == ["withdrawn"] and run.output["refund_ids"] == []
     assert not conversation.claims_refund(run.output["reply"])
-    assert trail(run)[-3:] == ["await-approval-<request>-1", "settle-refund-<request>-1", "resume-agent-<request>"]
+    assert trail(run)[-4:] == [
+        "await-approval-<request>-1",
+        "settle-refund-<request>-1",
+        "resume-agent-<request>",
+        "save-draft-reply",
+    ]
     assert await reviews.list_pending_reviews(engine.pool) == []
     late = await engine.driver.run(
         "withdraw-refund-request", {"name": inngest_app.REFUND_WITHDRAWN, "id": "w2", "data": {"request_id": "rr_x"}}
@@ -287,17 +293,18 @@ async def test_a_malformed_withdrawal_is_rejected(engine: Engine) -> None:
 async def test_a_replayed_tick_for_a_past_day_ignores_contacts_made_after_it(engine: Engine) -> None:
     await engine.email({"customer_id": GRACE, "body": "Do you ship to Canada?"})  # Grace got a reply today
     last_week = (datetime.now(UTC).date() - timedelta(days=7)).isoformat()
-    run = await engine.driver.run("daily-health-check", {"name": "inngest/scheduled.timer", "data": {"day": last_week}})
-    assert run.output["skipped"] == {"free_tier": 2, "contacted_recently": 0}
+    tick = {"name": "inngest/scheduled.timer", "data": {"day": last_week}}
+    run = await engine.driver.run("daily-customer-health-check", tick)
+    assert run.output["skipped"] == {"free_tier": 3, "contacted_recently": 0}
 
 
 async def test_the_cron_skips_recently_contacted_customers_and_says_why(engine: Engine) -> None:
     await engine.email({"customer_id": GRACE, "body": "Do you ship to Canada?"})  # Grace got a reply today
     now_ms = int(datetime.now(UTC).timestamp() * 1000) + 60_000  # a tick just after the reply
     tick = {"name": "inngest/scheduled.timer", "id": "t", "ts": now_ms, "data": {}}
-    run = await engine.driver.run("daily-health-check", tick)
+    run = await engine.driver.run("daily-customer-health-check", tick)
     assert run.output["scheduled"] == 2
-    assert run.output["skipped"] == {"free_tier": 2, "contacted_recently": 1}
+    assert run.output["skipped"] == {"free_tier": 3, "contacted_recently": 1}
     assert "in the last 7 days" in run.output["skipped_reasons"]["contacted_recently"]
     assert sorted(e.data["customer_id"] for e in engine.stub.events) == [ADA, ALAN]
 
@@ -308,14 +315,14 @@ async def test_an_outreach_note_is_recorded_and_the_next_morning_leaves_the_cust
     for order_id, cents in ((1006, 15_000), (1007, 899)):  # Alan: refund-heavy, so at risk
         await pay_refund(engine.pool, customer_id=ALAN, order_id=order_id, cents=cents)
     child = await engine.driver.run(
-        "customer-health-check",
+        "process-customer-health-check",
         {"name": inngest_app.HEALTH_CHECK_REQUESTED, "id": "h3", "data": {"customer_id": ALAN, "day": today}},
     )
     assert child.output["status"] == "at_risk"
     outreach = await db.list_audit(engine.pool, action=db.AuditAction.OUTREACH_RECORDED)
     assert [(e.customer_id, e.detail["day"]) for e in outreach] == [(ALAN, today)]
     tomorrow = await engine.driver.run(
-        "daily-health-check", {"name": "inngest/scheduled.timer", "data": {"day": next_day}}
+        "daily-customer-health-check", {"name": "inngest/scheduled.timer", "data": {"day": next_day}}
     )
     assert tomorrow.output["skipped"]["contacted_recently"] == 1
     assert 3 not in [e.data["customer_id"] for e in engine.stub.events]
@@ -350,7 +357,7 @@ async def test_the_status_stream_follows_a_run_live(doors_engine: Engine) -> Non
         "waiting for approval",
         "decision recorded",
         "refund issued",
-        "reply sent",
+        "reply drafted",
     ]
     assert (await engine.driver.http.get(f"/runs/{run.run_id}/status")).status_code == 401
 

@@ -73,11 +73,13 @@ def test_every_secret_is_a_secret_str_and_never_printed() -> None:
         database_url="postgresql://u:db-pw@localhost/db",
         desk_form_secret="form-secret-x",
         senior_support_webhook_url="https://hooks.example.com/services/senior-token",
+        postmark_server_token="postmark-token-x",
     )
     for name in settings_module.SECRET_FIELDS:
         assert isinstance(getattr(s, name), SecretStr), name
     shown = repr(s) + str(s.model_dump())
-    for value in ("sk-live-abc", "signkey-x", "hook-pw", "alice-pw", "db-pw", "form-secret-x", "senior-token"):
+    secrets = ("sk-live-abc", "signkey-x", "hook-pw", "alice-pw", "db-pw", "form-secret-x", "senior-token")
+    for value in (*secrets, "postmark-token-x"):
         assert value not in shown
     assert s.reviewers["alice"].get_secret_value() == "alice-pw"
 

@@ -55,6 +55,11 @@ def _field(item: Any, key: str) -> Any:
     return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
 
 
+# Where the earlier thread begins in the agent's input (conversation/thread.py): the rules
+# answer the new email only, never a complaint already answered.
+THREAD_MARKER = "--- Earlier in this conversation (oldest first; already answered, for context only) ---"
+
+
 @dataclass(frozen=True)
 class _Conversation:
     """What the rules need from the input items: the email and the tool results so far."""
@@ -92,8 +97,9 @@ class _Conversation:
     @property
     def body(self) -> str:
         # The agent's input is headers, a blank line, then the customer's own words.
-        _, _, body = self.email.partition("\n\n")
-        return body or self.email
+        email = self.email.split(THREAD_MARKER)[0].rstrip() if THREAD_MARKER in self.email else self.email
+        _, _, body = email.partition("\n\n")
+        return body or email
 
     @property
     def customer_name(self) -> str:

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 import db
 from support_worker.conversation import loop as conversation
 from support_worker.core.events import EmailReceived
-from support_worker.store import inbox, messages
+from support_worker.store import drafts, inbox, messages
 
 
 class Refused(Exception):
@@ -51,6 +51,9 @@ class Intake(BaseModel):
     answering: list[Answering] = []  # oldest first
     first_run_id: str | None = None
     more_waiting: bool = False  # more than the burst's cap was waiting: ask for another run
+    # The conversation before these messages, by reference (conversation/thread.py, 003 D3's
+    # load-thread), loaded in this same step: one engine call less per email.
+    thread: list[drafts.ThreadItem] = []
 
 
 class Stored(BaseModel):

@@ -36,7 +36,7 @@ import db
 import worker
 from support_worker.conversation import reply_guard
 from support_worker.core.settings import Settings
-from support_worker.workflows import budget, decisions, escalations, refunds
+from support_worker.workflows import budget, decisions, escalations, refunds, replies
 
 Gate = Callable[[ToolApprovalItem], Awaitable[refunds.GateOutcome]]
 Decider = Callable[[db.RefundRequest], Awaitable[decisions.Decision | None]]
@@ -147,15 +147,26 @@ class SentReply(BaseModel):
     refund_ids: list[int]
     edited_by_reviewer: bool
     guard_problems: list[str] = []  # why the guard replaced the reply (`reply_guard.check_reply`)
+    draft_id: str | None = None  # the saved draft (workflows/replies.py)
 
 
 async def send_reply(
-    pool: asyncpg.Pool, *, run_id: str, customer: db.Customer, draft: str, gate: list[refunds.GateOutcome]
+    pool: asyncpg.Pool,
+    *,
+    run_id: str,
+    customer: db.Customer,
+    draft: str,
+    gate: list[refunds.GateOutcome],
+    subject: str | None = None,
+    answering: list[str] | None = None,
+    thread_key: str | None = None,
 ) -> SentReply:
     """The last word of every run: a reviewer's edited reply replaces the agent's draft, the
     reply guard (`reply_guard.py`) checks whichever it is against the refunds this run actually
     issued (claims, amounts, orders) and replaces it when it says otherwise, and the reply is
-    audited once per run, with the guard's reasons when it replaced one."""
+    saved as a draft with its `email_drafted` row (with the guard's reasons when it replaced
+    one), once per run: the draft is what would be sent (replies.py sends it when sending is
+    configured)."""
     edited = [g.edited_reply for g in gate if g.edited_reply]
     approved = [g.request_id for g in gate if g.status == "approved" and g.request_id]
     issued = await db.refunds_for_requests(pool, request_ids=approved) if approved else []
@@ -171,16 +182,19 @@ async def send_reply(
         edited_by_reviewer=bool(edited),
         guard_problems=[p[:300] for p in verdict.problems[:10]],
     )
-    key = f"reply_sent:{run_id}"
-    detail = sent.model_dump()
-    action = db.AuditAction.REPLY_SENT
-    if await db.record_audit(
-        pool, action=action, run_id=run_id, customer_id=customer.id, detail=detail, idempotency_key=key
-    ):
-        return sent
-    # A repeated call (a redelivery, a retried final call) answers with what was sent first.
-    stored = await db.audit_detail(pool, idempotency_key=key)
-    return SentReply.model_validate(stored) if stored is not None else sent
+    to_save = replies.SaveDraft(
+        run_id=run_id,
+        customer_id=customer.id,
+        to_email=customer.email,
+        subject=replies.reply_subject(subject),
+        body=reply,
+        answering=answering or [],
+        thread_key=thread_key,
+        detail=sent.model_dump(exclude={"draft_id"}),
+    )
+    # A repeated call (a redelivery, a retried final call) answers with what was drafted first.
+    saved, detail = await replies.save_draft(pool, to_save)
+    return SentReply.model_validate(detail | {"draft_id": saved.id})
 
 
 async def _unpaid(pool: asyncpg.Pool, gate: list[refunds.GateOutcome]) -> list[reply_guard.Unpaid]:

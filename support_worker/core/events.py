@@ -23,6 +23,7 @@ ESCALATION_REQUESTED = "customer/escalation.requested"
 ESCALATION_DECIDED = "escalation/decision.made"
 # Sent by the app itself: a customer has emails waiting that no coming run is sure to answer.
 EMAILS_WAITING = "customer/emails.waiting"
+ISO_DAY = r"^\d{4}-\d{2}-\d{2}$"
 
 
 class EmailReceived(BaseModel):
@@ -83,12 +84,25 @@ class EmailsWaiting(BaseModel):
 
 
 class HealthCheckRequested(BaseModel):
-    """`customer/health_check.requested` data, sent by the daily cron (one per customer)."""
+    """`customer/health_check.requested` data, sent by the daily cron (one per customer) as
+    003 D5 does: `customer_id` and `date`. `day` (this project's earlier name) is the same
+    field; with neither, the check is for the event's own day (001 D3 sends the id alone)."""
 
     model_config = ConfigDict(extra="ignore")
 
     customer_id: CustomerIdText
-    day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    date: str | None = Field(default=None, pattern=ISO_DAY)
+    day: str | None = Field(default=None, pattern=ISO_DAY)
+
+    @model_validator(mode="after")
+    def _one_day(self) -> HealthCheckRequested:
+        if self.date and self.day and self.date != self.day:
+            raise ValueError(f"date and day differ ({self.date}, {self.day}): send date only")
+        return self
+
+    def day_or(self, event_day: str) -> str:
+        """The day this check is for: the one named, else the event's own (never the clock)."""
+        return self.date or self.day or event_day
 
 
 class EscalationRequested(BaseModel):

@@ -70,6 +70,7 @@ SECRET_FIELDS = (
     "sentry_dsn",
     "desk_form_secret",
     "senior_support_webhook_url",
+    "postmark_server_token",
 )
 
 
@@ -89,7 +90,7 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None  # a URL with a password in it
     embedded_pg_dir: Path = Field(default_factory=lambda: data_home() / ".pgdata")
     db_pool_min_size: int = Field(default=1, ge=0)
-    db_pool_max_size: int = Field(default=10, ge=1)
+    db_pool_max_size: int = Field(default=20, ge=1)  # 003 D6: the course's pool
 
     # Model. No key and no base URL means the deterministic offline model.
     openai_api_key: SecretStr | None = None
@@ -148,11 +149,17 @@ class Settings(BaseSettings):
     auth_failure_window_seconds: int = Field(default=600, ge=1, le=7 * 24 * 3600)
     # Sentry DSN; when set, function failures are reported through the SDK's Sentry middleware.
     sentry_dsn: SecretStr | None = None
+    # Sending replies (docs/doors.md). Every reply is saved as a draft (003 D3); with a Postmark
+    # server token and a sender address both set, each draft is also sent, once, in the thread.
+    postmark_server_token: SecretStr | None = None
+    reply_from_email: str | None = None  # a confirmed Postmark sender signature, e.g. support@example.com
+    postmark_api_url: str = "https://api.postmarkapp.com"
+    postmark_message_stream: str = "outbound"
 
-    # Flow control for the email function (see docs/durable.md, "Flow control"). In-flight steps each
-    # hold at most one pool connection, so the two concurrency caps together should not
-    # exceed DB_POOL_MAX_SIZE.
-    email_concurrency: int = Field(default=8, ge=1)  # all email runs at once: protects the pool
+    # Flow control, the course's values (001 D4, 003 D5-D7; docs/course.md, docs/durable.md). In-flight steps
+    # each hold at most one pool connection, so the caps together (email 10, health checks 5,
+    # escalations 5) should not exceed DB_POOL_MAX_SIZE (20).
+    email_concurrency: int = Field(default=10, ge=1)  # all email runs at once: protects the pool
     email_concurrency_per_customer: int = Field(default=2, ge=1)  # one noisy customer's share
     email_throttle_per_minute: int = Field(default=30, ge=1)  # run starts/min: the model's rate limit
     # One answer to a burst (docs/durable.md): a customer's emails less than this many seconds
@@ -164,8 +171,8 @@ class Settings(BaseSettings):
     email_burst_max_messages: int = Field(default=10, ge=1, le=50)  # at most this many in one answer
     # The daily health check: when, and how gently it shares the model and the pool.
     health_check_cron: str = "0 9 * * *"  # Inngest crons are UTC unless prefixed with TZ=
-    health_check_concurrency: int = Field(default=2, ge=1)
-    health_check_throttle_per_minute: int = Field(default=10, ge=1)
+    health_check_concurrency: int = Field(default=5, ge=1)  # 003 D5: 5 globally
+    health_check_throttle_per_minute: int = Field(default=30, ge=1)  # 003 D6
     health_check_fanout_chunk: int = Field(default=1000, ge=1, le=5000)
     # Customers who got a reply or an outreach note this many days ago or less are not checked.
     health_check_contact_cooldown_days: int = Field(default=7, ge=0)
@@ -174,13 +181,16 @@ class Settings(BaseSettings):
     # Four eyes counts totals: what an order was ever refunded, and what a customer was refunded
     # over this many days, plus every refund still pending or approved (docs/controls.md).
     refund_four_eyes_window_days: int = Field(default=30, ge=1, le=3650)
+    # Whether a decision event must name its reviewer. Unset: on in production, off in
+    # development, where the course's decisions (no reviewer) are recorded as `event:<id>`.
+    decisions_require_reviewer: bool | None = None
 
     # The escalation gate (docs/durable.md, "Escalations") and the cost cap per conversation.
     # Slack-compatible incoming webhook of the senior support channel (its URL holds a token);
     # unset: approved escalations are recorded and audited but posted nowhere.
     senior_support_webhook_url: SecretStr | None = None
     escalation_timeout_hours: float = 4.0  # then the draft is posted under "no human review"
-    escalation_concurrency: int = Field(default=2, ge=1)  # escalation runs at once
+    escalation_concurrency: int = Field(default=5, ge=1)  # escalation runs at once (003 D7)
     # Tokens one email's run may spend on the model before it stops and escalates instead.
     conversation_token_budget: int = Field(default=200_000, ge=1)
 
@@ -287,6 +297,13 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=262_144, ge=4_096)
     # A Slack 429's Retry-After above this many seconds is capped, so the notifier still retries.
     reviewer_webhook_max_retry_after_seconds: int = Field(default=600, ge=1)
+
+    @property
+    def require_named_reviewer(self) -> bool:
+        """DECISIONS_REQUIRE_REVIEWER, or by default: only in production."""
+        if self.decisions_require_reviewer is not None:
+            return self.decisions_require_reviewer
+        return self.environment == "production"
 
     @property
     def inngest_dev_mode(self) -> bool:

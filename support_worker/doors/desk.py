@@ -44,9 +44,9 @@ from support_worker.doors.desk_security import (
 )
 from support_worker.doors.ingress import credentials_match
 from support_worker.durable import journal
-from support_worker.store import agent_journal, approvals, reviews
+from support_worker.store import agent_journal, approvals, drafts, reviews
 from support_worker.store import escalations as escalation_store
-from support_worker.workflows import decisions, escalations, notify
+from support_worker.workflows import decisions, escalations, notify, replies
 
 logger = logging.getLogger("support_worker.desk")
 
@@ -79,14 +79,16 @@ STATUS_LINES = {
     "refund_withdrawn": "withdrawn by the customer",
     "refund_issued": "refund issued",
     "refund_blocked": "refund not issued",
+    "email_drafted": "reply drafted",
     "reply_sent": "reply sent",
+    "reply_send_failed": "reply not sent (Postmark refused it)",
     "run_failed": "failed",
     "event_rejected": "rejected",
     "event_duplicate": "duplicate, already answered",
     "escalation_requested": "handed to a person (escalated)",
     "model_unavailable": "the model did not answer",
 }
-FINAL_ACTIONS = {"reply_sent", "run_failed", "event_rejected", "event_duplicate"}
+FINAL_ACTIONS = {"email_drafted", "run_failed", "event_rejected", "event_duplicate"}
 
 
 def parse_dollars(text: str) -> int | None:
@@ -320,6 +322,8 @@ async def _page_context(settings: Settings, pool: asyncpg.Pool, *, reviewer: str
         "reviews": waiting,
         "approvals": await approvals.approvals_by_request(pool, request_ids=[r.request.id for r in waiting]),
         "escalations": await pending_escalations(pool),
+        # Drafts nobody sends: every reply when Postmark's outbound API is not configured.
+        "drafts": [] if replies.sending_configured(settings) else await drafts.list_waiting(pool),
         "reviewer": reviewer,
         # A notifier Slack refuses (a revoked URL) is said at the top until it works again.
         "flash": " ".join(filter(None, [await notify.configuration_problem(pool), msg[:300]])),

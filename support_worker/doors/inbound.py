@@ -26,6 +26,8 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import asyncpg
@@ -176,11 +178,21 @@ def event_data(inbound: PostmarkInbound, ref: messages.MessageRef, customer: db.
         "thread_key": ref.thread_key,
         "attachments": [a.model_dump() for a in ref.attachments],
         "attachment_count": ref.attachment_count,
-        "received_at": inbound.Date or None,
+        "received_at": iso_date(inbound.Date),  # ISO 8601, as the transform sends it (003 D4)
     }
     if customer is not None:
         data |= {"customer_id": customer.id, "tier": customer.tier}
     return data
+
+
+def iso_date(text: str) -> str | None:
+    """Postmark's `Date` ("Fri, 1 Aug 2026 16:45:32 -04:00", RFC 5322 with or without the colon
+    Postmark writes) as ISO 8601 in UTC; None when it is missing or unreadable."""
+    try:
+        when = parsedate_to_datetime(re.sub(r"([+-]\d\d):(\d\d)\s*$", r"\1\2", text.strip()))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 async def refuse(

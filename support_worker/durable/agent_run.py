@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 import worker
 from support_worker.conversation import loop as conversation
+from support_worker.conversation import thread
 from support_worker.conversation.intake import Answering, Intake
 from support_worker.core.settings import Settings
 from support_worker.durable import gates
@@ -121,7 +122,12 @@ async def _advance(
     with journal.recording():
         talk = await conversation.converse(
             steps.agent,
-            worker.format_burst(received.customer, emails),
+            # The new email(s) first, then the thread before them (003 D3's load-thread; the refs
+            # are in the journaled intake and the texts never change, so every step reads the same).
+            thread.with_thread(
+                worker.format_burst(received.customer, emails),
+                await thread.thread_block(steps.pool, thread.Thread(items=received.thread)),
+            ),
             context=context,
             run_config=steps.run_config,
             gate=gate,

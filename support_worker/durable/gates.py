@@ -27,7 +27,7 @@ import db
 import worker
 from support_worker.core.events import APPROVAL_DECIDED, ESCALATION_DECIDED, ApprovalDecided, describe_error
 from support_worker.core.settings import Settings
-from support_worker.workflows import decisions, escalations, refunds
+from support_worker.workflows import decision_targets, decisions, escalations, refunds
 
 # Decisions a waiting gate hears that do not settle it (malformed, refused, a first of two
 # approvals) before it stops listening to the event: from then on it sleeps slice by slice and
@@ -97,14 +97,15 @@ async def open_refund(
 
 
 async def await_opened(
-    step: Step, opened: OpenedRefund, *, pool: asyncpg.Pool, settings: Settings
+    step: Step, opened: OpenedRefund, *, pool: asyncpg.Pool, settings: Settings, customer_id: str
 ) -> refunds.GateOutcome:
     """The engine's half of the gate: wait for a decision on an opened request in slices that
     re-read Postgres, so a decision recorded anywhere settles within one slice even if its
     announcement never arrived. A request that was not left pending needs no wait."""
     if opened.outcome.status != "pending" or opened.outcome.request_id is None or opened.check is None:
         return opened.outcome
-    return await _await_decision(step, pool, settings, opened.outcome.request_id, first_check=opened.check)
+    request_id = opened.outcome.request_id
+    return await _await_decision(step, pool, settings, request_id, customer_id=customer_id, first_check=opened.check)
 
 
 async def _open_refund(pool: asyncpg.Pool, open_request: partial[Any], tell: TellReviewers) -> OpenedRefund:
@@ -120,10 +121,19 @@ async def _open_refund(pool: asyncpg.Pool, open_request: partial[Any], tell: Tel
     return OpenedRefund(outcome=outcome, notified=notified, check=check)
 
 
-def decision_match(request_id: str) -> str:
-    """The wait's CEL match: a decision about this request. The id is quoted as JSON, which is
-    a valid CEL string literal for any text (astral characters written as themselves)."""
-    return f"async.data.request_id == {json.dumps(request_id, ensure_ascii=False)}"
+def decision_match(request_id: str, customer_id: str | None = None) -> str:
+    """The wait's CEL match: a decision about this request or, naming no request at all (the
+    course's `{"customer_id": "c-4429", "approved": true}`), one about this customer, whose
+    one pending request it then decides (decision_targets.py). Ids are quoted as JSON, which
+    is a valid CEL string literal for any text (astral characters written as themselves)."""
+    by_request = f"async.data.request_id == {_cel_text(request_id)}"
+    if customer_id is None:
+        return by_request
+    return f"{by_request} || (!has(async.data.request_id) && async.data.customer_id == {_cel_text(customer_id)})"
+
+
+def _cel_text(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 async def _check_decision(pool: asyncpg.Pool, request_id: str) -> DecisionCheck:
@@ -139,6 +149,7 @@ class SlicedWait:
     may take, how to re-read Postgres, and what to do with a decision that arrives."""
 
     subject_id: str
+    customer_id: str  # a decision naming only the customer reaches the wait too
     event: str
     check_prefix: str  # e.g. "check-decision": step `check-decision-<id>-<round>`
     await_prefix: str  # e.g. "await-approval": wait `await-approval-<id>-<round>`
@@ -177,7 +188,7 @@ async def wait_in_slices(
             event = await step.wait_for_event(
                 f"{wait.await_prefix}-{wait.subject_id}-{round_no}",
                 event=wait.event,
-                if_exp=decision_match(wait.subject_id),
+                if_exp=decision_match(wait.subject_id, wait.customer_id),
                 timeout=timedelta(seconds=wait_seconds),
             )
         else:
@@ -193,7 +204,13 @@ async def wait_in_slices(
 
 
 async def _await_decision(
-    step: Step, pool: asyncpg.Pool, settings: Settings, request_id: str, *, first_check: DecisionCheck
+    step: Step,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    request_id: str,
+    *,
+    customer_id: str,
+    first_check: DecisionCheck,
 ) -> refunds.GateOutcome:
     """The refund gate's wait. A malformed decision is audited and the wait goes on; one
     Postgres refuses (an edit raising the amount) leaves the request pending: also goes on."""
@@ -209,13 +226,17 @@ async def _await_decision(
             ignore = partial(_ignore_malformed, pool, request_id, event_id=event_id, why=why)
             await step.run(f"ignore-decision-{request_id}-{round_no}", ignore)
             return False
-        apply = partial(settle, decision=decision, decision_id=decision.decision_id or event.id)
+        event_id = event.id or f"{request_id}-{round_no}"
+        apply = partial(
+            _settle_event, pool, request_id, decision, event_id=event_id, require=settings.require_named_reviewer
+        )
         outcome = await step.run(f"settle-refund-{request_id}-{round_no}", apply, output_type=refunds.GateOutcome)
         settled.append(outcome)
         return outcome.status != "pending"
 
     wait = SlicedWait(
         subject_id=request_id,
+        customer_id=customer_id,
         event=APPROVAL_DECIDED,
         check_prefix="check-decision",
         await_prefix="await-approval",
@@ -231,6 +252,21 @@ async def _await_decision(
     return await step.run(f"settle-refund-{request_id}", final, output_type=refunds.GateOutcome)
 
 
+async def _settle_event(
+    pool: asyncpg.Pool, request_id: str, decision: decisions.Decision, *, event_id: str, require: bool
+) -> refunds.GateOutcome:
+    """Settle the request with a decision that reached its wait, once the decision is resolved
+    (decision_targets.py); one meaning another request, or none, leaves this one as it is (the
+    recorder function audits why)."""
+    decision_id = decision.decision_id or event_id
+    resolved = await decision_targets.resolve_refund(
+        pool, decision, decision_id=decision_id, event_id=event_id, require_reviewer=require
+    )
+    if isinstance(resolved, decision_targets.Unresolved) or resolved.request_id != request_id:
+        return await refunds.settle(pool, request_id=request_id, decision=None, decision_id=None)
+    return await refunds.settle(pool, request_id=request_id, decision=resolved, decision_id=decision_id)
+
+
 async def _ignore_malformed(pool: asyncpg.Pool, request_id: str, *, event_id: str, why: str) -> None:
     request = await db.get_refund_request(pool, request_id=request_id)
     await decisions.audit_decision_ignored(
@@ -244,7 +280,7 @@ async def _escalation_state(pool: asyncpg.Pool, escalation_id: str) -> DecisionC
 
 
 async def await_escalation_decision(
-    step: Step, pool: asyncpg.Pool, settings: Settings, escalation_id: str, *, run_id: str
+    step: Step, pool: asyncpg.Pool, settings: Settings, escalation_id: str, *, customer_id: str, run_id: str
 ) -> None:
     """The escalation's wait: the refund gate's slices; each decision is recorded (or its
     refusal audited) and the next round's check sees whether it settled the escalation."""
@@ -257,6 +293,7 @@ async def await_escalation_decision(
             event_id=event.id or f"{escalation_id}-{round_no}",
             run_id=run_id,
             expected_id=escalation_id,
+            require_reviewer=settings.require_named_reviewer,
         )
         step_id = f"record-escalation-decision-{escalation_id}-{round_no}"
         await step.run(step_id, record, output_type=escalations.EventRecorded)
@@ -264,6 +301,7 @@ async def await_escalation_decision(
 
     wait = SlicedWait(
         subject_id=escalation_id,
+        customer_id=customer_id,
         event=ESCALATION_DECIDED,
         check_prefix="check-escalation",
         await_prefix="await-escalation",

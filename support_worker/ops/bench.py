@@ -154,7 +154,7 @@ async def _database(server_url: str) -> tuple[str, Callable[[], Awaitable[None]]
 
 # --------------------------------------------------------------------------- scenarios
 
-EMAIL_FN, FANOUT_FN = "handle-customer-email", "daily-health-check"
+EMAIL_FN, FANOUT_FN = "handle-customer-email", "daily-customer-health-check"
 REFUND_BODY = "I was charged twice for order 1003"
 BIG_BODY = "Hello, " + "x" * 100_000
 WARM_UP = 50
@@ -341,7 +341,7 @@ async def _burst(env: Env, url: str, emails: int, *, tag: str = "") -> dict[str,
     await watcher.close()
     replies = await env.pool.fetch(
         "SELECT count(*) AS n FROM audit_log a JOIN audit_log m ON m.run_id = a.run_id"
-        " WHERE a.action = 'reply_sent' AND m.action = 'message_received'"
+        " WHERE a.action = 'email_drafted' AND m.action = 'message_received'"
         " AND m.idempotency_key LIKE 'message_received:%'"
         " GROUP BY m.idempotency_key HAVING count(*) > 1"
     )

@@ -79,7 +79,7 @@ async def growth(env: Any, samples: int) -> dict[int, dict[str, float]]:
             }
             start, began = env.meter.mark(), env.cpu.seconds
             run = await env.driver.run(EMAIL_FN, event, resolver=env.drv.timeout_resolver)
-            if run.status != "completed" or run.output.get("status") != "replied":
+            if run.status != "completed" or run.output.get("status") != "drafted":
                 raise RuntimeError(f"the {turns}-turn email did not complete: {run.error or run.output}")
             if n:  # the first is a warm-up
                 cpu.append(env.cpu.seconds - began)

@@ -8,10 +8,11 @@ from typing import Any
 # "Flat" cost per email from 50 to 500 in flight: within 20%, our reading of issue 12's goal.
 GOALS = {
     "flat": 1.2,
-    "plain": 2,
-    "approved": 5,
+    # Issue 19's goals plus one call each for the course's `save-draft-reply` step (issue 20).
+    "plain": 3,
+    "approved": 6,
     "decision": 2,
-    "ten_turns": 2,
+    "ten_turns": 3,
     "cpu_growth": 12.0,  # host CPU, 10-turn email / 1-turn email: linear
     "inline_1": 2.0,  # durable host CPU / in-process at 1 turn
     "inline_10": 1.5,  # ... and at 10 turns

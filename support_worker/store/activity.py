@@ -11,10 +11,11 @@ from db import CustomerId, Executor, iso
 
 
 async def recently_contacted(pool: Executor, *, days: int, as_of: datetime | None = None) -> set[CustomerId]:
-    """Customers who got a reply or an outreach note in the `days` days before `as_of`
+    """Customers who got a reply (drafted or sent) or an outreach note in the `days` days before `as_of`
     (default now), so a late or replayed tick for a past day gives the same answer."""
     rows = await pool.fetch(
-        "SELECT DISTINCT customer_id FROM audit_log WHERE action IN ('reply_sent', 'outreach_recorded')"
+        "SELECT DISTINCT customer_id FROM audit_log"
+        " WHERE action IN ('email_drafted', 'reply_sent', 'outreach_recorded')"
         " AND customer_id IS NOT NULL AND at >= COALESCE($2, now()) - make_interval(days => $1)"
         " AND at < COALESCE($2, now())",
         days,
@@ -51,14 +52,14 @@ async def customer_activity(pool: Executor, *, customer_id: CustomerId, days: in
         )
         SELECT now() - make_interval(days => $2) AS since,
                count(*) FILTER (WHERE action = 'message_received') AS emails,
-               count(*) FILTER (WHERE action = 'reply_sent') AS replies,
+               count(*) FILTER (WHERE action = 'email_drafted') AS replies,  -- one draft per answered run
                count(*) FILTER (WHERE action = 'refund_blocked') AS refunds_blocked,
                max(at) FILTER (WHERE action = 'message_received') AS last_email_at,
                count(*) FILTER (
                    WHERE action = 'message_received' AND at < now() - interval '1 hour'
                    AND NOT EXISTS (
                        SELECT 1 FROM audit_log done WHERE done.run_id = recent.run_id
-                       AND done.action IN ('reply_sent', 'event_duplicate', 'run_failed')
+                       AND done.action IN ('email_drafted', 'event_duplicate', 'run_failed')
                    )
                ) AS unanswered,
                (SELECT count(*) FROM refunds r WHERE r.customer_id = $1
@@ -88,7 +89,7 @@ async def customer_activity(pool: Executor, *, customer_id: CustomerId, days: in
 _NOT_CONTACTED = """
     NOT EXISTS (
         SELECT 1 FROM audit_log a
-        WHERE a.customer_id = c.id AND a.action IN ('reply_sent', 'outreach_recorded')
+        WHERE a.customer_id = c.id AND a.action IN ('email_drafted', 'reply_sent', 'outreach_recorded')
           AND a.at >= $3::timestamptz - make_interval(days => $2) AND a.at < $3::timestamptz
     )
 """

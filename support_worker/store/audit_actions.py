@@ -41,4 +41,5 @@ class AuditAction(StrEnum):
     ESCALATION_POSTED_VIA_TIMEOUT = "escalation_posted_via_timeout"
     MODEL_UNAVAILABLE = "model_unavailable"
     AUTH_THROTTLED = "auth_throttled"
-
+    EMAIL_DRAFTED = "email_drafted"
+    REPLY_SEND_FAILED = "reply_send_failed"

@@ -188,3 +188,15 @@ async def record_usage(
         output_tokens,
         total_tokens,
     )
+
+
+async def decidable_escalation_ids(pool: Executor, *, customer_id: str, decision_id: str) -> list[str]:
+    """The customer's escalations a decision naming only the customer could mean: pending and
+    live, or already decided by this very decision."""
+    rows = await pool.fetch(
+        "SELECT id FROM escalations WHERE customer_id = $1"
+        " AND ((status = 'pending' AND expires_at > now()) OR decision_id = $2) ORDER BY created_at",
+        customer_id,
+        decision_id,
+    )
+    return [row["id"] for row in rows]

@@ -47,3 +47,23 @@ async def list_pending_reviews(pool: Executor) -> list[PendingReview]:
         }
         reviews.append(PendingReview(request=request_from_row(data), **extra))
     return reviews
+
+
+async def decidable_request_ids(pool: Executor, *, customer_id: str, decision_id: str) -> list[str]:
+    """The customer's refund requests a decision naming only the customer could mean: pending,
+    live and waited on by a durable run, or already decided (or approved once) by this very
+    decision, so its second reader resolves it as the first did."""
+    rows = await pool.fetch(
+        """
+        SELECT rr.id FROM refund_requests rr
+        WHERE rr.customer_id = $1 AND (
+            (rr.status = 'pending' AND rr.expires_at > now() AND NOT starts_with(rr.run_id, $3))
+            OR rr.decision_id = $2
+            OR EXISTS (SELECT 1 FROM refund_approvals ra WHERE ra.request_id = rr.id AND ra.decision_id = $2))
+        ORDER BY rr.created_at
+        """,
+        customer_id,
+        decision_id,
+        TERMINAL_RUN_PREFIX,
+    )
+    return [row["id"] for row in rows]

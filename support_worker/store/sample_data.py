@@ -1,9 +1,10 @@
-"""Five sample customers with orders, for development and tests; never seeded by a migration.
+"""Six sample customers with orders, for development and tests; never seeded by a migration.
 
 `support-worker seed` (and `support-worker up` when ENVIRONMENT=development) inserts them, only
-into an empty `customers` table. Customer ids are text, in the shape the course's events use
-("c-4429" is Grace); orders are numbered from 1001 in this order (README and docs walk-throughs and
-tests name them).
+into an empty `customers` table. Customer ids are text, in the shape the course's events use:
+"c-4429" (Grace, pro) is the customer of 001's walk-throughs, "c-test-1" the one 003 D8's
+happy path writes from. Orders are numbered from 1001 in this order (README and docs
+walk-throughs and tests name them; c-test-1's are 1012 and 1013).
 """
 
 from __future__ import annotations
@@ -53,9 +54,16 @@ CUSTOMERS: list[tuple[str, str, str, Tier, list[tuple[str, int, str]]]] = [
         "free",
         [("Mechanical keyboard", 11_900, "delivered"), ("Penguin plush", 1_500, "failed")],
     ),
+    (
+        "c-test-1",
+        "test-customer@example.com",
+        "Tess Tester",
+        "free",
+        [("Monthly plan", 2_900, "paid"), ("Setup fee", 4_900, "delivered")],
+    ),
 ]
 
-ADA, GRACE, ALAN, KATHERINE, LINUS = (customer[0] for customer in CUSTOMERS)
+ADA, GRACE, ALAN, KATHERINE, LINUS, TEST_CUSTOMER = (customer[0] for customer in CUSTOMERS)
 
 # Seeders in several processes at once queue here; the first inserts, the rest find rows.
 SEED_LOCK_KEY = 7262612

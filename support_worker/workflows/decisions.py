@@ -15,26 +15,34 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 import db
-from support_worker.core.fields import MAX_ID, StorableText
+from support_worker.core.fields import MAX_ID, CustomerIdText, StorableText
 from support_worker.core.identity import ReviewerName, same_reviewer
 from support_worker.store import approvals
 from support_worker.store.reviews import TERMINAL_RUN_PREFIX
 
 logger = logging.getLogger("support_worker.refunds")
+# The reviewer of a decision that named no one: `event:<event id>` (decision_targets.py).
+EVENT_REVIEWER_PREFIX = "event:"
 
 
 class Decision(BaseModel):
-    """A reviewer's decision on one request (the data of `refund/approval.decided`)."""
+    """A reviewer's decision on one request (the data of `refund/approval.decided`).
+
+    `request_id` names the request (recommended: the desk and the CLI send it); the course's
+    shape names only the customer, meaning their one pending request, and may leave out the
+    reviewer (decision_targets.py fills both in before anything is recorded)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    request_id: StorableText = Field(min_length=1, max_length=100)
+    request_id: StorableText | None = Field(default=None, min_length=1, max_length=100)
+    customer_id: CustomerIdText | None = None
     approved: StrictBool
     # One identity however spelled (`core.identity`): "Alice " and "alice" are one reviewer.
-    reviewer: ReviewerName
+    # None: the course's decision that names no one, recorded as `event:<id>` (decision_targets.py).
+    reviewer: ReviewerName | None = None
     note: StorableText | None = Field(default=None, max_length=2000)
     # Set by whoever records the decision before announcing it (desk, CLI), so every path
     # that sees the same decision recognises it as one.
@@ -44,6 +52,12 @@ class Decision(BaseModel):
     reply: StorableText | None = Field(default=None, max_length=20_000)
     # Set when the customer called the request off (announced like a decision).
     withdrawn: StrictBool = False
+
+    @model_validator(mode="after")
+    def _names_a_request(self) -> Decision:
+        if self.request_id is None and self.customer_id is None:
+            raise ValueError("give request_id (recommended), or customer_id for their one pending request")
+        return self
 
 
 class DecisionOutcome(BaseModel):
@@ -60,6 +74,7 @@ class DecisionOutcome(BaseModel):
         "bad_amount",
         "same_reviewer",
         "no_waiting_run",
+        "named_reviewer_needed",
     ]
     request: db.RefundRequest | None
     approvers: list[str] = []  # four eyes: who has approved so far, first approver first
@@ -123,6 +138,8 @@ async def record_decision(
     the terminal runner opened is decided at its prompt only (`terminal=True`): no run waits
     for anyone else's decision, so one from a door would be recorded and never paid.
     """
+    if decision.request_id is None or decision.reviewer is None:
+        raise ValueError("resolve the decision first (decision_targets.resolve_refund)")
     async with db.transaction(pool) as conn:
         current = await db.lock_refund_request(conn, request_id=decision.request_id)
         if current is None:
@@ -173,6 +190,11 @@ async def _record_approval(
     safer reading of both: the lowest amount any approver named is paid, and the reply of the
     latest approver who wrote one is sent (later approvers see earlier edits on the desk).
     """
+    if decision.reviewer is None or decision.reviewer.startswith(EVENT_REVIEWER_PREFIX):
+        # Four eyes needs two named, different people; a decision that names no one is neither.
+        return DecisionOutcome(
+            applied=False, reason="named_reviewer_needed", request=current, approvers=[a.reviewer for a in given]
+        )
     # Compared as identities, so approvals stored before names were normalized count too.
     mine = next((a for a in given if same_reviewer(a.reviewer, decision.reviewer)), None)
     if mine is not None:

@@ -23,14 +23,15 @@ from typing import Any, Literal
 
 import asyncpg
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 import db
-from support_worker.core.fields import StorableText
+from support_worker.core.fields import CustomerIdText, StorableText
 from support_worker.core.identity import ReviewerName
 from support_worker.core.settings import Settings
 from support_worker.store import escalations as store
 from support_worker.store.escalations import Escalation, Source, Urgency
+from support_worker.workflows import decision_targets as targets
 from support_worker.workflows import notify
 
 logger = logging.getLogger("support_worker.escalations")
@@ -71,15 +72,26 @@ class EscalationAsk(BaseModel):
 
 
 class Decision(BaseModel):
-    """A reviewer's decision on one escalation (the data of `escalation/decision.made`)."""
+    """A reviewer's decision on one escalation (the data of `escalation/decision.made`).
+    As for refunds, `request_id` is the recommended key; `customer_id` alone means their one
+    pending escalation, and a missing reviewer is filled in by decision_targets.py."""
 
     model_config = ConfigDict(extra="ignore")
 
-    request_id: StorableText = Field(min_length=1, max_length=100)
+    request_id: StorableText | None = Field(default=None, min_length=1, max_length=100)
+    customer_id: CustomerIdText | None = None
     decision: DecisionKind
-    reviewer: ReviewerName  # one identity however spelled (`core.identity`)
+    # One identity however spelled (`core.identity`); None: the course's decision that names no
+    # one, recorded as `event:<id>` (decision_targets.py).
+    reviewer: ReviewerName | None = None
     edited_text: StorableText | None = Field(default=None, max_length=20_000)
     decision_id: StorableText | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _names_an_escalation(self) -> Decision:
+        if self.request_id is None and self.customer_id is None:
+            raise ValueError("give request_id (recommended), or customer_id for their one pending escalation")
+        return self
 
 
 class DecisionOutcome(BaseModel):
@@ -241,6 +253,8 @@ async def _require(pool: asyncpg.Pool, escalation_id: str) -> Escalation:
 
 async def record_decision(pool: asyncpg.Pool, decision: Decision, *, decision_id: str) -> DecisionOutcome:
     """The first decision on a live, pending escalation wins; a repeat of it is a no-op."""
+    if decision.request_id is None or decision.reviewer is None:
+        raise ValueError("resolve the decision first (decision_targets.resolve_escalation)")
     if decision.decision == "edit" and not (decision.edited_text or "").strip():
         return DecisionOutcome(applied=False, reason="no_text", escalation=None)
     async with db.transaction(pool) as conn:
@@ -278,6 +292,7 @@ async def audit_ignored(
     why: str,
     escalation: Escalation | None,
     run_id: str | None = None,
+    customer_id: str | None = None,
     **detail: Any,
 ) -> None:
     """A decision that changed nothing, in the same `decision_ignored` vocabulary as refunds."""
@@ -285,7 +300,7 @@ async def audit_ignored(
         pool,
         action=db.AuditAction.DECISION_IGNORED,
         run_id=escalation.run_id if escalation else run_id,
-        customer_id=escalation.customer_id if escalation else None,
+        customer_id=escalation.customer_id if escalation else customer_id,
         detail={
             "kind": "escalation",
             "request_id": request_id,
@@ -418,27 +433,68 @@ class EventRecorded(BaseModel):
 
 
 async def record_event(
-    pool: asyncpg.Pool, data: Any, *, event_id: str, run_id: str, expected_id: str | None = None
+    pool: asyncpg.Pool,
+    data: Any,
+    *,
+    event_id: str,
+    run_id: str,
+    expected_id: str | None = None,
+    require_reviewer: bool = False,
 ) -> EventRecorded:
     """An `escalation/decision.made` event into Postgres: the first decision wins; anything
-    that changes nothing (malformed, unknown, already decided, expired) is audited once."""
+    that changes nothing (malformed, unknown, already decided, expired, a customer with no
+    or several pending escalations, no reviewer where one is required) is audited once."""
     decision = parse_decision(data)
+    key = f"escalation:{event_id}"
     if isinstance(decision, str):
         request_id = expected_id or (data.get("request_id") if isinstance(data, dict) else None)
         escalation = await store.get_escalation(pool, escalation_id=str(request_id)) if request_id else None
-        key = f"escalation:{event_id}"
         await audit_ignored(pool, key=key, request_id=request_id, why=decision, escalation=escalation, run_id=run_id)
         return EventRecorded(applied=False, reason="malformed")
-    outcome = await record_decision(pool, decision, decision_id=decision.decision_id or event_id)
+    decision_id = decision.decision_id or event_id
+    resolved = await _resolve(
+        pool, decision, decision_id=decision_id, event_id=event_id, require_reviewer=require_reviewer
+    )
+    if isinstance(resolved, targets.Unresolved):
+        await audit_ignored(
+            pool,
+            key=key,
+            request_id=decision.request_id,
+            why=resolved.why,
+            escalation=None,
+            run_id=run_id,
+            customer_id=decision.customer_id,
+            decision=decision.decision,
+        )
+        return EventRecorded(applied=False, reason=resolved.reason)
+    outcome = await record_decision(pool, resolved, decision_id=decision_id)
     if not outcome.applied and outcome.reason != "same_decision":
         await audit_ignored(
             pool,
-            key=f"escalation:{event_id}",
-            request_id=decision.request_id,
+            key=key,
+            request_id=resolved.request_id,
             why=outcome.reason,
             escalation=outcome.escalation,
             run_id=run_id,
-            decision=decision.decision,
-            reviewer=decision.reviewer,
+            decision=resolved.decision,
+            reviewer=resolved.reviewer,
         )
     return EventRecorded(applied=outcome.applied, reason=outcome.reason)
+
+
+async def _resolve(
+    pool: asyncpg.Pool, decision: Decision, *, decision_id: str, event_id: str, require_reviewer: bool
+) -> Decision | targets.Unresolved:
+    """The decision with its escalation and reviewer filled in (decision_targets.py)."""
+    refusal = targets.reviewer_refusal(decision.reviewer, require_reviewer=require_reviewer)
+    if refusal is not None:
+        return refusal
+    request_id = decision.request_id
+    if request_id is None and decision.customer_id is not None:
+        found = await store.decidable_escalation_ids(pool, customer_id=decision.customer_id, decision_id=decision_id)
+        target = targets.by_customer("escalation", decision.customer_id, found)
+        if isinstance(target, targets.Unresolved):
+            return target
+        request_id = target
+    reviewer = decision.reviewer or targets.event_reviewer(event_id)
+    return decision.model_copy(update={"request_id": request_id, "reviewer": reviewer})

@@ -45,8 +45,8 @@ class FanOutChunk(BaseModel):
 
 def scheduled_day(data: Any, ts_ms: int | None) -> str:
     """The day a health check is for: from the tick, never from the clock at retry time. A
-    dashboard invocation may name `data.day`."""
-    named = data.get("day") if isinstance(data, dict) else None
+    dashboard invocation may name `data.date` (or `data.day`)."""
+    named = (data.get("date") or data.get("day")) if isinstance(data, dict) else None
     if isinstance(named, str) and len(named) == 10:
         return named
     when = datetime.fromtimestamp(ts_ms / 1000, UTC) if ts_ms else datetime.now(UTC)
@@ -78,7 +78,7 @@ async def send_chunk(
         {
             "name": HEALTH_CHECK_REQUESTED,
             "id": f"health-check-{cid}-{plan.day}",
-            "data": {"customer_id": cid, "day": plan.day},
+            "data": {"customer_id": cid, "date": plan.day},  # 003 D5's shape
         }
         for cid in batch
     ]

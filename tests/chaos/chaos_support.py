@@ -203,9 +203,9 @@ def driver_for(host: Host, stub: StubInngestServer, http: httpx.AsyncClient) -> 
 
 CHARGED_TWICE = {"customer_id": "c-4429", "subject": "Double charge", "body": "I was charged twice for order 1003"}
 STORIES = {
-    "approved": ["message_received", "refund_requested", "decision_recorded", "refund_issued", "reply_sent"],
-    "rejected": ["message_received", "refund_requested", "decision_recorded", "refund_blocked", "reply_sent"],
-    "expired": ["message_received", "refund_requested", "refund_blocked", "reply_sent"],
+    "approved": ["message_received", "refund_requested", "decision_recorded", "refund_issued", "email_drafted"],
+    "rejected": ["message_received", "refund_requested", "decision_recorded", "refund_blocked", "email_drafted"],
+    "expired": ["message_received", "refund_requested", "refund_blocked", "email_drafted"],
 }
 REPLIES = {
     "approved": "A refund of $499.00 for order 1003 has been issued",
