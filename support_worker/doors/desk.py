@@ -378,26 +378,6 @@ def build_router(
         context = await _page_context(settings, get_pool(), reviewer=reviewer, msg=flash)
         return templates.TemplateResponse(request, "desk.html", context)
 
-    @router.get("/reviews/static/{name}")
-    async def static_file(name: str) -> Response:
-        """The page's script and stylesheet (files, so the CSP needs no 'unsafe-inline')."""
-        if name not in STATIC_FILES:
-            raise HTTPException(404, "No such file.")
-        return FileResponse(DOORS_DIR / "static" / name, media_type=STATIC_FILES[name])
-
-    @router.get("/runs/{run_id}/status")
-    async def run_status(run_id: str, reviewer: str = Depends(signed_in)) -> Response:
-        """Live status lines for one run, as server-sent events (reviewers only)."""
-        # sse-starlette frames the events, keeps proxies from closing an idle stream with
-        # pings, and stops reading the audit trail when the reviewer leaves or the host stops.
-        return EventSourceResponse(status_events(get_pool(), run_id))
-
-    @router.get("/runs/{run_id}/journal")
-    async def run_journal(run_id: str, reviewer: str = Depends(signed_in)) -> dict[str, Any]:
-        """The run's agent journal, entry by entry (what `support-worker run <id>` prints)."""
-        entries = await agent_journal.entries(get_pool(), run_id=run_id)
-        return {"run_id": run_id, "entries": journal.describe(entries)}
-
     @router.post("/reviews/{request_id}")
     async def decide(
         request_id: str,
@@ -423,8 +403,33 @@ def build_router(
         message = describe_outcome(outcome, announced)
         return flash_redirect(settings, reviewer=reviewer, message=message)
 
+    _add_read_only_routes(router, signed_in, get_pool)
     _add_escalation_routes(router, settings, signed_in, get_pool, announce_escalation or _nobody)
     return router
+
+
+def _add_read_only_routes(router: APIRouter, signed_in: Any, get_pool: Callable[[], asyncpg.Pool]) -> None:
+    """The page's static files, a run's live status stream and its agent journal."""
+
+    @router.get("/reviews/static/{name}")
+    async def static_file(name: str) -> Response:
+        """The page's script and stylesheet (files, so the CSP needs no 'unsafe-inline')."""
+        if name not in STATIC_FILES:
+            raise HTTPException(404, "No such file.")
+        return FileResponse(DOORS_DIR / "static" / name, media_type=STATIC_FILES[name])
+
+    @router.get("/runs/{run_id}/status")
+    async def run_status(run_id: str, reviewer: str = Depends(signed_in)) -> Response:
+        """Live status lines for one run, as server-sent events (reviewers only)."""
+        # sse-starlette frames the events, keeps proxies from closing an idle stream with
+        # pings, and stops reading the audit trail when the reviewer leaves or the host stops.
+        return EventSourceResponse(status_events(get_pool(), run_id))
+
+    @router.get("/runs/{run_id}/journal")
+    async def run_journal(run_id: str, reviewer: str = Depends(signed_in)) -> dict[str, Any]:
+        """The run's agent journal, entry by entry (what `support-worker run <id>` prints)."""
+        entries = await agent_journal.entries(get_pool(), run_id=run_id)
+        return {"run_id": run_id, "entries": journal.describe(entries)}
 
 
 def _add_escalation_routes(
