@@ -203,10 +203,6 @@ def _error_monitoring(settings: Settings) -> list[Any]:
     return [SentryMiddleware]
 
 
-def _secret(value: Any) -> str | None:
-    return value.get_secret_value() if hasattr(value, "get_secret_value") else value
-
-
 # --------------------------------------------------------------------------- shared helpers
 
 Schema = TypeVar("Schema", bound=BaseModel)
