@@ -136,7 +136,11 @@ async def test_any_form_input_is_answered_303_or_400_with_the_headers(
 @hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
-    path=st.lists(st.text(alphabet="abcxyz0123_-.%", min_size=1, max_size=8), max_size=3).map("/".join),
+    # Dot segments ("..", ".") are left out: a client resolves them before sending, so
+    # "/reviews0/.." is a request for "/", which is not one of the desk's paths.
+    path=st.lists(
+        st.text(alphabet="abcxyz0123_-.%", min_size=1, max_size=8).filter(lambda s: s.strip(".") != ""), max_size=3
+    ).map("/".join),
     prefix=st.sampled_from(["/reviews", "/reviews/", "/reviews/static/", "/reviews/escalations/", "/runs/"]),
     signed_in=st.booleans(),
 )
