@@ -12,7 +12,6 @@ Serve it with `uvicorn inngest_app:app --port 8000` and point the dev server at 
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -21,10 +20,9 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
-import asyncpg
 import inngest
 import inngest.fast_api
-from agents import Agent, Model, RunConfig
+from agents import Model
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 
@@ -51,109 +49,30 @@ from support_worker.core.events import (
 )
 from support_worker.core.fields import customer_id_or_none
 from support_worker.core.settings import Settings, get_settings
-from support_worker.doors import host, inbound
-from support_worker.durable import agent_run, gates, journal
-from support_worker.store import activity, agent_journal, message_cache
+from support_worker.doors import host
+from support_worker.durable import agent_run, email_run, gates, health_run, journal, recorders
+from support_worker.durable.flow_keys import APP_ID as APP_ID
+from support_worker.durable.flow_keys import CUSTOMER_KEY as CUSTOMER_KEY
+from support_worker.durable.flow_keys import EMAIL_RETRIES as EMAIL_RETRIES
+from support_worker.durable.flow_keys import FAILED_HERE as FAILED_HERE
+from support_worker.durable.flow_keys import PRIORITY_BY_TIER as PRIORITY_BY_TIER
+from support_worker.durable.flow_keys import REJECTION_PREFIX as REJECTION_PREFIX
+from support_worker.durable.outputs import DecisionRecorded as DecisionRecorded
+from support_worker.durable.outputs import EmailRunResult as EmailRunResult
+from support_worker.durable.outputs import EscalationOpened as EscalationOpened
+from support_worker.durable.outputs import HealthGathered as HealthGathered
+from support_worker.durable.runtime import Runtime as Runtime
 from support_worker.store import escalations as escalation_store
 from support_worker.workflows import (
     budget,
-    decision_targets,
     decisions,
     escalations,
     health,
-    notify,
     refunds,
     replies,
 )
 
 logger = logging.getLogger("support_worker.inngest")
-
-APP_ID = "support-worker"
-# Priority by tier, from the event itself (the engine cannot ask Postgres): enterprise runs
-# may start up to 10 minutes ahead of queued free-tier runs, pro up to 5. Events without a
-# `tier` (e.g. typed into the dashboard) run at normal priority.
-PRIORITY_BY_TIER = (
-    "has(event.data.tier) && type(event.data.tier) == string"
-    ' ? (event.data.tier == "enterprise" ? 600 : (event.data.tier == "pro" ? 300 : 0)) : 0'
-)
-# One customer's concurrency share and debounce burst, whether the event names them by id (2
-# and "2" are one customer) or only by the address they wrote from. Total over JSON: a
-# customer_id that is null, empty, a boolean, a list or an object falls through to the sender's
-# address, so such emails never share one key (an expression that errors would key them all alike).
-# Event numbers are doubles to the engine, whose string() prints 1234567.0 as "1.234567e+06":
-# a number goes through int() first.
-CUSTOMER_KEY = (
-    "has(event.data.customer_id) && type(event.data.customer_id) in [string, int, uint, double]"
-    ' && string(event.data.customer_id) != ""'
-    " ? (type(event.data.customer_id) == double"
-    " ? string(int(event.data.customer_id)) : string(event.data.customer_id))"
-    " : (has(event.data.from_email) && type(event.data.from_email) == string"
-    ' ? "from:" + event.data.from_email : "unknown")'
-)
-REJECTION_PREFIX = "rejected "
-# Failures of this app's functions (not another app's, not the failure recorder's own).
-FAILED_HERE = (
-    f'event.data.function_id.startsWith("{APP_ID}-") && event.data.function_id != "{APP_ID}-record-run-failure"'
-)
-# The email function's retries; its last attempt stops honouring a notifier's Retry-After.
-EMAIL_RETRIES = 4
-
-# --------------------------------------------------------------------------- step outputs
-
-
-class EmailRunResult(BaseModel):
-    """The run's output in the dashboard: the reply as drafted (003 D3: `{"status": "drafted",
-    "draft_id": …}`), whether it was sent, and each refund's fate."""
-
-    # "drafted" | "sent" | "send_failed" | "escalated" | "duplicate" | "merged" | "nothing_waiting"
-    status: str
-    draft_id: str | None = None
-    sent: replies.Sent | None = None  # with sending configured: Postmark's MessageID or refusal
-    first_run_id: str | None = None
-    escalation_id: str | None = None
-    reply: str | None = None
-    replaced_unsafe_reply: bool = False
-    refund_ids: list[int] = []
-    edited_by_reviewer: bool = False
-    gate: list[refunds.GateOutcome] = []
-
-
-class DecisionRecorded(BaseModel):
-    applied: bool
-    reason: str
-
-
-class HealthGathered(BaseModel):
-    customer: db.Customer
-    activity: activity.Activity
-    day: str
-
-
-# --------------------------------------------------------------------------- runtime
-
-
-@dataclasses.dataclass
-class Runtime:
-    """What the functions share in one process: settings, the agent and its run config (built
-    once: building a RunConfig resolves type hints, a millisecond a call), and the pool the
-    host's lifespan opens."""
-
-    settings: Settings
-    agent: Agent[worker.SupportContext]
-    run_config: RunConfig
-    client: inngest.Inngest | None = None
-    pool: asyncpg.Pool | None = None
-
-    def require_client(self) -> inngest.Inngest:
-        if self.client is None:
-            raise RuntimeError("the Inngest client is not set; build the app with create_app()")
-        return self.client
-
-    def require_pool(self) -> asyncpg.Pool:
-        if self.pool is None:
-            raise RuntimeError("the database pool is not open; serve the app through its FastAPI lifespan")
-        return self.pool
-
 
 _runtime: Runtime | None = None
 
@@ -245,30 +164,8 @@ async def reject(ctx: inngest.Context, why: str) -> NoReturn:
 
 
 async def audit_run_failure(ctx: inngest.Context) -> None:
-    """A run of this app that exhausted its retries shows in Postgres as `run_failed`. The
-    write is a retried step of a retried function, so one database error cannot lose it."""
-    data: dict[str, Any] = dict(ctx.event.data)
-    original: dict[str, Any] = data["event"] if isinstance(data.get("event"), dict) else {}
-    original_data: dict[str, Any] = original["data"] if isinstance(original.get("data"), dict) else {}
-    error: dict[str, Any] = (
-        data["error"] if isinstance(data.get("error"), dict) else {"message": str(data.get("error"))}
-    )
-    if str(error.get("message", "")).startswith(REJECTION_PREFIX):
-        return  # a refused event is already audited as event_rejected; nothing failed
-    failed_run = str(data.get("run_id") or ctx.run_id)
-    customer_id = original_data.get("customer_id")
-
-    async def record_run_failed() -> bool:
-        return await db.record_audit(
-            runtime().require_pool(),
-            action=db.AuditAction.RUN_FAILED,
-            run_id=failed_run,
-            customer_id=customer_id_or_none(customer_id),
-            detail={"function_id": data.get("function_id"), "error": error, "event_name": original.get("name")},
-            idempotency_key=f"run_failed:{failed_run}",
-        )
-
-    await ctx.step.run("record-run-failed", record_run_failed)
+    """A failed run of this app as a `run_failed` row (durable/recorders.py)."""
+    await recorders.audit_run_failure(ctx.step, runtime().require_pool(), dict(ctx.event.data), run_id=ctx.run_id)
 
 
 def _event_time(event: inngest.Event) -> datetime:
@@ -365,8 +262,9 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     (`save-draft-reply`, 003 D3) and, with Postmark configured, sent (`send-reply`)."""
     rt = runtime()
     pool = rt.require_pool()
-    steps = _agent_steps(rt, pool)
-    tell = partial(tell_reviewers, last_attempt=ctx.attempt >= EMAIL_RETRIES)
+    steps = email_run.agent_steps(rt.settings, rt.agent, rt.run_config, pool)
+    last = ctx.attempt >= EMAIL_RETRIES
+    tell = partial(email_run.tell_reviewers, pool, rt.settings, last_attempt=last, retry_after=_retry_after)
     now = _event_time(ctx.event)
     start = partial(
         agent_run.run_agent, steps, run_id=ctx.run_id, now=now, receive=partial(receive_message, ctx), tell=tell
@@ -402,30 +300,10 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     else:
         escalation_id = None
     draft = escalations.holding_reply(customer) if escalation_id else talk.draft
-    saved, sent = await _save_and_send(ctx, received, draft=draft, gate=talk.gate)
-    status = "escalated" if escalation_id else (sent.status if sent and sent.status != "not_configured" else "drafted")
-    return EmailRunResult(status=status, escalation_id=escalation_id, gate=talk.gate, sent=sent, **saved.model_dump())
-
-
-async def _save_and_send(
-    ctx: inngest.Context, received: intake.Intake, *, draft: str, gate: list[refunds.GateOutcome]
-) -> tuple[conversation.SentReply, replies.Sent | None]:
-    """003 D3's `save-draft-reply` (the draft and its `email_drafted` row, once per run), then,
-    with sending configured, `send-reply`."""
-    last = received.answering[-1] if received.answering else None
-    save = partial(
-        conversation.send_reply,
-        runtime().require_pool(),
-        run_id=ctx.run_id,
-        customer=received.customer,
-        draft=draft,
-        gate=gate,
-        subject=last.subject if last else None,
-        answering=[item.message.message_id for item in received.answering],
-        thread_key=last.message.thread_key if last else None,
-    )
+    save = email_run.save_draft(pool, received, run_id=ctx.run_id, draft=draft, gate=talk.gate)
     saved = await ctx.step.run("save-draft-reply", save, output_type=conversation.SentReply)
-    return saved, await send_reply(ctx, saved.draft_id)
+    sent = await send_reply(ctx, saved.draft_id)
+    return email_run.run_result(saved, sent, escalation_id=escalation_id, gate=talk.gate)
 
 
 async def send_reply(ctx: inngest.Context, draft_id: str | None) -> replies.Sent | None:
@@ -451,48 +329,21 @@ async def send_reply(ctx: inngest.Context, draft_id: str | None) -> replies.Sent
         return replies.Sent(draft_id=draft_id, status="not_configured", why=f"not sent: {error}")
 
 
-def _agent_steps(rt: Runtime, pool: asyncpg.Pool) -> agent_run.AgentSteps:
-    read = partial(_texts, pool, limit=rt.settings.max_email_body_chars)
-    return agent_run.AgentSteps(
-        agent=rt.agent, run_config=rt.run_config, settings=rt.settings, pool=pool, read_texts=read
-    )
-
-
-async def _texts(pool: asyncpg.Pool, answering: list[intake.Answering], *, limit: int) -> list[tuple[str | None, str]]:
-    """Subject and text of each message the run answers, needed on each call and never memoized
-    (step outputs stay small): read from Postgres once per process, then from
-    store/message_cache.py."""
-    texts = []
-    for item in answering:
-        text = await message_cache.text_of(pool, item.message)
-        texts.append((item.subject, inbound.agent_text(text, item.message, limit=limit)))
-    return texts
-
-
-class EscalationOpened(BaseModel):
-    request_id: str
-    reason: str
-    customer_id: str | None = None  # None in runs paused before it was recorded
-
-
 async def escalate(
     ctx: inngest.Context, customer: db.Customer, customer_message: str, ask: escalations.EscalationAsk
 ) -> str:
     """Record the hand-off in Postgres, then announce it (the id makes a resend a no-op); the
     escalation function notifies reviewers and waits. The run itself ends with a holding reply."""
     rt = runtime()
-
-    async def open_escalation() -> EscalationOpened:
-        escalation = await escalations.open_escalation(
-            rt.require_pool(),
-            ask=ask,
-            run_id=ctx.run_id,
-            customer=customer,
-            customer_message=customer_message,
-            ttl_seconds=rt.settings.escalation_timeout_seconds,
-        )
-        return EscalationOpened(request_id=escalation.id, reason=escalation.reason)
-
+    open_escalation = partial(
+        email_run.open_escalation,
+        rt.require_pool(),
+        rt.settings,
+        ask=ask,
+        run_id=ctx.run_id,
+        customer=customer,
+        customer_message=customer_message,
+    )
     opened = await ctx.step.run(f"open-escalation-{ask.key}", open_escalation, output_type=EscalationOpened)
     event = inngest.Event(
         name=ESCALATION_REQUESTED, id=f"escalation-{opened.request_id}", data={"request_id": opened.request_id}
@@ -501,18 +352,8 @@ async def escalate(
     return opened.request_id
 
 
-async def tell_reviewers(request_id: str, *, last_attempt: bool) -> dict[str, Any]:
-    """notify.py, with Slack's 429 turned into the engine's RetryAfterError (notify.py stays
-    engine-free). On the step's last attempt a failure is recorded instead: a notification
-    must never cost the refund its run."""
-    rt = runtime()
-    pool = rt.require_pool()
-    try:
-        return await notify.notify_or_record_failure(pool, rt.settings, request_id=request_id, give_up=last_attempt)
-    except notify.RetryLater as wait:
-        if last_attempt:
-            return await notify.record_failure(pool, request_id=request_id, why=f"gave up on the last attempt: {wait}")
-        raise inngest.RetryAfterError(str(wait), retry_after=timedelta(seconds=wait.seconds)) from wait
+def _retry_after(message: str, seconds: float) -> inngest.RetryAfterError:
+    return inngest.RetryAfterError(message, retry_after=timedelta(seconds=seconds))
 
 
 # --------------------------------------------------------------------------- decisions and withdrawals
@@ -526,40 +367,14 @@ async def record_refund_decision(ctx: inngest.Context) -> DecisionRecorded:
 
     async def record() -> DecisionRecorded:
         asked = await parse_or_reject(ctx, ApprovalDecided)
-        if asked.withdrawn:  # recorded by the withdrawal function that announced it
-            return DecisionRecorded(applied=False, reason="withdrawal")
-        event_id = ctx.event.id or ctx.run_id
-        decision_id = asked.decision_id or event_id
-        decision = await decision_targets.resolve_refund(
-            pool, asked, decision_id=decision_id, event_id=event_id, require_reviewer=rt.settings.require_named_reviewer
+        return await recorders.record_refund_decision(
+            pool,
+            asked,
+            event_id=ctx.event.id or ctx.run_id,
+            run_id=ctx.run_id,
+            real_event_id=ctx.event.id,
+            require_reviewer=rt.settings.require_named_reviewer,
         )
-        if isinstance(decision, decision_targets.Unresolved):
-            await decisions.audit_decision_ignored(
-                pool,
-                key=event_id,
-                request_id=asked.request_id,
-                why=decision.why,
-                customer_id=asked.customer_id,
-                run_id=ctx.run_id,
-                event_id=ctx.event.id,
-                approved=asked.approved,
-                reviewer=asked.reviewer,
-            )
-            return DecisionRecorded(applied=False, reason=decision.reason)
-        outcome = await decisions.record_decision(pool, decision, decision_id=decision_id)
-        if not outcome.applied and outcome.reason != "same_decision":
-            await decisions.audit_decision_ignored(
-                pool,
-                key=event_id,
-                request_id=decision.request_id,
-                why=outcome.reason,
-                request=outcome.request,
-                run_id=ctx.run_id,
-                event_id=ctx.event.id,
-                approved=decision.approved,
-                reviewer=decision.reviewer,
-            )
-        return DecisionRecorded(applied=outcome.applied, reason=outcome.reason)
 
     return await ctx.step.run("record-decision", record, output_type=DecisionRecorded)
 
@@ -571,24 +386,13 @@ async def withdraw_refund_request(ctx: inngest.Context) -> decisions.Withdrawal:
 
     async def record_withdrawal() -> decisions.Withdrawal:
         withdrawal = await parse_or_reject(ctx, RefundWithdrawn)
-        return await decisions.withdraw_as_asked(
-            pool,
-            request_id=withdrawal.request_id,
-            customer_id=withdrawal.customer_id,
-            order_id=withdrawal.order_id,
-            reason=withdrawal.reason,
-            withdrawal_id=withdrawal_id,
-            run_id=ctx.run_id,
-            event_id=ctx.event.id,
-            asked=withdrawal.model_dump(),
+        return await recorders.record_withdrawal(
+            pool, withdrawal, withdrawal_id=withdrawal_id, run_id=ctx.run_id, event_id=ctx.event.id
         )
 
     result = await ctx.step.run("record-withdrawal", record_withdrawal, output_type=decisions.Withdrawal)
-    if result.withdrawn and result.request_id:
-        # The waiting run listens for decisions on its request; a withdrawal is one.
-        wake = decisions.Decision(
-            request_id=result.request_id, approved=False, reviewer="customer", withdrawn=True, decision_id=withdrawal_id
-        )
+    wake = recorders.waking_decision(result, withdrawal_id)
+    if wake:
         await ctx.step.send_event(
             "wake-waiting-run", inngest.Event(name=APPROVAL_DECIDED, id=withdrawal_id, data=wake.model_dump())
         )
@@ -633,15 +437,13 @@ async def record_escalation_decision(ctx: inngest.Context) -> DecisionRecorded:
 
     async def record() -> DecisionRecorded:
         await parse_or_reject(ctx, escalations.Decision)
-        event_id = ctx.event.id or ctx.run_id
-        recorded = await escalations.record_event(
+        return await recorders.record_escalation_decision(
             pool,
             ctx.event.data,
-            event_id=event_id,
+            event_id=ctx.event.id or ctx.run_id,
             run_id=ctx.run_id,
             require_reviewer=rt.settings.require_named_reviewer,
         )
-        return DecisionRecorded(applied=recorded.applied, reason=recorded.reason)
 
     return await ctx.step.run("record-decision", record, output_type=DecisionRecorded)
 
@@ -650,32 +452,10 @@ async def record_escalation_decision(ctx: inngest.Context) -> DecisionRecorded:
 
 
 async def daily_health_check(ctx: inngest.Context) -> dict[str, Any]:
-    """Fan out one health-check event per paying customer not contacted lately, in chunks
-    whose steps each load their own slice: every step output stays a few bytes."""
+    """The morning fan-out of health checks and the journal's clean-up (durable/health_run.py)."""
     rt = runtime()
-    pool, cooldown = rt.require_pool(), rt.settings.health_check_contact_cooldown_days
     day = health.scheduled_day(ctx.event.data, ctx.event.ts)
-    planned = partial(health.plan_fan_out, pool, day=day, cooldown_days=cooldown)
-    plan = await ctx.step.run("plan-fan-out", planned, output_type=health.FanOutPlan)
-    chunk = health.FanOutChunk(sent=0, last_id="", more=plan.counts.eligible > 0)
-    scheduled, number = 0, 0
-    while chunk.more:
-        number += 1
-        send = partial(
-            health.send_chunk,
-            pool,
-            plan,
-            after_id=chunk.last_id,
-            size=rt.settings.health_check_fanout_chunk,
-            cooldown_days=cooldown,
-            send=_send_events,
-        )
-        chunk = await ctx.step.run(f"fan-out-{number}", send, output_type=health.FanOutChunk)
-        scheduled += chunk.sent
-    # The daily chore that rides along: the agent's journal past its retention.
-    clean = partial(agent_journal.delete_older_than, pool, days=rt.settings.agent_journal_retention_days)
-    cleaned = await ctx.step.run("clean-agent-journal", clean)
-    return health.fan_out_report(plan, scheduled=scheduled, cooldown_days=cooldown) | {"journal_rows_deleted": cleaned}
+    return await health_run.daily_health_check(ctx.step, rt.require_pool(), rt.settings, day=day, send=_send_events)
 
 
 async def _send_events(events: list[dict[str, Any]]) -> None:
@@ -683,25 +463,14 @@ async def _send_events(events: list[dict[str, Any]]) -> None:
 
 
 async def gather_activity(ctx: inngest.Context) -> HealthGathered:
-    pool = runtime().require_pool()
     request = await parse_or_reject(ctx, HealthCheckRequested)
-    customer = await db.get_customer(pool, customer_id=request.customer_id)
-    if customer is None:
-        await reject(ctx, f"unknown customer: customer_id {request.customer_id}")
-    recent = await activity.customer_activity(pool, customer_id=customer.id)
-    day = request.day_or(_event_time(ctx.event).date().isoformat())
-    return HealthGathered(customer=customer, activity=recent, day=day)
+    today = _event_time(ctx.event).date().isoformat()
+    return await health_run.gather_activity(runtime().require_pool(), request, today=today, reject=partial(reject, ctx))
 
 
 async def customer_health_check(ctx: inngest.Context) -> dict[str, Any]:
     pool = runtime().require_pool()
-    gathered = await ctx.step.run("gather-activity", partial(gather_activity, ctx), output_type=HealthGathered)
-    summary = health.summarize(gathered.customer, gathered.activity, day=gathered.day)
-    first = await ctx.step.run("record-health-check", partial(health.record_summary, pool, summary, run_id=ctx.run_id))
-    if summary.outreach_note:
-        # The next morning's cron sees this and leaves the customer alone for a while.
-        await ctx.step.run("record-outreach", partial(health.record_outreach, pool, summary, run_id=ctx.run_id))
-    return summary.model_dump() | {"recorded": first}
+    return await health_run.customer_health_check(ctx.step, pool, partial(gather_activity, ctx), run_id=ctx.run_id)
 
 
 # --------------------------------------------------------------------------- registration
