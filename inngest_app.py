@@ -12,10 +12,7 @@ Serve it with `uvicorn inngest_app:app --port 8000` and point the dev server at 
 
 from __future__ import annotations
 
-import gc
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn, TypeVar
@@ -24,11 +21,10 @@ import inngest
 import inngest.fast_api
 from agents import Model
 from fastapi import FastAPI
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 import db
-import worker
-from support_worker.conversation import intake, thread
+from support_worker.conversation import intake
 from support_worker.conversation import loop as conversation
 from support_worker.core.events import (
     APPROVAL_DECIDED,
@@ -40,17 +36,15 @@ from support_worker.core.events import (
     REFUND_WITHDRAWN,
     ApprovalDecided,
     EmailReceived,
-    EmailsWaiting,
     EscalationRequested,
     HealthCheckRequested,
     RefundWithdrawn,
     check_size,
-    describe_error,
 )
-from support_worker.core.fields import customer_id_or_none
 from support_worker.core.settings import Settings, get_settings
 from support_worker.doors import host
-from support_worker.durable import agent_run, email_run, gates, health_run, journal, recorders
+from support_worker.durable import agent_run, email_run, gates, health_run, receiving, recorders
+from support_worker.durable import runtime as runtime_module
 from support_worker.durable.flow_keys import APP_ID as APP_ID
 from support_worker.durable.flow_keys import CUSTOMER_KEY as CUSTOMER_KEY
 from support_worker.durable.flow_keys import EMAIL_RETRIES as EMAIL_RETRIES
@@ -64,7 +58,6 @@ from support_worker.durable.outputs import HealthGathered as HealthGathered
 from support_worker.durable.runtime import Runtime as Runtime
 from support_worker.store import escalations as escalation_store
 from support_worker.workflows import (
-    budget,
     decisions,
     escalations,
     health,
@@ -138,27 +131,15 @@ async def parse_or_reject(ctx: inngest.Context, schema: type[Schema]) -> Schema:
 
 def parse(ctx: inngest.Context, schema: type[Schema]) -> Schema:
     """The event's data as `schema`, or `intake.Refused` saying what is wrong with it."""
-    data = ctx.event.data
-    if not isinstance(data, dict):
-        raise intake.Refused("data: must be a JSON object")
-    try:
-        return schema.model_validate(dict(data))
-    except ValidationError as error:
-        raise intake.Refused(describe_error(error)) from error
+    return receiving.parse(ctx.event.data, schema)
 
 
 async def reject(ctx: inngest.Context, why: str) -> NoReturn:
     """Audit why an event was refused, then end the run without burning retries."""
-    raw = ctx.event.data.get("customer_id") if isinstance(ctx.event.data, dict) else None
-    customer_id = customer_id_or_none(raw)
-    await db.record_audit(
-        runtime().require_pool(),
-        action=db.AuditAction.EVENT_REJECTED,
-        run_id=ctx.run_id,
-        customer_id=customer_id,
-        detail={"event": ctx.event.name, "event_id": ctx.event.id, "why": why},
-        # One row per event, however many functions it starts (the email recorder and handler).
-        idempotency_key=f"event_rejected:{ctx.event.id or ctx.run_id}",
+    event = ctx.event
+    pool = runtime().require_pool()
+    await receiving.audit_rejection(
+        pool, name=event.name, data=event.data, event_id=event.id, run_id=ctx.run_id, why=why
     )
     raise inngest.NonRetriableError(f"{REJECTION_PREFIX}{ctx.event.name}: {why}")
 
@@ -180,46 +161,22 @@ async def receive_message(ctx: inngest.Context) -> intake.Intake:
     """The first step: the messages this run answers (its own, and with bursts gathered, what
     else its customer has waiting) and the thread before them (003 D3's load-thread, here to
     save an engine call), or a refusal with an `event_rejected` row and no retries."""
-    received = await _receive(ctx)
-    if received.status == "accepted" and received.answering:
-        earlier = await thread.load_thread(
-            runtime().require_pool(),
-            customer_id=received.customer.id,
-            thread_key=received.answering[-1].message.thread_key,
-            answering=[item.message.message_id for item in received.answering],
-        )
-        received.thread = earlier.items
-    return received
-
-
-async def _receive(ctx: inngest.Context) -> intake.Intake:
     rt = runtime()
-    pool, settings = rt.require_pool(), rt.settings
-    at, event_id = _event_time(ctx.event), ctx.event.id or ctx.run_id
-    gather = settings.email_burst_max_messages if settings.email_burst_seconds else 0
+    pool, event = rt.require_pool(), ctx.event
     try:
-        if ctx.event.name == EMAILS_WAITING:
-            waiting = parse(ctx, EmailsWaiting)
-            return await intake.gather_waiting(
-                pool, customer_id=waiting.customer_id, event_id=event_id, event_at=at, run_id=ctx.run_id, limit=gather
-            )
-        email = parse(ctx, EmailReceived)
-        return await intake.receive(
+        received = await receiving.receive(
             pool,
-            email,
-            event_id=event_id,
-            event_at=at,
+            rt.settings,
+            name=event.name,
+            data=event.data,
+            event_id=event.id or ctx.run_id,
+            event_at=_event_time(event),
             run_id=ctx.run_id,
-            max_body_chars=settings.max_email_body_chars,
-            gather=max(gather - 1, 0),
+            ask_for_a_run=_ask_for_a_run,
         )
     except intake.Refused as refused:
-        if gather and ctx.event.name == EMAIL_RECEIVED:
-            raw = ctx.event.data.get("customer_id") if isinstance(ctx.event.data, dict) else None
-            customer_id = customer_id_or_none(raw)
-            if customer_id and await intake.left_waiting_by_refusal(pool, customer_id=customer_id, event_at=at):
-                await _ask_for_a_run(customer_id, key=f"after-refusal-{event_id}")
         await reject(ctx, refused.why)
+    return await receiving.with_thread(pool, received)
 
 
 async def record_customer_email(ctx: inngest.Context) -> intake.Stored:
@@ -618,40 +575,10 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     `/api/inngest`, the webhook, the desk and the health probes."""
     global _runtime
     settings = settings or get_settings()
-    if not settings.inngest_dev_mode and not settings.inngest_signing_key:
-        # In dev mode the SDK accepts unsigned calls, so anyone who can reach the endpoint
-        # could forge a step result such as an approval; outside it, signatures are a must.
-        raise RuntimeError(
-            "INNGEST_SIGNING_KEY is not set and INNGEST_DEV is off. Outside dev mode the app only "
-            "accepts calls signed by Inngest: set INNGEST_SIGNING_KEY from the Inngest dashboard, "
-            "or set INNGEST_DEV=1 to develop locally against the dev server."
-        )
-    serve_origin = _serve_origin(settings)
-    journaled_agent = journal.journaled(
-        worker.build_agent(model or worker.build_model(settings), store=settings.openai_store)
-    )
-    # The budget check wraps the journal, so it runs (from recorded usage) on every replay.
-    agent = journaled_agent.clone(model=budget.MeteredModel(journaled_agent.model))  # type: ignore[arg-type]
+    runtime_module.require_signing(settings)
     client = create_client(settings)
-    run_config = worker.build_run_config(settings.openai_agents_tracing)
-    rt = _runtime = Runtime(settings=settings, agent=agent, run_config=run_config, client=client)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt.pool = await db.create_pool(settings, reset_sessions=False)  # store.postgres.keep_no_session_state
-        # What start-up built (modules, the agent, the SDK's registries) lives as long as the
-        # process: frozen, the cyclic collector stops rescanning it on every collection a
-        # request triggers (measured: GC time per approved refund 11.5 -> 5.1 ms).
-        gc.collect()
-        gc.freeze()
-        try:
-            yield
-        finally:
-            gc.unfreeze()
-            await rt.pool.close()
-            rt.pool = None
-
-    app = FastAPI(title="support-worker", lifespan=lifespan)
+    rt = _runtime = runtime_module.build(settings, model, client)
+    app = FastAPI(title="support-worker", lifespan=runtime_module.lifespan(rt))
     app.state.runtime = rt
     app.state.inngest_client = client
     # Outside dev mode a sync must be signed by Inngest, and the URL it registers is the
@@ -661,7 +588,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         client,
         create_functions(client, settings),
         enable_unauthed_sync=settings.inngest_dev_mode,
-        serve_origin=serve_origin,
+        serve_origin=runtime_module.serve_origin(settings),
     )
     if not settings.inngest_dev_mode:
         app.add_middleware(host.RefuseStaleSignatures, max_age_seconds=settings.signature_max_age_seconds)
@@ -673,12 +600,6 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     host.mount_doors(app, settings, get_pool=rt.require_pool, send=send)
     host.add_probes(app, settings, rt.require_pool)
     return app
-
-
-def _serve_origin(settings: Settings) -> str | None:
-    """INNGEST_SERVE_ORIGIN without a trailing slash. Production refuses to start without it
-    (settings.py): otherwise the SDK registers whatever URL a sync's Host header names."""
-    return (settings.inngest_serve_origin or "").strip().rstrip("/") or None
 
 
 def __getattr__(name: str) -> Any:
