@@ -45,25 +45,18 @@ from support_worker.core.settings import Settings, get_settings
 from support_worker.doors import host
 from support_worker.durable import agent_run, email_run, gates, health_run, receiving, recorders
 from support_worker.durable import runtime as runtime_module
-from support_worker.durable.flow_keys import APP_ID as APP_ID
-from support_worker.durable.flow_keys import CUSTOMER_KEY as CUSTOMER_KEY
-from support_worker.durable.flow_keys import EMAIL_RETRIES as EMAIL_RETRIES
-from support_worker.durable.flow_keys import FAILED_HERE as FAILED_HERE
-from support_worker.durable.flow_keys import PRIORITY_BY_TIER as PRIORITY_BY_TIER
-from support_worker.durable.flow_keys import REJECTION_PREFIX as REJECTION_PREFIX
-from support_worker.durable.outputs import DecisionRecorded as DecisionRecorded
-from support_worker.durable.outputs import EmailRunResult as EmailRunResult
-from support_worker.durable.outputs import EscalationOpened as EscalationOpened
-from support_worker.durable.outputs import HealthGathered as HealthGathered
-from support_worker.durable.runtime import Runtime as Runtime
-from support_worker.store import escalations as escalation_store
-from support_worker.workflows import (
-    decisions,
-    escalations,
-    health,
-    refunds,
-    replies,
+from support_worker.durable.flow_keys import (
+    APP_ID,
+    CUSTOMER_KEY,
+    EMAIL_RETRIES,
+    FAILED_HERE,
+    PRIORITY_BY_TIER,
+    REJECTION_PREFIX,
 )
+from support_worker.durable.outputs import DecisionRecorded, EmailRunResult, EscalationOpened, HealthGathered
+from support_worker.durable.runtime import Runtime
+from support_worker.store import escalations as escalation_store
+from support_worker.workflows import decisions, escalations, health, refunds, replies
 
 logger = logging.getLogger("support_worker.inngest")
 
@@ -271,14 +264,7 @@ async def send_reply(ctx: inngest.Context, draft_id: str | None) -> replies.Sent
     if draft_id is None or not replies.sending_configured(rt.settings):
         return None
 
-    async def send() -> replies.Sent:
-        try:
-            return await replies.send_draft(rt.require_pool(), rt.settings, draft_id=draft_id)
-        except replies.PostmarkUnavailable as error:
-            if error.retry_after:
-                raise inngest.RetryAfterError(str(error), retry_after=timedelta(seconds=error.retry_after)) from error
-            raise
-
+    send = partial(email_run.send_draft, rt.require_pool(), rt.settings, draft_id=draft_id, retry_after=_retry_after)
     try:
         return await ctx.step.run("send-reply", send, output_type=replies.Sent)
     except inngest.StepError as error:
@@ -455,10 +441,9 @@ def _email_functions(client: inngest.Inngest, settings: Settings) -> list[innges
     email = _on_event(
         client,
         "handle-customer-email",
-        "Handle customer email",
         [EMAIL_RECEIVED, EMAILS_WAITING] if burst else EMAIL_RECEIVED,
         handle_customer_email,
-        output_type=EmailRunResult,
+        EmailRunResult,
         concurrency=[
             # All email runs at once: each in-flight step holds at most one pool connection.
             inngest.Concurrency(limit=settings.email_concurrency),
@@ -477,31 +462,12 @@ def _email_functions(client: inngest.Inngest, settings: Settings) -> list[innges
         if burst
         else None,
     )
-    recorder = _on_event(
-        client,
-        "record-customer-email",
-        "Record customer email",
-        EMAIL_RECEIVED,
-        record_customer_email,
-        output_type=intake.Stored,
+    recorder = _on_event(client, "record-customer-email", EMAIL_RECEIVED, record_customer_email, intake.Stored)
+    decided = _on_event(client, "record-refund-decision", APPROVAL_DECIDED, record_refund_decision, DecisionRecorded)
+    withdraw = _on_event(
+        client, "withdraw-refund-request", REFUND_WITHDRAWN, withdraw_refund_request, decisions.Withdrawal
     )
-    decided = _on_event(
-        client,
-        "record-refund-decision",
-        "Record refund decision",
-        APPROVAL_DECIDED,
-        record_refund_decision,
-        output_type=DecisionRecorded,
-    )
-    withdrawn = _on_event(
-        client,
-        "withdraw-refund-request",
-        "Withdraw refund request",
-        REFUND_WITHDRAWN,
-        withdraw_refund_request,
-        output_type=decisions.Withdrawal,
-    )
-    return [email, *([recorder] if burst else []), decided, withdrawn]
+    return [email, *([recorder] if burst else []), decided, withdraw]
 
 
 def _health_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
@@ -514,7 +480,6 @@ def _health_functions(client: inngest.Inngest, settings: Settings) -> list[innge
     per_customer = _on_event(
         client,
         "process-customer-health-check",
-        "Process customer health check",
         HEALTH_CHECK_REQUESTED,
         customer_health_check,
         retries=3,
@@ -526,23 +491,18 @@ def _health_functions(client: inngest.Inngest, settings: Settings) -> list[innge
 
 
 def _escalation_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
+    # Its own small cap: escalations never crowd out live email.
+    cap = [inngest.Concurrency(limit=settings.escalation_concurrency)]
     handle = _on_event(
         client,
         "escalate-with-human-approval",
-        "Escalate with human approval",
         ESCALATION_REQUESTED,
         handle_escalation,
-        output_type=escalations.Settled,
-        # Its own small cap: escalations never crowd out live email.
-        concurrency=[inngest.Concurrency(limit=settings.escalation_concurrency)],
+        escalations.Settled,
+        concurrency=cap,
     )
     decided = _on_event(
-        client,
-        "record-escalation-decision",
-        "Record escalation decision",
-        ESCALATION_DECIDED,
-        record_escalation_decision,
-        output_type=DecisionRecorded,
+        client, "record-escalation-decision", ESCALATION_DECIDED, record_escalation_decision, DecisionRecorded
     )
     return [handle, decided]
 
@@ -550,20 +510,20 @@ def _escalation_functions(client: inngest.Inngest, settings: Settings) -> list[i
 def _on_event(
     client: inngest.Inngest,
     fn_id: str,
-    name: str,
     event: str | list[str],
     handler: Any,
+    output_type: type[BaseModel] | None = None,
     *,
     retries: int = 4,
-    output_type: type[BaseModel] | None = None,
     **flow_control: Any,
 ) -> inngest.Function[Any]:
     """A function triggered by an event (or any of several), retried `retries` times, with its
-    flow control."""
+    flow control; its name is its id in words ("record-refund-decision": "Record refund decision")."""
     options = flow_control | ({"output_type": output_type} if output_type else {})
     names = [event] if isinstance(event, str) else event
     triggers: list[inngest.TriggerCron | inngest.TriggerEvent] = [inngest.TriggerEvent(event=e) for e in names]
     trigger = triggers[0] if len(triggers) == 1 else triggers
+    name = fn_id.replace("-", " ").capitalize()
     return client.create_function(fn_id=fn_id, name=name, trigger=trigger, retries=retries, **options)(handler)
 
 

@@ -111,3 +111,13 @@ def run_result(
     """The run's output: escalated, sent (or refused by Postmark), or drafted."""
     status = "escalated" if escalation_id else (sent.status if sent and sent.status != "not_configured" else "drafted")
     return EmailRunResult(status=status, escalation_id=escalation_id, gate=gate, sent=sent, **saved.model_dump())
+
+
+async def send_draft(pool: asyncpg.Pool, settings: Settings, *, draft_id: str, retry_after: RetryAfter) -> replies.Sent:
+    """The `send-reply` body: Postmark's 5xx and 429 retry the step, honouring its Retry-After."""
+    try:
+        return await replies.send_draft(pool, settings, draft_id=draft_id)
+    except replies.PostmarkUnavailable as error:
+        if error.retry_after:
+            raise retry_after(str(error), error.retry_after) from error
+        raise
