@@ -35,7 +35,6 @@ from support_worker.core.events import (
     HEALTH_CHECK_REQUESTED,
     REFUND_WITHDRAWN,
     ApprovalDecided,
-    EmailReceived,
     EscalationRequested,
     HealthCheckRequested,
     RefundWithdrawn,
@@ -43,7 +42,7 @@ from support_worker.core.events import (
 )
 from support_worker.core.settings import Settings, get_settings
 from support_worker.doors import host
-from support_worker.durable import agent_run, email_run, gates, health_run, receiving, recorders
+from support_worker.durable import agent_run, email_run, escalation_run, health_run, receiving, recorders
 from support_worker.durable import runtime as runtime_module
 from support_worker.durable.flow_keys import (
     APP_ID,
@@ -56,7 +55,7 @@ from support_worker.durable.flow_keys import (
 from support_worker.durable.outputs import DecisionRecorded, EmailRunResult, EscalationOpened, HealthGathered
 from support_worker.durable.runtime import Runtime
 from support_worker.store import escalations as escalation_store
-from support_worker.workflows import decisions, escalations, health, refunds, replies
+from support_worker.workflows import decisions, escalations, health, replies
 
 logger = logging.getLogger("support_worker.inngest")
 
@@ -178,13 +177,10 @@ async def record_customer_email(ctx: inngest.Context) -> intake.Stored:
     rt = runtime()
 
     async def store() -> intake.Stored:
+        at, event_id = _event_time(ctx.event), ctx.event.id or ctx.run_id
         try:
-            return await intake.record(
-                rt.require_pool(),
-                parse(ctx, EmailReceived),
-                event_id=ctx.event.id or ctx.run_id,
-                event_at=_event_time(ctx.event),
-                max_body_chars=rt.settings.max_email_body_chars,
+            return await receiving.record(
+                rt.require_pool(), rt.settings, ctx.event.data, event_id=event_id, event_at=at
             )
         except intake.Refused as refused:
             await reject(ctx, refused.why)
@@ -227,23 +223,9 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     customer = received.customer
     if received.more_waiting:  # more than one answer's worth: the rest get a run of their own
         await ctx.step.send_event("ask-for-a-run", _waiting_event(customer.id, key=f"more-{ctx.run_id}"))
-    known: dict[str, refunds.GateOutcome] = {}
-    while talk.waiting:
-        for opened in talk.waiting:
-            known[opened.outcome.call_id] = await gates.await_opened(
-                ctx.step, opened, pool=pool, settings=rt.settings, customer_id=customer.id
-            )
-        resume = partial(
-            agent_run.resume_agent,
-            steps,
-            run_id=ctx.run_id,
-            now=now,
-            received=received,
-            segment=talk.segment + 1,
-            known=dict(known),
-            tell=tell,
-        )
-        talk = await ctx.step.run(agent_run.resume_step_id(talk), resume, output_type=agent_run.AgentSummary)
+    talk = await email_run.through_gates(
+        ctx.step, steps, talk, received=received, run_id=ctx.run_id, now=now, tell=tell
+    )
     if talk.escalation:
         body = "\n\n".join(text for _, text in await steps.read_texts(received.answering))
         escalation_id: str | None = await escalate(ctx, customer, body, talk.escalation)
@@ -359,18 +341,9 @@ async def handle_escalation(ctx: inngest.Context) -> escalations.Settled:
         return EscalationOpened(request_id=escalation.id, reason=escalation.reason, customer_id=escalation.customer_id)
 
     loaded = await ctx.step.run("load-escalation", load, output_type=EscalationOpened)
-    escalation_id = loaded.request_id
-    try:
-        notify_step = partial(escalations.notify_reviewers, pool, rt.settings, escalation_id=escalation_id)
-        await ctx.step.run(f"notify-reviewers-{escalation_id}", notify_step)
-    except inngest.StepError as error:
-        # The escalation is stored and on the desk; a dead notifier must not lose it.
-        logger.warning("could not notify reviewers about %s: %s", escalation_id, error)
-    await gates.await_escalation_decision(
-        ctx.step, pool, rt.settings, escalation_id, customer_id=loaded.customer_id or "", run_id=ctx.run_id
+    return await escalation_run.notify_wait_settle(
+        ctx.step, pool, rt.settings, loaded, run_id=ctx.run_id, step_error=inngest.StepError
     )
-    settle = partial(escalations.settle, pool, rt.settings, escalation_id=escalation_id, time_is_up=True)
-    return await ctx.step.run(f"settle-escalation-{escalation_id}", settle, output_type=escalations.Settled)
 
 
 async def record_escalation_decision(ctx: inngest.Context) -> DecisionRecorded:

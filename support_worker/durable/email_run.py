@@ -5,6 +5,8 @@ as a retry of the step) arrives as a callable; this module never imports the eng
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -16,7 +18,7 @@ from support_worker.conversation import intake
 from support_worker.conversation import loop as conversation
 from support_worker.core.settings import Settings
 from support_worker.doors import inbound
-from support_worker.durable import agent_run
+from support_worker.durable import agent_run, gates
 from support_worker.durable.outputs import EmailRunResult, EscalationOpened
 from support_worker.store import message_cache
 from support_worker.workflows import escalations, notify, refunds, replies
@@ -121,3 +123,35 @@ async def send_draft(pool: asyncpg.Pool, settings: Settings, *, draft_id: str, r
         if error.retry_after:
             raise retry_after(str(error), error.retry_after) from error
         raise
+
+
+async def through_gates(
+    step: gates.Step,
+    steps: agent_run.AgentSteps,
+    talk: agent_run.AgentSummary,
+    *,
+    received: intake.Intake,
+    run_id: str,
+    now: datetime,
+    tell: gates.TellReviewers,
+) -> agent_run.AgentSummary:
+    """Each waiting refund through the gate's waits, then `resume-agent-<request>` goes on from
+    the journal, until the agent waits for no one."""
+    known: dict[str, refunds.GateOutcome] = {}
+    while talk.waiting:
+        for opened in talk.waiting:
+            known[opened.outcome.call_id] = await gates.await_opened(
+                step, opened, pool=steps.pool, settings=steps.settings, customer_id=received.customer.id
+            )
+        resume = partial(
+            agent_run.resume_agent,
+            steps,
+            run_id=run_id,
+            now=now,
+            received=received,
+            segment=talk.segment + 1,
+            known=dict(known),
+            tell=tell,
+        )
+        talk = await step.run(agent_run.resume_step_id(talk), resume, output_type=agent_run.AgentSummary)
+    return talk

@@ -95,3 +95,13 @@ async def receive(
             if customer_id and await intake.left_waiting_by_refusal(pool, customer_id=customer_id, event_at=event_at):
                 await ask_for_a_run(customer_id, key=f"after-refusal-{event_id}")
         raise
+
+
+async def record(
+    pool: asyncpg.Pool, settings: Settings, data: Any, *, event_id: str, event_at: datetime
+) -> intake.Stored:
+    """The recorder's `store-message` body: the event's message stored, or `intake.Refused`."""
+    email = parse(data, EmailReceived)
+    return await intake.record(
+        pool, email, event_id=event_id, event_at=event_at, max_body_chars=settings.max_email_body_chars
+    )
