@@ -92,18 +92,12 @@ def _error_monitoring(settings: Settings) -> list[Any]:
     if not settings.sentry_dsn:
         return []
     try:
-        import sentry_sdk
         from inngest.experimental.sentry_middleware import SentryMiddleware
     except ImportError as error:
         raise RuntimeError(
             "SENTRY_DSN is set but sentry-sdk is not installed: pip install 'support-worker[sentry]'"
         ) from error
-    from sentry_sdk.integrations.openai_agents import OpenAIAgentsIntegration
-
-    if not sentry_sdk.is_initialized():
-        # Its span hooks break every model call of the Agents SDK (an AttributeError per turn),
-        # so the auto-enabled OpenAI Agents integration stays off; failures are still reported.
-        sentry_sdk.init(dsn=settings.sentry_dsn.get_secret_value(), disabled_integrations=[OpenAIAgentsIntegration()])
+    runtime_module.start_sentry(settings.sentry_dsn.get_secret_value())
     return [SentryMiddleware]
 
 
@@ -260,16 +254,10 @@ async def escalate(
     """Record the hand-off in Postgres, then announce it (the id makes a resend a no-op); the
     escalation function notifies reviewers and waits. The run itself ends with a holding reply."""
     rt = runtime()
-    open_escalation = partial(
-        email_run.open_escalation,
-        rt.require_pool(),
-        rt.settings,
-        ask=ask,
-        run_id=ctx.run_id,
-        customer=customer,
-        customer_message=customer_message,
+    opener = partial(
+        email_run.open_escalation, rt.require_pool(), rt.settings, ask, ctx.run_id, customer, customer_message
     )
-    opened = await ctx.step.run(f"open-escalation-{ask.key}", open_escalation, output_type=EscalationOpened)
+    opened = await ctx.step.run(f"open-escalation-{ask.key}", opener, output_type=EscalationOpened)
     event = inngest.Event(
         name=ESCALATION_REQUESTED, id=f"escalation-{opened.request_id}", data={"request_id": opened.request_id}
     )

@@ -64,7 +64,6 @@ async def tell_reviewers(
 async def open_escalation(
     pool: asyncpg.Pool,
     settings: Settings,
-    *,
     ask: escalations.EscalationAsk,
     run_id: str,
     customer: db.Customer,

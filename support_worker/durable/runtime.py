@@ -90,3 +90,14 @@ def serve_origin(settings: Settings) -> str | None:
     """INNGEST_SERVE_ORIGIN without a trailing slash. Production refuses to start without it
     (settings.py): otherwise the SDK registers whatever URL a sync's Host header names."""
     return (settings.inngest_serve_origin or "").strip().rstrip("/") or None
+
+
+def start_sentry(dsn: str) -> None:
+    """Sentry for function and step failures (the engine's middleware reports them)."""
+    import sentry_sdk
+    from sentry_sdk.integrations.openai_agents import OpenAIAgentsIntegration
+
+    if not sentry_sdk.is_initialized():
+        # Its span hooks break every model call of the Agents SDK (an AttributeError per turn),
+        # so the auto-enabled OpenAI Agents integration stays off; failures are still reported.
+        sentry_sdk.init(dsn=dsn, disabled_integrations=[OpenAIAgentsIntegration()])
