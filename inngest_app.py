@@ -12,25 +12,19 @@ Serve it with `uvicorn inngest_app:app --port 8000` and point the dev server at 
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
-import asyncpg
 import inngest
 import inngest.fast_api
-from agents import Agent, Model, RunConfig
+from agents import Model
 from fastapi import FastAPI
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 import db
-import worker
-from support_worker.conversation import intake, thread
+from support_worker.conversation import intake
 from support_worker.conversation import loop as conversation
 from support_worker.core.events import (
     APPROVAL_DECIDED,
@@ -41,119 +35,29 @@ from support_worker.core.events import (
     HEALTH_CHECK_REQUESTED,
     REFUND_WITHDRAWN,
     ApprovalDecided,
-    EmailReceived,
-    EmailsWaiting,
     EscalationRequested,
     HealthCheckRequested,
     RefundWithdrawn,
     check_size,
-    describe_error,
 )
-from support_worker.core.fields import customer_id_or_none
 from support_worker.core.settings import Settings, get_settings
-from support_worker.doors import host, inbound
-from support_worker.durable import agent_run, gates, journal
-from support_worker.store import activity, agent_journal, message_cache
-from support_worker.store import escalations as escalation_store
-from support_worker.workflows import (
-    budget,
-    decision_targets,
-    decisions,
-    escalations,
-    health,
-    notify,
-    refunds,
-    replies,
+from support_worker.doors import host
+from support_worker.durable import agent_run, email_run, escalation_run, health_run, receiving, recorders
+from support_worker.durable import runtime as runtime_module
+from support_worker.durable.flow_keys import (
+    APP_ID,
+    CUSTOMER_KEY,
+    EMAIL_RETRIES,
+    FAILED_HERE,
+    PRIORITY_BY_TIER,
+    REJECTION_PREFIX,
 )
+from support_worker.durable.outputs import DecisionRecorded, EmailRunResult, EscalationOpened, HealthGathered
+from support_worker.durable.runtime import Runtime
+from support_worker.store import escalations as escalation_store
+from support_worker.workflows import decisions, escalations, health, replies
 
 logger = logging.getLogger("support_worker.inngest")
-
-APP_ID = "support-worker"
-# Priority by tier, from the event itself (the engine cannot ask Postgres): enterprise runs
-# may start up to 10 minutes ahead of queued free-tier runs, pro up to 5. Events without a
-# `tier` (e.g. typed into the dashboard) run at normal priority.
-PRIORITY_BY_TIER = (
-    "has(event.data.tier) && type(event.data.tier) == string"
-    ' ? (event.data.tier == "enterprise" ? 600 : (event.data.tier == "pro" ? 300 : 0)) : 0'
-)
-# One customer's concurrency share and debounce burst, whether the event names them by id (2
-# and "2" are one customer) or only by the address they wrote from. Total over JSON: a
-# customer_id that is null, empty, a boolean, a list or an object falls through to the sender's
-# address, so such emails never share one key (an expression that errors would key them all alike).
-# Event numbers are doubles to the engine, whose string() prints 1234567.0 as "1.234567e+06":
-# a number goes through int() first.
-CUSTOMER_KEY = (
-    "has(event.data.customer_id) && type(event.data.customer_id) in [string, int, uint, double]"
-    ' && string(event.data.customer_id) != ""'
-    " ? (type(event.data.customer_id) == double"
-    " ? string(int(event.data.customer_id)) : string(event.data.customer_id))"
-    " : (has(event.data.from_email) && type(event.data.from_email) == string"
-    ' ? "from:" + event.data.from_email : "unknown")'
-)
-REJECTION_PREFIX = "rejected "
-# Failures of this app's functions (not another app's, not the failure recorder's own).
-FAILED_HERE = (
-    f'event.data.function_id.startsWith("{APP_ID}-") && event.data.function_id != "{APP_ID}-record-run-failure"'
-)
-# The email function's retries; its last attempt stops honouring a notifier's Retry-After.
-EMAIL_RETRIES = 4
-
-# --------------------------------------------------------------------------- step outputs
-
-
-class EmailRunResult(BaseModel):
-    """The run's output in the dashboard: the reply as drafted (003 D3: `{"status": "drafted",
-    "draft_id": …}`), whether it was sent, and each refund's fate."""
-
-    # "drafted" | "sent" | "send_failed" | "escalated" | "duplicate" | "merged" | "nothing_waiting"
-    status: str
-    draft_id: str | None = None
-    sent: replies.Sent | None = None  # with sending configured: Postmark's MessageID or refusal
-    first_run_id: str | None = None
-    escalation_id: str | None = None
-    reply: str | None = None
-    replaced_unsafe_reply: bool = False
-    refund_ids: list[int] = []
-    edited_by_reviewer: bool = False
-    gate: list[refunds.GateOutcome] = []
-
-
-class DecisionRecorded(BaseModel):
-    applied: bool
-    reason: str
-
-
-class HealthGathered(BaseModel):
-    customer: db.Customer
-    activity: activity.Activity
-    day: str
-
-
-# --------------------------------------------------------------------------- runtime
-
-
-@dataclasses.dataclass
-class Runtime:
-    """What the functions share in one process: settings, the agent and its run config (built
-    once: building a RunConfig resolves type hints, a millisecond a call), and the pool the
-    host's lifespan opens."""
-
-    settings: Settings
-    agent: Agent[worker.SupportContext]
-    run_config: RunConfig
-    client: inngest.Inngest | None = None
-    pool: asyncpg.Pool | None = None
-
-    def require_client(self) -> inngest.Inngest:
-        if self.client is None:
-            raise RuntimeError("the Inngest client is not set; build the app with create_app()")
-        return self.client
-
-    def require_pool(self) -> asyncpg.Pool:
-        if self.pool is None:
-            raise RuntimeError("the database pool is not open; serve the app through its FastAPI lifespan")
-        return self.pool
-
 
 _runtime: Runtime | None = None
 
@@ -188,18 +92,12 @@ def _error_monitoring(settings: Settings) -> list[Any]:
     if not settings.sentry_dsn:
         return []
     try:
-        import sentry_sdk
         from inngest.experimental.sentry_middleware import SentryMiddleware
     except ImportError as error:
         raise RuntimeError(
             "SENTRY_DSN is set but sentry-sdk is not installed: pip install 'support-worker[sentry]'"
         ) from error
-    from sentry_sdk.integrations.openai_agents import OpenAIAgentsIntegration
-
-    if not sentry_sdk.is_initialized():
-        # Its span hooks break every model call of the Agents SDK (an AttributeError per turn),
-        # so the auto-enabled OpenAI Agents integration stays off; failures are still reported.
-        sentry_sdk.init(dsn=settings.sentry_dsn.get_secret_value(), disabled_integrations=[OpenAIAgentsIntegration()])
+    runtime_module.start_sentry(settings.sentry_dsn.get_secret_value())
     return [SentryMiddleware]
 
 
@@ -219,56 +117,22 @@ async def parse_or_reject(ctx: inngest.Context, schema: type[Schema]) -> Schema:
 
 def parse(ctx: inngest.Context, schema: type[Schema]) -> Schema:
     """The event's data as `schema`, or `intake.Refused` saying what is wrong with it."""
-    data = ctx.event.data
-    if not isinstance(data, dict):
-        raise intake.Refused("data: must be a JSON object")
-    try:
-        return schema.model_validate(dict(data))
-    except ValidationError as error:
-        raise intake.Refused(describe_error(error)) from error
+    return receiving.parse(ctx.event.data, schema)
 
 
 async def reject(ctx: inngest.Context, why: str) -> NoReturn:
     """Audit why an event was refused, then end the run without burning retries."""
-    raw = ctx.event.data.get("customer_id") if isinstance(ctx.event.data, dict) else None
-    customer_id = customer_id_or_none(raw)
-    await db.record_audit(
-        runtime().require_pool(),
-        action=db.AuditAction.EVENT_REJECTED,
-        run_id=ctx.run_id,
-        customer_id=customer_id,
-        detail={"event": ctx.event.name, "event_id": ctx.event.id, "why": why},
-        # One row per event, however many functions it starts (the email recorder and handler).
-        idempotency_key=f"event_rejected:{ctx.event.id or ctx.run_id}",
+    event = ctx.event
+    pool = runtime().require_pool()
+    await receiving.audit_rejection(
+        pool, name=event.name, data=event.data, event_id=event.id, run_id=ctx.run_id, why=why
     )
     raise inngest.NonRetriableError(f"{REJECTION_PREFIX}{ctx.event.name}: {why}")
 
 
 async def audit_run_failure(ctx: inngest.Context) -> None:
-    """A run of this app that exhausted its retries shows in Postgres as `run_failed`. The
-    write is a retried step of a retried function, so one database error cannot lose it."""
-    data: dict[str, Any] = dict(ctx.event.data)
-    original: dict[str, Any] = data["event"] if isinstance(data.get("event"), dict) else {}
-    original_data: dict[str, Any] = original["data"] if isinstance(original.get("data"), dict) else {}
-    error: dict[str, Any] = (
-        data["error"] if isinstance(data.get("error"), dict) else {"message": str(data.get("error"))}
-    )
-    if str(error.get("message", "")).startswith(REJECTION_PREFIX):
-        return  # a refused event is already audited as event_rejected; nothing failed
-    failed_run = str(data.get("run_id") or ctx.run_id)
-    customer_id = original_data.get("customer_id")
-
-    async def record_run_failed() -> bool:
-        return await db.record_audit(
-            runtime().require_pool(),
-            action=db.AuditAction.RUN_FAILED,
-            run_id=failed_run,
-            customer_id=customer_id_or_none(customer_id),
-            detail={"function_id": data.get("function_id"), "error": error, "event_name": original.get("name")},
-            idempotency_key=f"run_failed:{failed_run}",
-        )
-
-    await ctx.step.run("record-run-failed", record_run_failed)
+    """A failed run of this app as a `run_failed` row (durable/recorders.py)."""
+    await recorders.audit_run_failure(ctx.step, runtime().require_pool(), dict(ctx.event.data), run_id=ctx.run_id)
 
 
 def _event_time(event: inngest.Event) -> datetime:
@@ -283,46 +147,22 @@ async def receive_message(ctx: inngest.Context) -> intake.Intake:
     """The first step: the messages this run answers (its own, and with bursts gathered, what
     else its customer has waiting) and the thread before them (003 D3's load-thread, here to
     save an engine call), or a refusal with an `event_rejected` row and no retries."""
-    received = await _receive(ctx)
-    if received.status == "accepted" and received.answering:
-        earlier = await thread.load_thread(
-            runtime().require_pool(),
-            customer_id=received.customer.id,
-            thread_key=received.answering[-1].message.thread_key,
-            answering=[item.message.message_id for item in received.answering],
-        )
-        received.thread = earlier.items
-    return received
-
-
-async def _receive(ctx: inngest.Context) -> intake.Intake:
     rt = runtime()
-    pool, settings = rt.require_pool(), rt.settings
-    at, event_id = _event_time(ctx.event), ctx.event.id or ctx.run_id
-    gather = settings.email_burst_max_messages if settings.email_burst_seconds else 0
+    pool, event = rt.require_pool(), ctx.event
     try:
-        if ctx.event.name == EMAILS_WAITING:
-            waiting = parse(ctx, EmailsWaiting)
-            return await intake.gather_waiting(
-                pool, customer_id=waiting.customer_id, event_id=event_id, event_at=at, run_id=ctx.run_id, limit=gather
-            )
-        email = parse(ctx, EmailReceived)
-        return await intake.receive(
+        received = await receiving.receive(
             pool,
-            email,
-            event_id=event_id,
-            event_at=at,
+            rt.settings,
+            name=event.name,
+            data=event.data,
+            event_id=event.id or ctx.run_id,
+            event_at=_event_time(event),
             run_id=ctx.run_id,
-            max_body_chars=settings.max_email_body_chars,
-            gather=max(gather - 1, 0),
+            ask_for_a_run=_ask_for_a_run,
         )
     except intake.Refused as refused:
-        if gather and ctx.event.name == EMAIL_RECEIVED:
-            raw = ctx.event.data.get("customer_id") if isinstance(ctx.event.data, dict) else None
-            customer_id = customer_id_or_none(raw)
-            if customer_id and await intake.left_waiting_by_refusal(pool, customer_id=customer_id, event_at=at):
-                await _ask_for_a_run(customer_id, key=f"after-refusal-{event_id}")
         await reject(ctx, refused.why)
+    return await receiving.with_thread(pool, received)
 
 
 async def record_customer_email(ctx: inngest.Context) -> intake.Stored:
@@ -331,13 +171,10 @@ async def record_customer_email(ctx: inngest.Context) -> intake.Stored:
     rt = runtime()
 
     async def store() -> intake.Stored:
+        at, event_id = _event_time(ctx.event), ctx.event.id or ctx.run_id
         try:
-            return await intake.record(
-                rt.require_pool(),
-                parse(ctx, EmailReceived),
-                event_id=ctx.event.id or ctx.run_id,
-                event_at=_event_time(ctx.event),
-                max_body_chars=rt.settings.max_email_body_chars,
+            return await receiving.record(
+                rt.require_pool(), rt.settings, ctx.event.data, event_id=event_id, event_at=at
             )
         except intake.Refused as refused:
             await reject(ctx, refused.why)
@@ -365,8 +202,9 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     (`save-draft-reply`, 003 D3) and, with Postmark configured, sent (`send-reply`)."""
     rt = runtime()
     pool = rt.require_pool()
-    steps = _agent_steps(rt, pool)
-    tell = partial(tell_reviewers, last_attempt=ctx.attempt >= EMAIL_RETRIES)
+    steps = email_run.agent_steps(rt.settings, rt.agent, rt.run_config, pool)
+    last = ctx.attempt >= EMAIL_RETRIES
+    tell = partial(email_run.tell_reviewers, pool, rt.settings, last_attempt=last, retry_after=_retry_after)
     now = _event_time(ctx.event)
     start = partial(
         agent_run.run_agent, steps, run_id=ctx.run_id, now=now, receive=partial(receive_message, ctx), tell=tell
@@ -379,53 +217,19 @@ async def handle_customer_email(ctx: inngest.Context) -> EmailRunResult:
     customer = received.customer
     if received.more_waiting:  # more than one answer's worth: the rest get a run of their own
         await ctx.step.send_event("ask-for-a-run", _waiting_event(customer.id, key=f"more-{ctx.run_id}"))
-    known: dict[str, refunds.GateOutcome] = {}
-    while talk.waiting:
-        for opened in talk.waiting:
-            known[opened.outcome.call_id] = await gates.await_opened(
-                ctx.step, opened, pool=pool, settings=rt.settings, customer_id=customer.id
-            )
-        resume = partial(
-            agent_run.resume_agent,
-            steps,
-            run_id=ctx.run_id,
-            now=now,
-            received=received,
-            segment=talk.segment + 1,
-            known=dict(known),
-            tell=tell,
-        )
-        talk = await ctx.step.run(agent_run.resume_step_id(talk), resume, output_type=agent_run.AgentSummary)
+    talk = await email_run.through_gates(
+        ctx.step, steps, talk, received=received, run_id=ctx.run_id, now=now, tell=tell
+    )
     if talk.escalation:
         body = "\n\n".join(text for _, text in await steps.read_texts(received.answering))
         escalation_id: str | None = await escalate(ctx, customer, body, talk.escalation)
     else:
         escalation_id = None
     draft = escalations.holding_reply(customer) if escalation_id else talk.draft
-    saved, sent = await _save_and_send(ctx, received, draft=draft, gate=talk.gate)
-    status = "escalated" if escalation_id else (sent.status if sent and sent.status != "not_configured" else "drafted")
-    return EmailRunResult(status=status, escalation_id=escalation_id, gate=talk.gate, sent=sent, **saved.model_dump())
-
-
-async def _save_and_send(
-    ctx: inngest.Context, received: intake.Intake, *, draft: str, gate: list[refunds.GateOutcome]
-) -> tuple[conversation.SentReply, replies.Sent | None]:
-    """003 D3's `save-draft-reply` (the draft and its `email_drafted` row, once per run), then,
-    with sending configured, `send-reply`."""
-    last = received.answering[-1] if received.answering else None
-    save = partial(
-        conversation.send_reply,
-        runtime().require_pool(),
-        run_id=ctx.run_id,
-        customer=received.customer,
-        draft=draft,
-        gate=gate,
-        subject=last.subject if last else None,
-        answering=[item.message.message_id for item in received.answering],
-        thread_key=last.message.thread_key if last else None,
-    )
+    save = email_run.save_draft(pool, received, run_id=ctx.run_id, draft=draft, gate=talk.gate)
     saved = await ctx.step.run("save-draft-reply", save, output_type=conversation.SentReply)
-    return saved, await send_reply(ctx, saved.draft_id)
+    sent = await send_reply(ctx, saved.draft_id)
+    return email_run.run_result(saved, sent, escalation_id=escalation_id, gate=talk.gate)
 
 
 async def send_reply(ctx: inngest.Context, draft_id: str | None) -> replies.Sent | None:
@@ -436,43 +240,12 @@ async def send_reply(ctx: inngest.Context, draft_id: str | None) -> replies.Sent
     if draft_id is None or not replies.sending_configured(rt.settings):
         return None
 
-    async def send() -> replies.Sent:
-        try:
-            return await replies.send_draft(rt.require_pool(), rt.settings, draft_id=draft_id)
-        except replies.PostmarkUnavailable as error:
-            if error.retry_after:
-                raise inngest.RetryAfterError(str(error), retry_after=timedelta(seconds=error.retry_after)) from error
-            raise
-
+    send = partial(email_run.send_draft, rt.require_pool(), rt.settings, draft_id=draft_id, retry_after=_retry_after)
     try:
         return await ctx.step.run("send-reply", send, output_type=replies.Sent)
     except inngest.StepError as error:
         logger.warning("draft %s not sent after the step's retries (%s); it waits on the desk", draft_id, error)
         return replies.Sent(draft_id=draft_id, status="not_configured", why=f"not sent: {error}")
-
-
-def _agent_steps(rt: Runtime, pool: asyncpg.Pool) -> agent_run.AgentSteps:
-    read = partial(_texts, pool, limit=rt.settings.max_email_body_chars)
-    return agent_run.AgentSteps(
-        agent=rt.agent, run_config=rt.run_config, settings=rt.settings, pool=pool, read_texts=read
-    )
-
-
-async def _texts(pool: asyncpg.Pool, answering: list[intake.Answering], *, limit: int) -> list[tuple[str | None, str]]:
-    """Subject and text of each message the run answers, needed on each call and never memoized
-    (step outputs stay small): read from Postgres once per process, then from
-    store/message_cache.py."""
-    texts = []
-    for item in answering:
-        text = await message_cache.text_of(pool, item.message)
-        texts.append((item.subject, inbound.agent_text(text, item.message, limit=limit)))
-    return texts
-
-
-class EscalationOpened(BaseModel):
-    request_id: str
-    reason: str
-    customer_id: str | None = None  # None in runs paused before it was recorded
 
 
 async def escalate(
@@ -481,19 +254,10 @@ async def escalate(
     """Record the hand-off in Postgres, then announce it (the id makes a resend a no-op); the
     escalation function notifies reviewers and waits. The run itself ends with a holding reply."""
     rt = runtime()
-
-    async def open_escalation() -> EscalationOpened:
-        escalation = await escalations.open_escalation(
-            rt.require_pool(),
-            ask=ask,
-            run_id=ctx.run_id,
-            customer=customer,
-            customer_message=customer_message,
-            ttl_seconds=rt.settings.escalation_timeout_seconds,
-        )
-        return EscalationOpened(request_id=escalation.id, reason=escalation.reason)
-
-    opened = await ctx.step.run(f"open-escalation-{ask.key}", open_escalation, output_type=EscalationOpened)
+    opener = partial(
+        email_run.open_escalation, rt.require_pool(), rt.settings, ask, ctx.run_id, customer, customer_message
+    )
+    opened = await ctx.step.run(f"open-escalation-{ask.key}", opener, output_type=EscalationOpened)
     event = inngest.Event(
         name=ESCALATION_REQUESTED, id=f"escalation-{opened.request_id}", data={"request_id": opened.request_id}
     )
@@ -501,18 +265,8 @@ async def escalate(
     return opened.request_id
 
 
-async def tell_reviewers(request_id: str, *, last_attempt: bool) -> dict[str, Any]:
-    """notify.py, with Slack's 429 turned into the engine's RetryAfterError (notify.py stays
-    engine-free). On the step's last attempt a failure is recorded instead: a notification
-    must never cost the refund its run."""
-    rt = runtime()
-    pool = rt.require_pool()
-    try:
-        return await notify.notify_or_record_failure(pool, rt.settings, request_id=request_id, give_up=last_attempt)
-    except notify.RetryLater as wait:
-        if last_attempt:
-            return await notify.record_failure(pool, request_id=request_id, why=f"gave up on the last attempt: {wait}")
-        raise inngest.RetryAfterError(str(wait), retry_after=timedelta(seconds=wait.seconds)) from wait
+def _retry_after(message: str, seconds: float) -> inngest.RetryAfterError:
+    return inngest.RetryAfterError(message, retry_after=timedelta(seconds=seconds))
 
 
 # --------------------------------------------------------------------------- decisions and withdrawals
@@ -526,40 +280,14 @@ async def record_refund_decision(ctx: inngest.Context) -> DecisionRecorded:
 
     async def record() -> DecisionRecorded:
         asked = await parse_or_reject(ctx, ApprovalDecided)
-        if asked.withdrawn:  # recorded by the withdrawal function that announced it
-            return DecisionRecorded(applied=False, reason="withdrawal")
-        event_id = ctx.event.id or ctx.run_id
-        decision_id = asked.decision_id or event_id
-        decision = await decision_targets.resolve_refund(
-            pool, asked, decision_id=decision_id, event_id=event_id, require_reviewer=rt.settings.require_named_reviewer
+        return await recorders.record_refund_decision(
+            pool,
+            asked,
+            event_id=ctx.event.id or ctx.run_id,
+            run_id=ctx.run_id,
+            real_event_id=ctx.event.id,
+            require_reviewer=rt.settings.require_named_reviewer,
         )
-        if isinstance(decision, decision_targets.Unresolved):
-            await decisions.audit_decision_ignored(
-                pool,
-                key=event_id,
-                request_id=asked.request_id,
-                why=decision.why,
-                customer_id=asked.customer_id,
-                run_id=ctx.run_id,
-                event_id=ctx.event.id,
-                approved=asked.approved,
-                reviewer=asked.reviewer,
-            )
-            return DecisionRecorded(applied=False, reason=decision.reason)
-        outcome = await decisions.record_decision(pool, decision, decision_id=decision_id)
-        if not outcome.applied and outcome.reason != "same_decision":
-            await decisions.audit_decision_ignored(
-                pool,
-                key=event_id,
-                request_id=decision.request_id,
-                why=outcome.reason,
-                request=outcome.request,
-                run_id=ctx.run_id,
-                event_id=ctx.event.id,
-                approved=decision.approved,
-                reviewer=decision.reviewer,
-            )
-        return DecisionRecorded(applied=outcome.applied, reason=outcome.reason)
 
     return await ctx.step.run("record-decision", record, output_type=DecisionRecorded)
 
@@ -571,24 +299,13 @@ async def withdraw_refund_request(ctx: inngest.Context) -> decisions.Withdrawal:
 
     async def record_withdrawal() -> decisions.Withdrawal:
         withdrawal = await parse_or_reject(ctx, RefundWithdrawn)
-        return await decisions.withdraw_as_asked(
-            pool,
-            request_id=withdrawal.request_id,
-            customer_id=withdrawal.customer_id,
-            order_id=withdrawal.order_id,
-            reason=withdrawal.reason,
-            withdrawal_id=withdrawal_id,
-            run_id=ctx.run_id,
-            event_id=ctx.event.id,
-            asked=withdrawal.model_dump(),
+        return await recorders.record_withdrawal(
+            pool, withdrawal, withdrawal_id=withdrawal_id, run_id=ctx.run_id, event_id=ctx.event.id
         )
 
     result = await ctx.step.run("record-withdrawal", record_withdrawal, output_type=decisions.Withdrawal)
-    if result.withdrawn and result.request_id:
-        # The waiting run listens for decisions on its request; a withdrawal is one.
-        wake = decisions.Decision(
-            request_id=result.request_id, approved=False, reviewer="customer", withdrawn=True, decision_id=withdrawal_id
-        )
+    wake = recorders.waking_decision(result, withdrawal_id)
+    if wake:
         await ctx.step.send_event(
             "wake-waiting-run", inngest.Event(name=APPROVAL_DECIDED, id=withdrawal_id, data=wake.model_dump())
         )
@@ -612,18 +329,9 @@ async def handle_escalation(ctx: inngest.Context) -> escalations.Settled:
         return EscalationOpened(request_id=escalation.id, reason=escalation.reason, customer_id=escalation.customer_id)
 
     loaded = await ctx.step.run("load-escalation", load, output_type=EscalationOpened)
-    escalation_id = loaded.request_id
-    try:
-        notify_step = partial(escalations.notify_reviewers, pool, rt.settings, escalation_id=escalation_id)
-        await ctx.step.run(f"notify-reviewers-{escalation_id}", notify_step)
-    except inngest.StepError as error:
-        # The escalation is stored and on the desk; a dead notifier must not lose it.
-        logger.warning("could not notify reviewers about %s: %s", escalation_id, error)
-    await gates.await_escalation_decision(
-        ctx.step, pool, rt.settings, escalation_id, customer_id=loaded.customer_id or "", run_id=ctx.run_id
+    return await escalation_run.notify_wait_settle(
+        ctx.step, pool, rt.settings, loaded, run_id=ctx.run_id, step_error=inngest.StepError
     )
-    settle = partial(escalations.settle, pool, rt.settings, escalation_id=escalation_id, time_is_up=True)
-    return await ctx.step.run(f"settle-escalation-{escalation_id}", settle, output_type=escalations.Settled)
 
 
 async def record_escalation_decision(ctx: inngest.Context) -> DecisionRecorded:
@@ -633,15 +341,13 @@ async def record_escalation_decision(ctx: inngest.Context) -> DecisionRecorded:
 
     async def record() -> DecisionRecorded:
         await parse_or_reject(ctx, escalations.Decision)
-        event_id = ctx.event.id or ctx.run_id
-        recorded = await escalations.record_event(
+        return await recorders.record_escalation_decision(
             pool,
             ctx.event.data,
-            event_id=event_id,
+            event_id=ctx.event.id or ctx.run_id,
             run_id=ctx.run_id,
             require_reviewer=rt.settings.require_named_reviewer,
         )
-        return DecisionRecorded(applied=recorded.applied, reason=recorded.reason)
 
     return await ctx.step.run("record-decision", record, output_type=DecisionRecorded)
 
@@ -650,32 +356,10 @@ async def record_escalation_decision(ctx: inngest.Context) -> DecisionRecorded:
 
 
 async def daily_health_check(ctx: inngest.Context) -> dict[str, Any]:
-    """Fan out one health-check event per paying customer not contacted lately, in chunks
-    whose steps each load their own slice: every step output stays a few bytes."""
+    """The morning fan-out of health checks and the journal's clean-up (durable/health_run.py)."""
     rt = runtime()
-    pool, cooldown = rt.require_pool(), rt.settings.health_check_contact_cooldown_days
     day = health.scheduled_day(ctx.event.data, ctx.event.ts)
-    planned = partial(health.plan_fan_out, pool, day=day, cooldown_days=cooldown)
-    plan = await ctx.step.run("plan-fan-out", planned, output_type=health.FanOutPlan)
-    chunk = health.FanOutChunk(sent=0, last_id="", more=plan.counts.eligible > 0)
-    scheduled, number = 0, 0
-    while chunk.more:
-        number += 1
-        send = partial(
-            health.send_chunk,
-            pool,
-            plan,
-            after_id=chunk.last_id,
-            size=rt.settings.health_check_fanout_chunk,
-            cooldown_days=cooldown,
-            send=_send_events,
-        )
-        chunk = await ctx.step.run(f"fan-out-{number}", send, output_type=health.FanOutChunk)
-        scheduled += chunk.sent
-    # The daily chore that rides along: the agent's journal past its retention.
-    clean = partial(agent_journal.delete_older_than, pool, days=rt.settings.agent_journal_retention_days)
-    cleaned = await ctx.step.run("clean-agent-journal", clean)
-    return health.fan_out_report(plan, scheduled=scheduled, cooldown_days=cooldown) | {"journal_rows_deleted": cleaned}
+    return await health_run.daily_health_check(ctx.step, rt.require_pool(), rt.settings, day=day, send=_send_events)
 
 
 async def _send_events(events: list[dict[str, Any]]) -> None:
@@ -683,25 +367,14 @@ async def _send_events(events: list[dict[str, Any]]) -> None:
 
 
 async def gather_activity(ctx: inngest.Context) -> HealthGathered:
-    pool = runtime().require_pool()
     request = await parse_or_reject(ctx, HealthCheckRequested)
-    customer = await db.get_customer(pool, customer_id=request.customer_id)
-    if customer is None:
-        await reject(ctx, f"unknown customer: customer_id {request.customer_id}")
-    recent = await activity.customer_activity(pool, customer_id=customer.id)
-    day = request.day_or(_event_time(ctx.event).date().isoformat())
-    return HealthGathered(customer=customer, activity=recent, day=day)
+    today = _event_time(ctx.event).date().isoformat()
+    return await health_run.gather_activity(runtime().require_pool(), request, today=today, reject=partial(reject, ctx))
 
 
 async def customer_health_check(ctx: inngest.Context) -> dict[str, Any]:
     pool = runtime().require_pool()
-    gathered = await ctx.step.run("gather-activity", partial(gather_activity, ctx), output_type=HealthGathered)
-    summary = health.summarize(gathered.customer, gathered.activity, day=gathered.day)
-    first = await ctx.step.run("record-health-check", partial(health.record_summary, pool, summary, run_id=ctx.run_id))
-    if summary.outreach_note:
-        # The next morning's cron sees this and leaves the customer alone for a while.
-        await ctx.step.run("record-outreach", partial(health.record_outreach, pool, summary, run_id=ctx.run_id))
-    return summary.model_dump() | {"recorded": first}
+    return await health_run.customer_health_check(ctx.step, pool, partial(gather_activity, ctx), run_id=ctx.run_id)
 
 
 # --------------------------------------------------------------------------- registration
@@ -729,10 +402,9 @@ def _email_functions(client: inngest.Inngest, settings: Settings) -> list[innges
     email = _on_event(
         client,
         "handle-customer-email",
-        "Handle customer email",
         [EMAIL_RECEIVED, EMAILS_WAITING] if burst else EMAIL_RECEIVED,
         handle_customer_email,
-        output_type=EmailRunResult,
+        EmailRunResult,
         concurrency=[
             # All email runs at once: each in-flight step holds at most one pool connection.
             inngest.Concurrency(limit=settings.email_concurrency),
@@ -751,31 +423,12 @@ def _email_functions(client: inngest.Inngest, settings: Settings) -> list[innges
         if burst
         else None,
     )
-    recorder = _on_event(
-        client,
-        "record-customer-email",
-        "Record customer email",
-        EMAIL_RECEIVED,
-        record_customer_email,
-        output_type=intake.Stored,
+    recorder = _on_event(client, "record-customer-email", EMAIL_RECEIVED, record_customer_email, intake.Stored)
+    decided = _on_event(client, "record-refund-decision", APPROVAL_DECIDED, record_refund_decision, DecisionRecorded)
+    withdraw = _on_event(
+        client, "withdraw-refund-request", REFUND_WITHDRAWN, withdraw_refund_request, decisions.Withdrawal
     )
-    decided = _on_event(
-        client,
-        "record-refund-decision",
-        "Record refund decision",
-        APPROVAL_DECIDED,
-        record_refund_decision,
-        output_type=DecisionRecorded,
-    )
-    withdrawn = _on_event(
-        client,
-        "withdraw-refund-request",
-        "Withdraw refund request",
-        REFUND_WITHDRAWN,
-        withdraw_refund_request,
-        output_type=decisions.Withdrawal,
-    )
-    return [email, *([recorder] if burst else []), decided, withdrawn]
+    return [email, *([recorder] if burst else []), decided, withdraw]
 
 
 def _health_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
@@ -788,7 +441,6 @@ def _health_functions(client: inngest.Inngest, settings: Settings) -> list[innge
     per_customer = _on_event(
         client,
         "process-customer-health-check",
-        "Process customer health check",
         HEALTH_CHECK_REQUESTED,
         customer_health_check,
         retries=3,
@@ -800,23 +452,18 @@ def _health_functions(client: inngest.Inngest, settings: Settings) -> list[innge
 
 
 def _escalation_functions(client: inngest.Inngest, settings: Settings) -> list[inngest.Function[Any]]:
+    # Its own small cap: escalations never crowd out live email.
+    cap = [inngest.Concurrency(limit=settings.escalation_concurrency)]
     handle = _on_event(
         client,
         "escalate-with-human-approval",
-        "Escalate with human approval",
         ESCALATION_REQUESTED,
         handle_escalation,
-        output_type=escalations.Settled,
-        # Its own small cap: escalations never crowd out live email.
-        concurrency=[inngest.Concurrency(limit=settings.escalation_concurrency)],
+        escalations.Settled,
+        concurrency=cap,
     )
     decided = _on_event(
-        client,
-        "record-escalation-decision",
-        "Record escalation decision",
-        ESCALATION_DECIDED,
-        record_escalation_decision,
-        output_type=DecisionRecorded,
+        client, "record-escalation-decision", ESCALATION_DECIDED, record_escalation_decision, DecisionRecorded
     )
     return [handle, decided]
 
@@ -824,20 +471,20 @@ def _escalation_functions(client: inngest.Inngest, settings: Settings) -> list[i
 def _on_event(
     client: inngest.Inngest,
     fn_id: str,
-    name: str,
     event: str | list[str],
     handler: Any,
+    output_type: type[BaseModel] | None = None,
     *,
     retries: int = 4,
-    output_type: type[BaseModel] | None = None,
     **flow_control: Any,
 ) -> inngest.Function[Any]:
     """A function triggered by an event (or any of several), retried `retries` times, with its
-    flow control."""
+    flow control; its name is its id in words ("record-refund-decision": "Record refund decision")."""
     options = flow_control | ({"output_type": output_type} if output_type else {})
     names = [event] if isinstance(event, str) else event
     triggers: list[inngest.TriggerCron | inngest.TriggerEvent] = [inngest.TriggerEvent(event=e) for e in names]
     trigger = triggers[0] if len(triggers) == 1 else triggers
+    name = fn_id.replace("-", " ").capitalize()
     return client.create_function(fn_id=fn_id, name=name, trigger=trigger, retries=retries, **options)(handler)
 
 
@@ -849,40 +496,10 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     `/api/inngest`, the webhook, the desk and the health probes."""
     global _runtime
     settings = settings or get_settings()
-    if not settings.inngest_dev_mode and not settings.inngest_signing_key:
-        # In dev mode the SDK accepts unsigned calls, so anyone who can reach the endpoint
-        # could forge a step result such as an approval; outside it, signatures are a must.
-        raise RuntimeError(
-            "INNGEST_SIGNING_KEY is not set and INNGEST_DEV is off. Outside dev mode the app only "
-            "accepts calls signed by Inngest: set INNGEST_SIGNING_KEY from the Inngest dashboard, "
-            "or set INNGEST_DEV=1 to develop locally against the dev server."
-        )
-    serve_origin = _serve_origin(settings)
-    journaled_agent = journal.journaled(
-        worker.build_agent(model or worker.build_model(settings), store=settings.openai_store)
-    )
-    # The budget check wraps the journal, so it runs (from recorded usage) on every replay.
-    agent = journaled_agent.clone(model=budget.MeteredModel(journaled_agent.model))  # type: ignore[arg-type]
+    runtime_module.require_signing(settings)
     client = create_client(settings)
-    run_config = worker.build_run_config(settings.openai_agents_tracing)
-    rt = _runtime = Runtime(settings=settings, agent=agent, run_config=run_config, client=client)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt.pool = await db.create_pool(settings, reset_sessions=False)  # store.postgres.keep_no_session_state
-        # What start-up built (modules, the agent, the SDK's registries) lives as long as the
-        # process: frozen, the cyclic collector stops rescanning it on every collection a
-        # request triggers (measured: GC time per approved refund 11.5 -> 5.1 ms).
-        gc.collect()
-        gc.freeze()
-        try:
-            yield
-        finally:
-            gc.unfreeze()
-            await rt.pool.close()
-            rt.pool = None
-
-    app = FastAPI(title="support-worker", lifespan=lifespan)
+    rt = _runtime = runtime_module.build(settings, model, client)
+    app = FastAPI(title="support-worker", lifespan=runtime_module.lifespan(rt))
     app.state.runtime = rt
     app.state.inngest_client = client
     # Outside dev mode a sync must be signed by Inngest, and the URL it registers is the
@@ -892,7 +509,7 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         client,
         create_functions(client, settings),
         enable_unauthed_sync=settings.inngest_dev_mode,
-        serve_origin=serve_origin,
+        serve_origin=runtime_module.serve_origin(settings),
     )
     if not settings.inngest_dev_mode:
         app.add_middleware(host.RefuseStaleSignatures, max_age_seconds=settings.signature_max_age_seconds)
@@ -904,12 +521,6 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     host.mount_doors(app, settings, get_pool=rt.require_pool, send=send)
     host.add_probes(app, settings, rt.require_pool)
     return app
-
-
-def _serve_origin(settings: Settings) -> str | None:
-    """INNGEST_SERVE_ORIGIN without a trailing slash. Production refuses to start without it
-    (settings.py): otherwise the SDK registers whatever URL a sync's Host header names."""
-    return (settings.inngest_serve_origin or "").strip().rstrip("/") or None
 
 
 def __getattr__(name: str) -> Any:
