@@ -199,24 +199,31 @@ async def _insert_request(
                 action=db.AuditAction.REFUND_REQUESTED,
                 run_id=run_id,
                 customer_id=customer_id,
-                detail={
-                    "request_id": request.id,
-                    "order_id": request.order_id,
-                    "amount_cents": request.amount_cents,
-                    "reason": request.reason,
-                    "expires_at": request.expires_at,
-                    "approvals_needed": request.approvals_needed,
-                    # What four eyes counted with this request: the totals and the rule.
-                    "four_eyes": {
-                        "order_total_cents": exposure.order_cents + request.amount_cents,
-                        "customer_total_cents": exposure.customer_cents + request.amount_cents,
-                        "window_days": window_days,
-                        "limit_cents": four_eyes_cents,
-                    },
-                },
+                detail=_requested_detail(request, exposure, four_eyes),
                 idempotency_key=f"refund_requested:{request.id}",
             )
     return GateOutcome(call_id=call_id, status="pending", request_id=request.id)
+
+
+def _requested_detail(
+    request: db.RefundRequest, exposure: refund_totals.Exposure, four_eyes: tuple[int, int]
+) -> dict[str, Any]:
+    """The `refund_requested` row's detail, with what four eyes counted: the totals and the rule."""
+    four_eyes_cents, window_days = four_eyes
+    return {
+        "request_id": request.id,
+        "order_id": request.order_id,
+        "amount_cents": request.amount_cents,
+        "reason": request.reason,
+        "expires_at": request.expires_at,
+        "approvals_needed": request.approvals_needed,
+        "four_eyes": {
+            "order_total_cents": exposure.order_cents + request.amount_cents,
+            "customer_total_cents": exposure.customer_cents + request.amount_cents,
+            "window_days": window_days,
+            "limit_cents": four_eyes_cents,
+        },
+    }
 
 
 # --------------------------------------------------------------------------- settle
